@@ -1,0 +1,5 @@
+"""`python -m headprof` (also what `torchrun -m headprof score ...` runs)."""
+
+from headprof.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""Per-head KV budgets from head scores (METHOD.md §3).
+
+Every policy keeps the last `w` prompt tokens in every head and distributes the rest. Budgets are
+integers; where a policy's formula gives fractions they are rounded with the largest-remainder
+method (ties go to the lower head index), so the total is exactly `B * number_of_heads`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from headprof.errors import HeadprofError
+from headprof.scoring import kv_view
+
+POLICIES = ("headkv", "uniform", "pyramid")
+DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}
+GQA_LAYOUTS = ("query", "kv")
+
+
+@dataclass(frozen=True)
+class AllocConfig:
+    budget: int
+    policy: str = "headkv"
+    window: int = 32
+    beta: float | None = None
+    temp: float = 1.0
+    gqa: str = "query"
+
+    @property
+    def beta_value(self) -> float:
+        return DEFAULT_BETA[self.policy] if self.beta is None else self.beta
+
+    def validate(self, max_context: int = 0) -> None:
+        if self.policy not in POLICIES:
+            raise HeadprofError(f"unknown policy '{self.policy}' ({', '.join(POLICIES)})")
+        if self.gqa not in GQA_LAYOUTS:
+            raise HeadprofError(f"unknown --gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
+        if self.window < 1:
+            raise HeadprofError(f"window must be at least 1, got {self.window}")
+        if self.budget <= self.window:
+            raise HeadprofError(f"budget {self.budget} must be larger than the window {self.window}")
+        if max_context and self.budget > max_context:
+            raise HeadprofError(f"budget {self.budget} is larger than any context the model takes ({max_context})")
+        if self.beta_value < 1:
+            raise HeadprofError(f"beta must be >= 1, got {self.beta_value}")
+        if self.temp <= 0:
+            raise HeadprofError(f"temp must be positive, got {self.temp}")
+
+
+def largest_remainder(raw: torch.Tensor, total: int) -> torch.Tensor:
+    """Round non-negative reals to integers summing to `total`: floor, then +1 to the largest fractions."""
+    raw = raw.double()
+    base = torch.floor(raw)
+    short = total - int(base.sum().item())
+    if short < 0 or short > raw.numel():
+        raise HeadprofError(f"cannot round budgets summing to {float(raw.sum()):.1f} to a total of {total}")
+    frac = (raw - base).flatten()
+    # Stable sort on -frac: equal fractions keep head order, so the result is deterministic.
+    order = torch.sort(-frac, stable=True).indices[:short]
+    flat = base.flatten().long()
+    flat[order] += 1
+    return flat.view_as(raw)
+
+
+def uniform(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
+    return torch.full(shape, config.budget, dtype=torch.long)
+
+
+def pyramid(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
+    """PyramidKV: k_l falls linearly from k_0 (bottom) to k_top = K / (beta L) (top), K = L (B - w)."""
+    n_layers, n_heads = shape
+    n_free = config.budget - config.window
+    total = n_layers * n_free
+    k_top = total / (config.beta_value * n_layers)
+    k_0 = 2 * total / n_layers - k_top
+    steps = torch.arange(n_layers, dtype=torch.float64) / max(1, n_layers - 1)
+    per_layer = largest_remainder(k_0 - (k_0 - k_top) * steps, total)
+    return (per_layer[:, None] + config.window).expand(n_layers, n_heads).clone()
+
+
+def headkv(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
+    """HeadKV S·M·N: each head keeps N - M, gives M = floor(N / beta) to a pool shared by score share S_i."""
+    n_free = config.budget - config.window
+    pooled = math.floor(n_free / config.beta_value)
+    weights = scores.double().clamp(min=0) ** config.temp
+    share = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / weights.numel())
+    raw = (n_free - pooled) + share * pooled * scores.numel() + config.window
+    return largest_remainder(raw, config.budget * scores.numel())
+
+
+def allocate(scores: torch.Tensor, config: AllocConfig, n_kv_heads: int | None = None) -> torch.Tensor:
+    """Budgets `[L, H]` for query-head scores `[L, Hq]`; with `gqa="kv"`, per KV head from group sums."""
+    config.validate()
+    if config.gqa == "kv":
+        if not n_kv_heads or scores.shape[1] % n_kv_heads:
+            raise HeadprofError(f"cannot group {scores.shape[1]} query heads into {n_kv_heads} KV heads")
+        scores = kv_view(scores, n_kv_heads)
+    shape = (scores.shape[0], scores.shape[1])
+    if config.policy == "uniform":
+        return uniform(shape, config)
+    if config.policy == "pyramid":
+        return pyramid(shape, config)
+    return headkv(scores, config)
+
+
+def floor_of(config: AllocConfig, n_layers: int) -> int:
+    """The smallest budget the policy can give a head."""
+    n_free = config.budget - config.window
+    if config.policy == "headkv":
+        return n_free - math.floor(n_free / config.beta_value) + config.window
+    if config.policy == "pyramid":
+        return math.floor(n_layers * n_free / (config.beta_value * n_layers)) + config.window
+    return config.budget
+
+
+def kv_bytes(budgets: torch.Tensor, head_dim: int, bytes_per_value: int, context: int) -> int:
+    """Bytes of a cache holding min(b_i, T) entries per stored head (keys and values)."""
+    return 2 * head_dim * bytes_per_value * int(budgets.clamp(max=context).sum())
+
+
+def full_kv_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: int, context: int) -> int:
+    return 2 * n_layers * n_kv_heads * context * head_dim * bytes_per_value

@@ -1,0 +1,226 @@
+"""Score and allocation artifacts: safetensors tensors plus the metadata that ties them to one model.
+
+Score artifacts keep the per-probe scores (`per_probe.<method>`, `[N, L, Hq]`), not only the means:
+the head score is the mean over counted probes, and keeping the rows makes shards mergeable,
+halves comparable and the HeadKV/Retrieval-head JSON format (a list of per-probe scores per head)
+exportable without loss. Every write goes through a temp file and a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from headprof import __version__
+from headprof.errors import HeadprofError
+from headprof.fileio import atomic_path, sha256_file
+from headprof.models import ModelInfo
+
+SCORES_FORMAT = "headprof.scores/1"
+ALLOC_FORMAT = "headprof.alloc/1"
+METHODS = ("retrieval", "r2")
+
+
+@dataclass
+class ScoreArtifact:
+    """Per-probe head scores of one model on one probe set.
+
+    `meta` holds the run description: mode, parameters, probe_set_sha256, shard, created, version.
+    """
+
+    model: ModelInfo
+    probe_ids: list[str]
+    probe_kinds: list[str]
+    counted: torch.Tensor
+    per_probe: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m in METHODS if m in self.per_probe]
+
+    def scores(self, method: str) -> torch.Tensor:
+        """`[L, Hq]` head scores: the mean over counted probes (zeros when none counted)."""
+        if method not in self.per_probe:
+            raise HeadprofError(f"artifact has no '{method}' scores (it has: {', '.join(self.methods)})")
+        rows = self.per_probe[method][self.counted]
+        if rows.shape[0] == 0:
+            return torch.zeros(self.model.n_layers, self.model.n_heads)
+        return rows.mean(dim=0)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Probes total / counted per kind."""
+        out: dict[str, dict[str, int]] = {}
+        for kind, counted in zip(self.probe_kinds, self.counted.tolist()):
+            entry = out.setdefault(kind, {"total": 0, "counted": 0})
+            entry["total"] += 1
+            entry["counted"] += int(counted)
+        return out
+
+    def subset(self, keep: list[int]) -> ScoreArtifact:
+        index = torch.tensor(keep, dtype=torch.long)
+        return ScoreArtifact(
+            self.model, [self.probe_ids[i] for i in keep], [self.probe_kinds[i] for i in keep],
+            self.counted[index], {m: t[index] for m, t in self.per_probe.items()}, dict(self.meta),
+        )
+
+
+@dataclass
+class AllocArtifact:
+    """Per-head KV budgets (entries, window included), `[L, Hq]` or `[L, Hkv]` by `meta["gqa"]`."""
+
+    model: ModelInfo
+    budgets: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gqa(self) -> str:
+        return self.meta.get("gqa", "query")
+
+
+def check_model(artifact_model: ModelInfo, model: ModelInfo, what: str = "artifact") -> None:
+    """Refuse an artifact made for another model: architecture, then weights, then id."""
+    arch_a = (artifact_model.n_layers, artifact_model.n_heads, artifact_model.n_kv_heads, artifact_model.head_dim)
+    arch_b = (model.n_layers, model.n_heads, model.n_kv_heads, model.head_dim)
+    if arch_a != arch_b:
+        raise HeadprofError(
+            f"{what} was made for {artifact_model.model_id} (layers, heads, kv heads, head dim = {arch_a}), "
+            f"not {model.model_id} {arch_b}"
+        )
+    if artifact_model.fingerprint and model.fingerprint:
+        if artifact_model.fingerprint != model.fingerprint:
+            raise HeadprofError(
+                f"{what} was made for {artifact_model.model_id} weights {artifact_model.fingerprint}, "
+                f"but {model.model_id} has weights {model.fingerprint}"
+            )
+    elif artifact_model.model_id != model.model_id:
+        raise HeadprofError(f"{what} was made for {artifact_model.model_id}, not {model.model_id}")
+
+
+def _header(kind: str, model: ModelInfo, meta: dict[str, Any]) -> dict[str, str]:
+    payload = {"format": kind, "model": model.to_dict(), "version": __version__,
+               "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+    return {"headprof": json.dumps(payload, sort_keys=True)}
+
+
+def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise HeadprofError(f"artifact {path} not found")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HeadprofError(f"artifact {path} is corrupt or not a safetensors file ({exc})") from None
+    try:
+        meta = json.loads(header["headprof"])
+    except (KeyError, ValueError):
+        raise HeadprofError(f"artifact {path} has no headprof metadata") from None
+    if meta.get("format") != kind:
+        raise HeadprofError(f"artifact {path} is a {meta.get('format', 'unknown')} file, expected {kind}")
+    return tensors, meta
+
+
+def save_scores(path: str | Path, art: ScoreArtifact) -> None:
+    n_probes = len(art.probe_ids)
+    tensors = {"counted": art.counted.to(torch.uint8).contiguous()}
+    for method, rows in art.per_probe.items():
+        if rows.shape != (n_probes, art.model.n_layers, art.model.n_heads):
+            raise HeadprofError(f"per-probe {method} scores have shape {tuple(rows.shape)}, "
+                                f"expected {(n_probes, art.model.n_layers, art.model.n_heads)}")
+        tensors[f"per_probe.{method}"] = rows.float().contiguous()
+        tensors[method] = art.scores(method).float().contiguous()
+    meta = dict(art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, counts=art.counts())
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=_header(SCORES_FORMAT, art.model, meta))
+
+
+def load_scores(path: str | Path) -> ScoreArtifact:
+    tensors, meta = _read(path, SCORES_FORMAT)
+    try:
+        model = ModelInfo(**meta.pop("model"))
+        probe_ids, kinds = meta.pop("probe_ids"), meta.pop("probe_kinds")
+        meta.pop("counts", None)
+        per_probe = {m: tensors[f"per_probe.{m}"] for m in METHODS if f"per_probe.{m}" in tensors}
+        counted = tensors["counted"].bool()
+    except (KeyError, TypeError) as exc:
+        raise HeadprofError(f"artifact {path} is missing {exc}") from None
+    expected = (len(probe_ids), model.n_layers, model.n_heads)
+    for method, rows in per_probe.items():
+        if tuple(rows.shape) != expected:
+            raise HeadprofError(f"artifact {path}: {method} scores have shape {tuple(rows.shape)}, expected {expected}")
+    if not per_probe or counted.shape != (len(probe_ids),):
+        raise HeadprofError(f"artifact {path} has no scores or inconsistent probe counts")
+    meta["sha256"] = sha256_file(path)
+    return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta)
+
+
+def save_alloc(path: str | Path, art: AllocArtifact) -> None:
+    heads = art.model.n_kv_heads if art.gqa == "kv" else art.model.n_heads
+    if tuple(art.budgets.shape) != (art.model.n_layers, heads):
+        raise HeadprofError(f"budgets have shape {tuple(art.budgets.shape)}, expected {(art.model.n_layers, heads)}")
+    meta = dict(art.meta, total=int(art.budgets.sum()))
+    with atomic_path(path) as tmp:
+        save_file({"budgets": art.budgets.to(torch.int32).contiguous()}, str(tmp),
+                  metadata=_header(ALLOC_FORMAT, art.model, meta))
+
+
+def load_alloc(path: str | Path) -> AllocArtifact:
+    tensors, meta = _read(path, ALLOC_FORMAT)
+    try:
+        model = ModelInfo(**meta.pop("model"))
+        budgets = tensors["budgets"]
+    except (KeyError, TypeError) as exc:
+        raise HeadprofError(f"artifact {path} is missing {exc}") from None
+    art = AllocArtifact(model, budgets, meta)
+    heads = model.n_kv_heads if art.gqa == "kv" else model.n_heads
+    if tuple(budgets.shape) != (model.n_layers, heads) or int(budgets.sum()) != meta.get("total"):
+        raise HeadprofError(f"artifact {path}: budgets of shape {tuple(budgets.shape)} do not match its metadata")
+    return art
+
+
+def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) -> ScoreArtifact:
+    """Join shards of one scoring run; refuses parts of different runs, overlaps and gaps.
+
+    `expected`: the probe indices the parts must cover together (default: the whole probe set).
+    """
+    if not parts:
+        raise HeadprofError("nothing to merge")
+    first = parts[0]
+    for part in parts[1:]:
+        check_model(first.model, part.model, "shard")
+        for key in ("probe_set_sha256", "mode", "methods", "params"):
+            if part.meta.get(key) != first.meta.get(key):
+                raise HeadprofError(f"shards differ in {key}: {first.meta.get(key)} vs {part.meta.get(key)}")
+    rows: dict[int, tuple[ScoreArtifact, int]] = {}
+    for part in parts:
+        if part.meta.get("complete") is False:
+            raise HeadprofError("a shard is an unfinished checkpoint; finish it first")
+        for pos, index in enumerate(part.meta.get("probe_indices", [])):
+            if index in rows:
+                raise HeadprofError(f"shards overlap: probe {part.probe_ids[pos]} appears twice")
+            rows[index] = (part, pos)
+    wanted = sorted(expected) if expected is not None else list(range(first.meta.get("probe_set_size", len(rows))))
+    missing = sorted(set(wanted) - set(rows))
+    if missing or len(rows) != len(wanted):
+        raise HeadprofError(f"shards are incomplete: {len(missing)} of {len(wanted)} probes missing"
+                            + (f" (first index {missing[0]})" if missing else " or extra probes present"))
+    order = [rows[i] for i in wanted]
+    per_probe = {m: torch.stack([p.per_probe[m][pos] for p, pos in order]) for m in first.per_probe}
+    meta = {k: v for k, v in first.meta.items() if k not in ("shard", "sha256")}
+    if len({p.meta.get("shard") for p in parts}) == 1 and first.meta.get("shard"):
+        meta["shard"] = first.meta["shard"]
+    meta.update(answers=[p.meta["answers"][pos] for p, pos in order], probe_indices=wanted)
+    return ScoreArtifact(first.model, [p.probe_ids[pos] for p, pos in order],
+                         [p.probe_kinds[pos] for p, pos in order],
+                         torch.stack([p.counted[pos] for p, pos in order]), per_probe, meta)

@@ -1,0 +1,89 @@
+"""Attention capture for scoring: only the rows of the answer steps, never the full T x T matrix.
+
+A registered attention function (transformers' AttentionInterface) runs the normal SDPA forward
+and, when a capture is active, recomputes softmax(q k^T) for the last `n_rows` queries of the call
+only. Those rows cost O(n_rows x T) per head, so a teacher-forced probe costs about one SDPA forward
+and memory grows linearly with context. Each layer's rows are handed to a callback and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+CAPTURE_IMPL = "headprof_capture"
+RowsCallback = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class _Request:
+    n_rows: int
+    on_rows: RowsCallback
+
+
+_ACTIVE: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("headprof_capture", default=None)
+
+
+def attention_rows(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Softmax rows of the last queries over all keys, causal, in float32.
+
+    query `[B, Hq, n, d]` (the last n query positions), key `[B, Hkv, T, d]`; returns `[B, Hq, n, T]`.
+    Query head h reads KV head h // g (the grouping of transformers' repeat_kv).
+    """
+    batch, n_heads, n_rows, dim = query.shape
+    n_kv, total = key.shape[1], key.shape[2]
+    grouped = query.reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
+    logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling
+    logits = logits.view(batch, n_heads, n_rows, total)
+    query_pos = torch.arange(total - n_rows, total, device=key.device)
+    future = torch.arange(total, device=key.device)[None, :] > query_pos[:, None]
+    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def _capture_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    request = _ACTIVE.get()
+    if request is not None:
+        n_rows = min(request.n_rows, query.shape[2])
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        request.on_rows(module.layer_idx, attention_rows(query[:, :, -n_rows:], key, scaling))
+    return output, None
+
+
+AttentionInterface.register(CAPTURE_IMPL, _capture_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+class AttentionCapture:
+    """Switch a model to the capturing attention for a `with` block; `rows()` arms one forward."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._previous: str | None = None
+
+    def __enter__(self) -> AttentionCapture:
+        self._previous = self.model.config._attn_implementation
+        self.model.set_attn_implementation(CAPTURE_IMPL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.set_attn_implementation(self._previous or "sdpa")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def rows(n_rows: int, on_rows: RowsCallback) -> Iterator[None]:
+        """Hand the last `n_rows` attention rows of every attention call to `on_rows(layer_idx, rows)`."""
+        token = _ACTIVE.set(_Request(n_rows, on_rows))
+        try:
+            yield
+        finally:
+            _ACTIVE.reset(token)

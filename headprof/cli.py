@@ -1,0 +1,390 @@
+"""The `headprof` command: a thin typer layer over the library. Errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from headprof.errors import HeadprofError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Profile attention heads for long-context retrieval and reasoning; compress the KV cache.")
+probes_app = typer.Typer(no_args_is_help=True, help="Build and inspect needle-in-a-haystack probe sets.")
+app.add_typer(probes_app, name="probes")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, hub id, local directory or .gguf file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32 | bfloat16 | float16 | auto (bf16 on CUDA, fp32 on CPU).")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")]
+DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", help="'auto' shards a large model (accelerate).")]
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HeadprofError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HeadprofError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=err, transient=True)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load(model: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None):
+    from headprof.models import load_model
+
+    _quiet_transformers()
+    with err.status(f"loading {model} ..."):
+        return load_model(model, dtype=dtype, device=device, device_map=device_map)
+
+
+def default_probe_file(model: str) -> Path:
+    from headprof.models import resolve_model
+
+    return Path("probes") / f"probes-{resolve_model(model).slug}.jsonl"
+
+
+def default_artifact_dir(model: str) -> Path:
+    from headprof.models import resolve_model
+
+    return Path("artifacts") / resolve_model(model).slug
+
+
+# ---------------------------------------------------------------- probes
+
+
+@probes_app.command("build")
+def probes_build(
+    model: ModelOpt = "smollm2-135m",
+    kind: Annotated[str, typer.Option(help="retrieval | reasoning | both")] = "both",
+    lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens of the model's tokenizer.")] = "1024,2048",
+    depths: Annotated[str, typer.Option(help="Needle depths in percent of the haystack.")] = "10,50,90",
+    needles: Annotated[list[Path] | None, typer.Option(help="Needle JSONL file(s); default: probes/needles-*.jsonl.")] = None,
+    haystack: Annotated[str, typer.Option(help="'builtin' (Python's own docs) or a text file / folder.")] = "builtin",
+    seed: int = 0,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Default: probes/probes-<model>.jsonl.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a probe set: every needle x length x depth, written as JSONL."""
+    from headprof import probes as P
+    from headprof.models import load_tokenizer
+
+    kinds = P.KINDS if kind == "both" else (kind,)
+    if any(k not in P.KINDS for k in kinds):
+        raise HeadprofError(f"unknown kind '{kind}' (retrieval, reasoning, both)")
+    files = needles or [Path(P.DEFAULT_NEEDLES[k]) for k in kinds]
+    needle_list = [n for f in files for n in P.load_needles(f) if n.kind in kinds]
+    if not needle_list:
+        raise HeadprofError(f"no {kind} needles in {', '.join(map(str, files))}")
+    _quiet_transformers()
+    tokenizer, info = load_tokenizer(model)
+    started = time.time()
+    probe_list = P.build_probes(needle_list, tokenizer, _ints(lengths, "--lengths"), _floats(depths, "--depths"),
+                                seed, haystack, info.max_context, tokenizer_name=model)
+    target = out_file or default_probe_file(model)
+    P.write_probes(target, probe_list)
+    counts = {k: sum(p.kind == k for p in probe_list) for k in kinds}
+    if as_json:
+        _emit({"probes": str(target), "count": len(probe_list), "per_kind": counts,
+               "sha256": P.probes_sha256(probe_list), "seconds": round(time.time() - started, 2)})
+    else:
+        sizes = sorted({p.n_tokens for p in probe_list})
+        out.print(f"wrote {len(probe_list)} probes ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
+                  f"to {target}; prompt lengths {sizes[0]}-{sizes[-1]} tokens")
+
+
+# ---------------------------------------------------------------- score
+
+
+@app.command()
+def score(
+    model: ModelOpt = "smollm2-135m",
+    probes: Annotated[Path | None, typer.Option(help="Probe JSONL; default: probes/probes-<model>.jsonl.")] = None,
+    method: Annotated[str, typer.Option(help="retrieval | r2 | both")] = "both",
+    mode: Annotated[str, typer.Option(help="teacher (gold answer forced, all count) | generate (own answer)")] = "teacher",
+    max_new_tokens: Annotated[int, typer.Option(help="generate mode: answer length cap.")] = 48,
+    criterion: Annotated[str, typer.Option(help="generate mode: recall (gold tokens in answer) | f1.")] = "recall",
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: score only every N-th probe from i (merge later).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Default: artifacts/<model>/scores.safetensors.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the model on the probes with attention capture and write per-head scores."""
+    from headprof import distributed, probes as P, scoring
+    from headprof.artifacts import save_scores
+
+    methods = ("retrieval", "r2") if method == "both" else (method,)
+    config = scoring.ScoreConfig(methods=methods, mode=mode, max_new_tokens=max_new_tokens, criterion=criterion)
+    config.validate()
+    probe_list = P.load_probes(probes or default_probe_file(model))
+    select, shard_meta = distributed.shard_indices(len(probe_list), shard)
+    name = "scores.safetensors" if mode == "teacher" else f"scores-{mode}.safetensors"
+    target = out_file or default_artifact_dir(model) / name
+    _check_writable(target)
+    world = distributed.World.from_env()
+    wanted, select = select, world.split(select)
+    loaded = _load(model, dtype, world.device(device), device_map)
+    started = time.time()
+    with progress_bar() as bar:
+        task = bar.add_task(f"scoring {loaded.spec.name}", total=len(select))
+        art = scoring.score_probes(loaded, probe_list, config, select=select,
+                                   checkpoint=f"{target}.partial-{world.rank}" if world.size > 1 else f"{target}.partial",
+                                   on_probe=lambda _r: bar.advance(task), extra_meta=shard_meta)
+    art = world.gather(art, wanted)
+    seconds = time.time() - started
+    if not world.is_main:
+        return
+    save_scores(target, art)
+    for partial in target.parent.glob(f"{target.name}.partial*"):
+        partial.unlink(missing_ok=True)
+    _report_scores(art, target, seconds, as_json)
+
+
+def _check_writable(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadprofError(f"cannot create {target.parent}: {exc.strerror}") from None
+    if not os.access(target.parent, os.W_OK):
+        raise HeadprofError(f"output directory {target.parent} is not writable")
+
+
+def _top_heads(scores, k: int) -> list[list[float]]:
+    flat = scores.flatten()
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
+    n_heads = scores.shape[1]
+    return [[i // n_heads, i % n_heads, round(float(flat[i]), 6)] for i in order]
+
+
+def _report_scores(art, target: Path, seconds: float, as_json: bool) -> None:
+    counts = art.counts()
+    main_method = "r2" if "r2" in art.per_probe else art.methods[0]
+    top = _top_heads(art.scores(main_method), 10)
+    if as_json:
+        _emit({"artifact": str(target), "probes_total": sum(c["total"] for c in counts.values()),
+               "probes_counted": sum(c["counted"] for c in counts.values()), "per_kind": counts,
+               "mode": art.meta.get("mode"), "seconds": round(seconds, 2), "method": main_method, "top_heads": top})
+        return
+    table = Table(title=f"probes ({art.meta.get('mode')} mode)")
+    for col in ("kind", "total", "counted"):
+        table.add_column(col)
+    for kind, c in counts.items():
+        table.add_row(kind, str(c["total"]), str(c["counted"]))
+    out.print(table)
+    out.print(f"top {main_method} heads (layer, head, score): " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in top))
+    out.print(f"wrote {target} in {seconds:.1f} s")
+
+
+# ---------------------------------------------------------------- allocate
+
+
+@app.command()
+def allocate(
+    budget: Annotated[int, typer.Option(help="Mean KV entries per head, window included.")],
+    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the default model's.")] = None,
+    policy: Annotated[str, typer.Option(help="headkv | uniform | pyramid")] = "headkv",
+    beta: Annotated[float | None, typer.Option(help="headkv: pool share M = N / beta (default 1.2); pyramid: slope (default 20).")] = None,
+    temp: Annotated[float, typer.Option(help="headkv: score temperature.")] = 1.0,
+    window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    gqa: Annotated[str, typer.Option(help="query: per query head (HeadKV paper) | kv: per KV head (memory-honest).")] = "query",
+    score_method: Annotated[str, typer.Option("--score-method", help="Which score drives headkv: r2 | retrieval.")] = "r2",
+    context: Annotated[int | None, typer.Option(help="Context length for the KV bytes summary; default: model window.")] = None,
+    bytes_per_value: Annotated[int, typer.Option(help="Bytes per cached value for the summary (2 = bf16).")] = 2,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Default: next to the scores, alloc-b<B>-<policy>.safetensors.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn head scores into per-head KV budgets (HeadKV S·M·N pool, uniform/SnapKV, PyramidKV)."""
+    from headprof import allocation as A
+    from headprof.artifacts import AllocArtifact, load_scores, save_alloc
+
+    source = scores or default_artifact_dir("smollm2-135m") / "scores.safetensors"
+    art = load_scores(source)
+    config = A.AllocConfig(budget, policy, window, beta, temp, gqa)
+    config.validate(art.model.max_context)
+    budgets = A.allocate(art.scores(score_method), config, art.model.n_kv_heads)
+    suffix = "-kv" if gqa == "kv" else ""
+    target = out_file or source.parent / f"alloc-b{budget}-{policy}{suffix}.safetensors"
+    meta = {"policy": policy, "budget": budget, "window": window, "beta": config.beta_value, "temp": temp,
+            "gqa": gqa, "score_method": score_method, "source_scores": str(source),
+            "source_scores_sha256": art.meta["sha256"], "rounding": "largest remainder, ties to lower head index",
+            "floor": A.floor_of(config, art.model.n_layers)}
+    save_alloc(target, AllocArtifact(art.model, budgets, meta))
+    _report_alloc(target, budgets, config, art.model, context or art.model.max_context, bytes_per_value, as_json)
+
+
+def _report_alloc(target: Path, budgets, config, model, context: int, bytes_per_value: int, as_json: bool) -> None:
+    from headprof import allocation as A
+
+    stored = budgets.clamp(max=context)
+    used = A.kv_bytes(budgets, model.head_dim, bytes_per_value, context)
+    other_heads = model.n_heads if config.gqa == "kv" else model.n_kv_heads
+    other = 2 * model.head_dim * bytes_per_value * model.n_layers * other_heads * min(config.budget, context)
+    full = A.full_kv_bytes(model.n_layers, model.n_kv_heads, model.head_dim, bytes_per_value, context)
+    floor = A.floor_of(config, model.n_layers)
+    at_floor = float((budgets <= floor).float().mean())
+    if as_json:
+        _emit({"artifact": str(target), "policy": config.policy, "gqa": config.gqa, "total": int(budgets.sum()),
+               "min": int(budgets.min()), "max": int(budgets.max()), "at_floor": round(at_floor, 4),
+               "kv_bytes": used, "kv_bytes_other_layout": other, "kv_bytes_full": full, "context": context})
+        return
+    table = Table(title=f"{config.policy} budgets (B={config.budget}, w={config.window}, gqa={config.gqa})")
+    for col in ("layer", "min", "median", "max"):
+        table.add_column(col, justify="right")
+    for layer in range(budgets.shape[0]):
+        row = budgets[layer]
+        table.add_row(str(layer), str(int(row.min())), str(int(row.median())), str(int(row.max())))
+    out.print(table)
+    layout_other = "query-head" if config.gqa == "kv" else "KV-head"
+    out.print(f"total {int(budgets.sum())} entries ({budgets.numel()} heads x {config.budget}); "
+              f"{at_floor:.0%} of heads at the floor ({floor})")
+    out.print(f"KV bytes at {context} tokens ({bytes_per_value} B/value): {_mib(used)} this layout, "
+              f"{_mib(other)} with {layout_other} budgets of {config.budget}, {_mib(full)} full cache "
+              f"({used / full:.1%} of full; stored entries {int(stored.sum())})")
+    out.print(f"wrote {target}")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+# ---------------------------------------------------------------- show
+
+
+@app.command()
+def show(
+    artifact: Annotated[Path, typer.Argument(help="A score or allocation artifact.")],
+    method: Annotated[str | None, typer.Option(help="Score to show: r2 | retrieval (default: r2 if present).")] = None,
+    top: Annotated[int, typer.Option(help="Rows in the top-heads table.")] = 10,
+    gqa: Annotated[str, typer.Option(help="query | kv (sum over each KV group).")] = "query",
+    png: Annotated[Path | None, typer.Option(help="Also write a matplotlib heatmap (layers x heads).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top heads, per-layer summary and a heatmap of a score (or budget) artifact."""
+    from headprof.artifacts import ALLOC_FORMAT, load_alloc, load_scores
+    from headprof.scoring import kv_view
+
+    header = _peek_format(artifact)
+    if header == ALLOC_FORMAT:
+        alloc = load_alloc(artifact)
+        values, label, model, extra = alloc.budgets.float(), f"budgets ({alloc.meta.get('policy')})", alloc.model, {}
+    else:
+        art = load_scores(artifact)
+        method = method or ("r2" if "r2" in art.per_probe else art.methods[0])
+        values, label, model = art.scores(method), f"{method} score", art.model
+        extra = {"counts": art.counts(), "mode": art.meta.get("mode")}
+        if gqa == "kv":
+            values, label = kv_view(values, model.n_kv_heads), f"{label}, summed per KV head"
+    if png:
+        from headprof.plots import score_heatmap
+
+        score_heatmap(values, png, f"{model.model_id}: {label}")
+    layers = [{"layer": i, "mean": round(float(r.mean()), 6), "max": round(float(r.max()), 6),
+               "argmax_head": int(r.argmax())} for i, r in enumerate(values)]
+    if as_json:
+        _emit({"artifact": str(artifact), "model": model.model_id, "what": label, **extra,
+               "top_heads": _top_heads(values, top), "layers": layers, "png": str(png) if png else None})
+        return
+    out.print(f"[bold]{artifact}[/bold]: {label} of {model.model_id} "
+              f"({model.n_layers} layers x {values.shape[1]} heads)")
+    if "counts" in extra:
+        out.print("probes: " + ", ".join(f"{k} {c['counted']}/{c['total']} counted" for k, c in extra["counts"].items())
+                  + f" ({extra['mode']} mode)")
+    table = Table(title=f"top {top} heads")
+    for col in ("rank", "layer", "head", "value"):
+        table.add_column(col, justify="right")
+    for rank, (layer, head, value) in enumerate(_top_heads(values, top), 1):
+        table.add_row(str(rank), str(layer), str(head), f"{value:.4f}")
+    out.print(table)
+    out.print(_heatmap(values, layers))
+    if png:
+        out.print(f"wrote {png}")
+
+
+def _peek_format(path: Path) -> str:
+    from headprof.artifacts import SCORES_FORMAT
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            return json.loads((fh.metadata() or {}).get("headprof", "{}")).get("format", SCORES_FORMAT)
+    except Exception:  # noqa: BLE001 - the loader that follows reports the real problem
+        return SCORES_FORMAT
+
+
+def _heatmap(values, layers: list[dict[str, Any]]) -> Table:
+    """One coloured cell per head, darker = lower; the last columns summarise the layer."""
+    low, high = float(values.min()), float(values.max())
+    span = (high - low) or 1.0
+    table = Table(title="heatmap (rows: layers, columns: heads)", box=None, pad_edge=False, padding=(0, 0))
+    table.add_column("layer", justify="right")
+    for head in range(values.shape[1]):
+        table.add_column(f"{head:>2}", justify="center")
+    table.add_column(" mean / max", justify="left")
+    for layer, row in enumerate(values):
+        cells = []
+        for value in row.tolist():
+            level = int(round((value - low) / span * 255))
+            cells.append(f"[on rgb({level},{int(level * 0.6)},{255 - level})]  [/]")
+        table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}")
+    return table
+
+
+# ---------------------------------------------------------------- entry point
+
+
+INTERRUPTED = "[yellow]interrupted[/yellow]: finished probes are checkpointed; rerun the same command to resume"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry: every HeadprofError, bad option or Ctrl-C ends with one line and a non-zero exit."""
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="headprof")
+    except HeadprofError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except typer.TyperException as exc:  # bad options and arguments (typer's click exceptions)
+        err.print(f"[red]error:[/red] {exc.format_message()}", soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {exc.strerror or exc}: {exc.filename or ''}", soft_wrap=True)
+        sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into exit code 130 when not standalone
+        err.print(INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)

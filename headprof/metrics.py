@@ -1,0 +1,51 @@
+"""Answer metrics shared by scoring (which generated answers count) and evaluation (accuracy).
+
+Normalisation follows SQuAD/LongBench: lower-case, drop punctuation and the articles a/an/the,
+collapse whitespace. Hyphens count as punctuation, so "cobalt-4417" and "cobalt 4417" differ only
+in tokenisation ("cobalt4417" vs "cobalt", "4417"), which the substring metric tolerates.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    text = _PUNCT.sub("", text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of token precision and recall (multiset overlap), as in SQuAD and HeadKV."""
+    pred, ref = answer_tokens(prediction), answer_tokens(gold)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_recall(prediction: str, gold: str) -> float:
+    """Share of the gold answer's tokens found in the prediction (ROUGE-1 recall, as the Retrieval-head code)."""
+    pred, ref = Counter(answer_tokens(prediction)), answer_tokens(gold)
+    if not ref:
+        return 0.0
+    return sum((pred & Counter(ref)).values()) / len(ref)
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    """The normalised gold answer occurs in the normalised prediction, on word boundaries."""
+    ref = normalize_answer(gold)
+    return bool(ref) and f" {ref} " in f" {normalize_answer(prediction)} "
+
+
+CRITERIA = {"recall": answer_recall, "f1": token_f1}

@@ -1,0 +1,352 @@
+"""Needle-in-a-haystack probes: needle files, the haystack, building probes and locating spans in tokens.
+
+A probe file is JSONL (one probe a line, loadable with `datasets.load_dataset("json", ...)`). Each
+probe carries its full prompt text and character spans, so that scoring never has to rebuild the
+prompt; the spans are mapped to token ids with the tokenizer's offset mapping at scoring time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headprof.errors import HeadprofError
+from headprof.fileio import atomic_path
+
+KINDS = ("retrieval", "reasoning")
+DEFAULT_NEEDLES = {
+    "retrieval": "probes/needles-retrieval.jsonl",
+    "reasoning": "probes/needles-reasoning.jsonl",
+}
+DEFAULT_LENGTHS = (1024, 2048)
+DEFAULT_DEPTHS = (10, 50, 90)
+DEFAULT_SEED = 0
+INSTRUCTION = "Answer briefly, using the exact words from the text."
+_NEEDLE_FIELDS = ("needle", "question", "answer", "kind")
+
+
+@dataclass(frozen=True)
+class Needle:
+    id: str
+    kind: str
+    needle: str
+    question: str
+    answer: str
+    span: str
+
+
+@dataclass
+class Probe:
+    """One prompt with one needle. Character spans index into `prompt`; `target` is the teacher-forced answer."""
+
+    id: str
+    needle_id: str
+    kind: str
+    prompt: str
+    templated: bool
+    needle_chars: tuple[int, int]
+    span_chars: tuple[int, int]
+    question: str
+    answer: str
+    target: str
+    length: int
+    n_tokens: int
+    depth: float
+    seed: int
+    tokenizer: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Probe:
+        data = dict(data)
+        data["needle_chars"] = tuple(data["needle_chars"])
+        data["span_chars"] = tuple(data["span_chars"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EncodedProbe:
+    """Token view of a probe: `span` and `needle` are half-open token ranges inside `prompt_ids`."""
+
+    probe: Probe
+    prompt_ids: list[int]
+    target_ids: list[int]
+    span: tuple[int, int]
+    needle: tuple[int, int]
+
+
+# ---------------------------------------------------------------- needles
+
+
+def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
+    """Read and validate a needle JSONL file; every problem names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadprofError(f"needle file {path} not found")
+    needles: list[Needle] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"needle file {path} line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise HeadprofError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise HeadprofError(f"{where}: expected a JSON object")
+        for key in _NEEDLE_FIELDS:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise HeadprofError(f"{where}: missing or empty field '{key}'")
+        if row["kind"] not in KINDS:
+            raise HeadprofError(f"{where}: kind must be one of {', '.join(KINDS)}, got '{row['kind']}'")
+        span = row.get("span") or row["needle"]
+        if span not in row["needle"]:
+            raise HeadprofError(f"{where}: span is not a substring of the needle")
+        if row["answer"].lower() not in span.lower():
+            raise HeadprofError(f"{where}: answer '{row['answer']}' does not occur in the span")
+        needle_id = str(row.get("id") or f"{path.stem}-{lineno}")
+        if needle_id in seen:
+            raise HeadprofError(f"{where}: duplicate needle id '{needle_id}'")
+        seen.add(needle_id)
+        needles.append(Needle(needle_id, row["kind"], row["needle"].strip(), row["question"].strip(),
+                              row["answer"].strip(), span.strip()))
+    if not needles:
+        raise HeadprofError(f"needle file {path} has no needles")
+    if kind is not None:
+        needles = [n for n in needles if n.kind == kind]
+    return needles
+
+
+# ---------------------------------------------------------------- haystack
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def _is_prose(paragraph: str) -> bool:
+    """Keep explanatory prose; drop code samples, tables, headings and grammar rules."""
+    if ">>>" in paragraph or "::=" in paragraph or len(paragraph.split()) < 8:
+        return False
+    lines = paragraph.splitlines()
+    if any(re.fullmatch(r"\s*([*=~^-])\1{3,}\s*", line) for line in lines):
+        return False
+    letters = sum(ch.isalpha() or ch.isspace() for ch in paragraph)
+    return letters / len(paragraph) > 0.9 and "." in paragraph
+
+
+def clean_haystack(raw: str) -> list[str]:
+    """Split raw text into prose sentences (code and markup removed)."""
+    sentences: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", raw):
+        if not _is_prose(paragraph):
+            continue
+        text = re.sub(r"\s+", " ", re.sub(r"[*`\"]", "", paragraph)).strip()
+        for sentence in _SENTENCE_END.split(text):
+            if len(sentence.split()) >= 4 and sentence[-1] in ".!?":
+                sentences.append(sentence)
+    return sentences
+
+
+def load_haystack(source: str = "builtin") -> list[str]:
+    """`builtin`: the English documentation text that ships with CPython (no download); else a file or folder."""
+    if source == "builtin":
+        from pydoc_data.topics import topics
+
+        raw = "\n\n".join(topics[key] for key in sorted(topics))
+        origin = "builtin haystack (pydoc_data.topics)"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+            if not files:
+                raise HeadprofError(f"haystack folder {path} has no .txt or .md files")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise HeadprofError(f"haystack {path} not found")
+        try:
+            raw = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+        except OSError as exc:
+            raise HeadprofError(f"cannot read haystack {path}: {exc.strerror}") from None
+        origin = f"haystack {path}"
+    sentences = clean_haystack(raw)
+    if len(sentences) < 20:
+        raise HeadprofError(f"{origin} is empty or too short after cleaning ({len(sentences)} prose sentences)")
+    return sentences
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def render_prompt(tokenizer: Any, context: str, question: str) -> tuple[str, bool]:
+    """The model's chat template when it has one, plain text otherwise; returns (prompt, templated)."""
+    user = f"{context}\n\nQuestion: {question}\n{INSTRUCTION}"
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+        return prompt, True
+    return f"{user}\nAnswer:", False
+
+
+def encode_text(tokenizer: Any, text: str, templated: bool, offsets: bool = False) -> Any:
+    """Templated prompts already contain their special tokens; plain prompts get the tokenizer's (BOS)."""
+    return tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=offsets)
+
+
+def _stable_rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def build_probe(
+    needle: Needle, tokenizer: Any, sentences: Sequence[str], sentence_tokens: Sequence[int],
+    length: int, depth: float, seed: int, tokenizer_name: str = "",
+) -> Probe:
+    """Fill the prompt to at most `length` tokens with haystack sentences, needle at `depth`% (sentence boundary)."""
+    probe_id = f"{needle.id}@{length}@{depth:g}"
+    overhead = len(encode_text(tokenizer, *render_prompt(tokenizer, needle.needle, needle.question))["input_ids"])
+    if overhead >= length:
+        raise HeadprofError(f"probe {probe_id}: the needle and question alone take {overhead} tokens, "
+                            f"more than the context length {length}")
+    rng = _stable_rng(seed, needle.id, length, float(depth))  # 50 and 50.0 must give the same probe
+    start = rng.randrange(len(sentences))
+    chosen: list[int] = []
+    budget = length - overhead
+    total = 0
+    while total < budget and len(chosen) < len(sentences):
+        idx = (start + len(chosen)) % len(sentences)
+        chosen.append(idx)
+        total += sentence_tokens[idx] + 1
+    # Per-sentence counts only approximate the joined text: trim until the real prompt fits.
+    while True:
+        hay = [sentences[i] for i in chosen]
+        cut = _depth_index([sentence_tokens[i] for i in chosen], depth)
+        context = " ".join(hay[:cut] + [needle.needle] + hay[cut:])
+        prompt, templated = render_prompt(tokenizer, context, needle.question)
+        n_tokens = len(encode_text(tokenizer, prompt, templated)["input_ids"])
+        if n_tokens <= length or not chosen:
+            break
+        excess = n_tokens - length
+        drop = max(1, excess // max(1, round(sum(sentence_tokens[i] for i in chosen) / len(chosen))))
+        chosen = chosen[:-drop] if drop < len(chosen) else []
+    if prompt.count(needle.needle) != 1:
+        raise HeadprofError(f"probe {probe_id}: the needle text occurs {prompt.count(needle.needle)} times "
+                            "in the prompt (the template changed it, or the haystack contains it)")
+    n_start = prompt.index(needle.needle)
+    s_start = n_start + needle.needle.index(needle.span)
+    target = needle.span if templated else " " + needle.span
+    return Probe(
+        id=probe_id, needle_id=needle.id, kind=needle.kind, prompt=prompt, templated=templated,
+        needle_chars=(n_start, n_start + len(needle.needle)),
+        span_chars=(s_start, s_start + len(needle.span)),
+        question=needle.question, answer=needle.answer, target=target, length=length, n_tokens=n_tokens,
+        depth=float(depth), seed=seed, tokenizer=tokenizer_name,
+    )
+
+
+def _depth_index(token_counts: Sequence[int], depth: float) -> int:
+    """Sentence boundary whose token offset is closest to depth% of the haystack."""
+    total = sum(token_counts)
+    goal = total * depth / 100.0
+    best, acc, best_gap = 0, 0, abs(goal)
+    for i, count in enumerate(token_counts, 1):
+        acc += count
+        if abs(acc - goal) < best_gap:
+            best, best_gap = i, abs(acc - goal)
+    return best
+
+
+def build_probes(
+    needles: Iterable[Needle], tokenizer: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
+    depths: Sequence[float] = DEFAULT_DEPTHS, seed: int = DEFAULT_SEED, haystack: str = "builtin",
+    max_context: int = 0, tokenizer_name: str = "",
+) -> list[Probe]:
+    """Every needle x length x depth, deterministic under `seed`."""
+    needles = list(needles)
+    if not needles:
+        raise HeadprofError("no needles to build probes from")
+    for length in lengths:
+        if length <= 0:
+            raise HeadprofError(f"context length must be positive, got {length}")
+        if max_context and length > max_context:
+            raise HeadprofError(f"context length {length} exceeds the model's context window ({max_context} tokens)")
+    for depth in depths:
+        if not 0 <= depth <= 100:
+            raise HeadprofError(f"depth must be a percent in [0, 100], got {depth}")
+    sentences = load_haystack(haystack)
+    sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
+    return [
+        build_probe(needle, tokenizer, sentences, sentence_tokens, length, depth, seed, tokenizer_name)
+        for needle in needles for length in lengths for depth in depths
+    ]
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for probe in probes:
+                fh.write(json.dumps(asdict(probe), ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def load_probes(path: str | Path) -> list[Probe]:
+    path = Path(path)
+    if not path.is_file():
+        raise HeadprofError(f"probe file {path} not found (build one with: headprof probes build)")
+    probes: list[Probe] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            probes.append(Probe.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise HeadprofError(f"probe file {path} line {lineno} is corrupt: {exc}") from None
+    if not probes:
+        raise HeadprofError(f"probe file {path} has no probes")
+    if len({p.id for p in probes}) != len(probes):
+        raise HeadprofError(f"probe file {path} has duplicate probe ids")
+    return probes
+
+
+def probes_sha256(probes: Sequence[Probe]) -> str:
+    """Content hash of a probe set, independent of file formatting and order."""
+    rows = sorted(json.dumps(asdict(p), sort_keys=True, ensure_ascii=False) for p in probes)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- token spans
+
+
+def char_span_to_tokens(offsets: Sequence[tuple[int, int]], chars: tuple[int, int]) -> tuple[int, int] | None:
+    """Half-open token range of the tokens whose characters overlap `chars` (special tokens have empty offsets)."""
+    start, end = chars
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    if not hits:
+        return None
+    return hits[0], hits[-1] + 1
+
+
+def encode_probe(tokenizer: Any, probe: Probe) -> EncodedProbe:
+    """Tokenize the prompt and map the needle and scoring span to token ranges, exactly, from offsets."""
+    enc = encode_text(tokenizer, probe.prompt, probe.templated, offsets=True)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    span = char_span_to_tokens(offsets, probe.span_chars)
+    needle = char_span_to_tokens(offsets, probe.needle_chars)
+    if span is None or needle is None:
+        raise HeadprofError(f"probe {probe.id}: scoring span {probe.span_chars} not found in the tokenized prompt")
+    covered = (offsets[span[0]][0], offsets[span[1] - 1][1])
+    if covered[0] > probe.span_chars[0] or covered[1] < probe.span_chars[1]:
+        raise HeadprofError(f"probe {probe.id}: tokens cover chars {covered}, not the whole span {probe.span_chars}")
+    target_ids = tokenizer(probe.target, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise HeadprofError(f"probe {probe.id}: empty answer target")
+    return EncodedProbe(probe, list(enc["input_ids"]), list(target_ids), span, needle)

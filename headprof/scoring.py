@@ -1,0 +1,266 @@
+"""Head scores from captured answer-step attention (METHOD.md §2).
+
+For every probe the model reads `prompt + answer`. At answer step t (token y_t being produced) each
+head has an attention row a_t over the visible positions:
+- retrieval (Wu et al.): the head copies if argmax a_t lies in the scoring span and the token there
+  equals y_t; probe score = copies / |span|.
+- r2 (HeadKV): with k = |span|, add a_t[j] / |span| for every top-k position j inside the span,
+  summed over the answer steps.
+A head's score is the mean over counted probes. Both scores come from the same captured rows, so
+asking for both costs no extra forward pass.
+
+Modes: `teacher` feeds the probe's target (the span text) after the prompt in one forward pass and
+every probe counts; `generate` decodes greedily, captures the rows of the model's own answer steps
+as it goes, and counts the probe only if the answer is right (gold-answer recall or token F1 > 0.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headprof.artifacts import METHODS, ScoreArtifact, load_scores, save_scores
+from headprof.capture import AttentionCapture
+from headprof.errors import HeadprofError
+from headprof.metrics import CRITERIA
+from headprof.models import LoadedModel
+from headprof.probes import EncodedProbe, Probe, encode_probe, probes_sha256
+
+MODES = ("teacher", "generate")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    methods: tuple[str, ...] = METHODS
+    mode: str = "teacher"
+    max_new_tokens: int = 48
+    criterion: str = "recall"
+    threshold: float = 0.5
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise HeadprofError(f"unknown scoring method {', '.join(unknown) or '(none)'} (retrieval, r2, both)")
+        if self.mode not in MODES:
+            raise HeadprofError(f"unknown mode '{self.mode}' ({', '.join(MODES)})")
+        if self.criterion not in CRITERIA:
+            raise HeadprofError(f"unknown correctness criterion '{self.criterion}' ({', '.join(CRITERIA)})")
+        if self.max_new_tokens < 1:
+            raise HeadprofError("max-new-tokens must be at least 1")
+
+
+@dataclass
+class ProbeResult:
+    probe_id: str
+    kind: str
+    counted: bool
+    scores: dict[str, torch.Tensor]
+    answer: str
+
+
+# ---------------------------------------------------------------- the math
+
+
+def step_stats(rows: torch.Tensor, span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head and answer step: argmax position, and the r2 mass (top-|span| positions inside the span) / |span|.
+
+    rows `[H, n, T]` attention probabilities; returns (`[H, n]` long, `[H, n]` float).
+    """
+    start, end = span
+    k = min(end - start, rows.shape[-1])
+    values, index = rows.topk(k, dim=-1)
+    inside = (index >= start) & (index < end)
+    mass = (values * inside).sum(-1) / (end - start)
+    return index[..., 0], mass
+
+
+def retrieval_scores(argmax: torch.Tensor, answer_ids: torch.Tensor, context_ids: torch.Tensor,
+                     span: tuple[int, int]) -> torch.Tensor:
+    """Copy score per head: steps whose argmax lies in the span on the token being produced, / |span|.
+
+    argmax `[..., n]` positions, answer_ids `[n]` the tokens y_t, context_ids the sequence positions index.
+    """
+    start, end = span
+    in_span = (argmax >= start) & (argmax < end)
+    copied = context_ids[argmax.clamp(max=context_ids.numel() - 1)] == answer_ids
+    return (in_span & copied).sum(-1).float() / (end - start)
+
+
+def r2_scores(mass: torch.Tensor) -> torch.Tensor:
+    """HeadKV retrieval-reasoning score per head: the per-step masses summed over answer steps."""
+    return mass.sum(-1)
+
+
+def kv_view(scores: torch.Tensor, n_kv_heads: int, reduce: str = "sum") -> torch.Tensor:
+    """`[L, Hq]` -> `[L, Hkv]`: aggregate the g query heads that share a KV head (sum by default)."""
+    n_layers, n_heads = scores.shape
+    grouped = scores.reshape(n_layers, n_kv_heads, n_heads // n_kv_heads)
+    return grouped.sum(-1) if reduce == "sum" else grouped.mean(-1)
+
+
+class _Recorder:
+    """Collects per-layer step statistics as attention rows arrive (one call per layer per forward)."""
+
+    def __init__(self, n_layers: int, n_heads: int, n_steps: int, span: tuple[int, int]):
+        self.span = span
+        self.argmax = torch.zeros(n_layers, n_heads, n_steps, dtype=torch.long)
+        self.mass = torch.zeros(n_layers, n_heads, n_steps)
+        self.filled = [0] * n_layers
+
+    def __call__(self, layer: int, rows: torch.Tensor) -> None:
+        argmax, mass = step_stats(rows[0], self.span)
+        start = self.filled[layer]
+        stop = min(start + argmax.shape[-1], self.argmax.shape[-1])
+        self.argmax[layer, :, start:stop] = argmax[:, : stop - start].cpu()
+        self.mass[layer, :, start:stop] = mass[:, : stop - start].cpu()
+        self.filled[layer] = stop
+
+
+# ---------------------------------------------------------------- one probe
+
+
+def _probe_scores(recorder: _Recorder, enc: EncodedProbe, answer_ids: list[int],
+                  methods: Sequence[str]) -> dict[str, torch.Tensor]:
+    n = len(answer_ids)
+    out: dict[str, torch.Tensor] = {}
+    if "retrieval" in methods:
+        out["retrieval"] = retrieval_scores(recorder.argmax[..., :n], torch.tensor(answer_ids),
+                                            torch.tensor(enc.prompt_ids + answer_ids), enc.span)
+    if "r2" in methods:
+        out["r2"] = r2_scores(recorder.mass[..., :n])
+    return out
+
+
+@torch.no_grad()
+def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> ProbeResult:
+    """Score one probe; the model must be inside an `AttentionCapture` block."""
+    info, model, device = loaded.info, loaded.model, loaded.device
+    probe = enc.probe
+    if config.mode == "teacher":
+        answer_ids = enc.target_ids
+        inputs = torch.tensor([enc.prompt_ids + answer_ids[:-1]], device=device)
+        recorder = _Recorder(info.n_layers, info.n_heads, len(answer_ids), enc.span)
+        with AttentionCapture.rows(len(answer_ids), recorder):
+            model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
+        return ProbeResult(probe.id, probe.kind, True, _probe_scores(recorder, enc, answer_ids, config.methods),
+                           loaded.tokenizer.decode(answer_ids, skip_special_tokens=True))
+    recorder = _Recorder(info.n_layers, info.n_heads, config.max_new_tokens, enc.span)
+    inputs = torch.tensor([enc.prompt_ids], device=device)
+    with AttentionCapture.rows(1, recorder):
+        generated = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                   max_new_tokens=config.max_new_tokens, pad_token_id=_eos_ids(loaded)[0],
+                                   temperature=None, top_p=None, top_k=None)
+    answer_ids = _strip_eos(generated[0, inputs.shape[1]:].tolist(), _eos_ids(loaded))
+    answer = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
+    counted = bool(answer_ids) and CRITERIA[config.criterion](answer, probe.answer) > config.threshold
+    scores = _probe_scores(recorder, enc, answer_ids, config.methods) if counted else {
+        m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
+    return ProbeResult(probe.id, probe.kind, counted, scores, answer)
+
+
+def _eos_ids(loaded: LoadedModel) -> list[int]:
+    ids = loaded.model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    extra = loaded.tokenizer.eos_token_id
+    return [i for i in ids if i is not None] + ([extra] if extra is not None and extra not in ids else [])
+
+
+def _strip_eos(ids: list[int], eos: list[int]) -> list[int]:
+    for pos, tok in enumerate(ids):
+        if tok in eos:
+            return ids[:pos]
+    return ids
+
+
+# ---------------------------------------------------------------- many probes, resumable
+
+
+def run_key(loaded: LoadedModel, probe_set_sha256: str, config: ScoreConfig) -> str:
+    """What must match for a checkpoint to be resumed: weights, probes, parameters."""
+    blob = json.dumps([loaded.info.to_dict(), probe_set_sha256, asdict(config)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _artifact(loaded: LoadedModel, results: Sequence[ProbeResult], indices: Sequence[int], config: ScoreConfig,
+              meta: dict[str, Any]) -> ScoreArtifact:
+    info = loaded.info
+    empty = torch.zeros(0, info.n_layers, info.n_heads)
+    per_probe = {m: torch.stack([r.scores[m] for r in results]) if results else empty for m in config.methods}
+    meta = {
+        "mode": config.mode, "methods": list(config.methods), "gqa_reduce": "sum",
+        "params": {"max_new_tokens": config.max_new_tokens, "criterion": config.criterion,
+                   "threshold": config.threshold},
+        "answers": [r.answer for r in results], "probe_indices": list(indices), **meta,
+    }
+    return ScoreArtifact(info, [r.probe_id for r in results], [r.kind for r in results],
+                         torch.tensor([r.counted for r in results], dtype=torch.bool), per_probe, meta)
+
+
+def _load_checkpoint(path: Path | None, key: str) -> dict[str, ProbeResult]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        art = load_scores(path)
+    except HeadprofError:
+        return {}
+    if art.meta.get("run_key") != key:
+        return {}
+    return {
+        pid: ProbeResult(pid, kind, bool(art.counted[i]), {m: t[i] for m, t in art.per_probe.items()},
+                         art.meta["answers"][i])
+        for i, (pid, kind) in enumerate(zip(art.probe_ids, art.probe_kinds))
+    }
+
+
+def score_probes(
+    loaded: LoadedModel, probes: Sequence[Probe], config: ScoreConfig = ScoreConfig(), *,
+    select: Sequence[int] | None = None, checkpoint: str | Path | None = None,
+    on_probe: Callable[[ProbeResult], None] | None = None, extra_meta: dict[str, Any] | None = None,
+) -> ScoreArtifact:
+    """Score the probes (or the `select`ed indices), resuming from and updating `checkpoint` after each probe.
+
+    The returned artifact lists probes in probe-set order whatever the resume history, so an
+    interrupted and resumed run equals an uninterrupted one.
+    """
+    config.validate()
+    indices = list(range(len(probes))) if select is None else sorted(select)
+    probe_sha = probes_sha256(probes)
+    meta = dict(extra_meta or {}, run_key=run_key(loaded, probe_sha, config), probe_set_sha256=probe_sha,
+                probe_set_size=len(probes))
+    ckpt = Path(checkpoint) if checkpoint else None
+    done = _load_checkpoint(ckpt, meta["run_key"])
+    encoded = {i: encode_probe(loaded.tokenizer, probes[i]) for i in indices}  # fail fast on bad spans
+    limit = loaded.info.max_context
+    for i, enc in encoded.items():
+        need = len(enc.prompt_ids) + max(len(enc.target_ids), config.max_new_tokens)
+        if limit and need > limit:
+            raise HeadprofError(f"probe {probes[i].id} needs {need} tokens, beyond the model's {limit}-token window")
+    results: dict[int, ProbeResult] = {}
+    with AttentionCapture(loaded.model):
+        for i in indices:
+            result = done.get(probes[i].id) or score_probe(loaded, encoded[i], config)
+            results[i] = result
+            if ckpt is not None and probes[i].id not in done:
+                done_idx = sorted(results)
+                save_scores(ckpt, _artifact(loaded, [results[j] for j in done_idx], done_idx, config,
+                                            dict(meta, complete=False)))
+            if on_probe:
+                on_probe(result)
+    return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
+
+
+def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """Spearman rank correlation over all heads and the overlap of the two top-k head sets."""
+    from scipy.stats import spearmanr
+
+    flat_a, flat_b = a.flatten().double().numpy(), b.flatten().double().numpy()
+    rho = float(spearmanr(flat_a, flat_b).statistic)
+    top_a = set(torch.from_numpy(flat_a).topk(k).indices.tolist())
+    top_b = set(torch.from_numpy(flat_b).topk(k).indices.tolist())
+    return {"spearman": rho, f"top{k}_overlap": len(top_a & top_b) / k}

@@ -1,0 +1,144 @@
+"""Artifacts: round trips, refusal of another model's artifact, atomic writes, corrupt files, merging, interop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from headprof import artifacts as A
+from headprof.errors import HeadprofError
+from headprof.interop import export_scores, import_scores
+from headprof.models import ModelInfo, model_info
+
+from conftest import PUBLISHED
+
+SMALL = ModelInfo("toy/model", n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, max_context=512, fingerprint="abc")
+
+
+def _scores(n: int = 5, seed: int = 0, model: ModelInfo = SMALL) -> A.ScoreArtifact:
+    torch.manual_seed(seed)
+    counted = torch.tensor([True, False, True, True, False][:n])
+    per_probe = {m: torch.rand(n, model.n_layers, model.n_heads) for m in A.METHODS}
+    meta = {"mode": "teacher", "methods": list(A.METHODS), "params": {}, "probe_set_sha256": "p" * 8,
+            "answers": [""] * n, "probe_indices": list(range(n)), "probe_set_size": n}
+    return A.ScoreArtifact(model, [f"p{i}" for i in range(n)], ["retrieval", "reasoning"] * (n // 2) + ["retrieval"],
+                           counted, per_probe, meta)
+
+
+def test_score_round_trip_and_means_over_counted_probes(tmp_path):
+    art = _scores()
+    A.save_scores(tmp_path / "s.safetensors", art)
+    back = A.load_scores(tmp_path / "s.safetensors")
+    assert back.model == art.model and back.probe_ids == art.probe_ids
+    for method in A.METHODS:
+        torch.testing.assert_close(back.per_probe[method], art.per_probe[method])
+        torch.testing.assert_close(back.scores(method), art.per_probe[method][[0, 2, 3]].mean(0))
+    assert back.counts() == {"retrieval": {"total": 3, "counted": 2}, "reasoning": {"total": 2, "counted": 1}}
+    from safetensors.torch import load_file
+
+    raw = load_file(str(tmp_path / "s.safetensors"))
+    assert raw["r2"].dtype == torch.float32 and raw["r2"].shape == (3, 4)  # plain tensors for other tools
+
+
+def test_alloc_round_trip(tmp_path):
+    budgets = torch.full((3, 2), 64, dtype=torch.int32)
+    A.save_alloc(tmp_path / "a.safetensors", A.AllocArtifact(SMALL, budgets, {"gqa": "kv", "policy": "uniform"}))
+    back = A.load_alloc(tmp_path / "a.safetensors")
+    assert back.gqa == "kv" and back.meta["total"] == 384 and torch.equal(back.budgets, budgets)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_layers": 4}, "was made for toy/model"),
+    ({"head_dim": 16}, "was made for toy/model"),
+    ({"fingerprint": "zzz"}, "weights abc"),
+    ({"model_id": "other/model", "fingerprint": ""}, "was made for toy/model, not other/model"),
+])
+def test_refuses_another_models_artifact(change, message):
+    with pytest.raises(HeadprofError, match=message):
+        A.check_model(SMALL, dataclasses.replace(SMALL, **change))
+    A.check_model(SMALL, dataclasses.replace(SMALL, model_id="renamed"))  # same weights, other name: fine
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "s.safetensors"
+    A.save_scores(target, _scores(seed=1))
+    before = target.read_bytes()
+
+    def crash(tensors, path, metadata=None):
+        with open(path, "wb") as fh:
+            fh.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        A.save_scores(target, _scores(seed=2))
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(HeadprofError, match="corrupt or not a safetensors file"):
+        A.load_scores(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(HeadprofError, match="no headprof metadata"):
+        A.load_scores(tmp_path / "plain.safetensors")
+    A.save_alloc(tmp_path / "a.safetensors", A.AllocArtifact(SMALL, torch.full((3, 4), 64), {}))
+    with pytest.raises(HeadprofError, match="expected headprof.scores"):
+        A.load_scores(tmp_path / "a.safetensors")
+    with pytest.raises(HeadprofError, match="not found"):
+        A.load_scores(tmp_path / "missing.safetensors")
+
+
+def test_merge_checks_and_equals_the_whole(tmp_path):
+    whole = _scores()
+    parts = [whole.subset([0, 2, 4]), whole.subset([1, 3])]
+    for part, shard in zip(parts, ("0/2", "1/2")):
+        part.meta["probe_indices"] = [i for i in range(5) if i % 2 == int(shard[0])]
+        part.meta["shard"] = shard
+    merged = A.merge_scores(parts)
+    assert merged.probe_ids == whole.probe_ids
+    for method in A.METHODS:
+        assert torch.equal(merged.per_probe[method], whole.per_probe[method])
+    with pytest.raises(HeadprofError, match="incomplete"):
+        A.merge_scores(parts[:1])
+    with pytest.raises(HeadprofError, match="overlap"):
+        A.merge_scores([parts[0], parts[0]])
+    other = whole.subset([1, 3])
+    other.meta.update(probe_indices=[1, 3], mode="generate")
+    with pytest.raises(HeadprofError, match="differ in mode"):
+        A.merge_scores([parts[0], other])
+
+
+@pytest.mark.parametrize("name, model", [
+    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b"),
+    ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b"),
+])
+def test_import_export_round_trip_is_exact(tmp_path, name, model):
+    path = PUBLISHED / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    first = import_scores(path, model_info(model))
+    method = first.methods[0]
+    published = json.loads(path.read_text())
+    expected = torch.tensor([sum(v) / len(v) for v in published.values()]).view(32, 32)
+    torch.testing.assert_close(first.scores(method), expected)
+    export_scores(first, tmp_path / "out.json", method)
+    second = import_scores(tmp_path / "out.json", model_info(model), method)
+    assert torch.equal(first.per_probe[method], second.per_probe[method])
+    A.save_scores(tmp_path / "s.safetensors", second)
+    assert torch.equal(A.load_scores(tmp_path / "s.safetensors").scores(method), second.scores(method))
+
+
+def test_import_refuses_wrong_shape(tmp_path):
+    (tmp_path / "big.json").write_text(json.dumps({"40-0": [1.0], "0-0": [0.5]}))
+    with pytest.raises(HeadprofError, match="outside"):
+        import_scores(tmp_path / "big.json", model_info("llama3-8b"))
+    (tmp_path / "ragged.json").write_text(json.dumps({"0-0": [1.0], "0-1": [0.5, 0.2]}))
+    with pytest.raises(HeadprofError, match="one length"):
+        import_scores(tmp_path / "ragged.json", model_info("llama3-8b"))

@@ -1,0 +1,79 @@
+"""Bad input: one line naming the problem, a non-zero exit, no traceback, no artifact left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from headprof.probes import write_probes
+
+pytestmark = pytest.mark.e2e
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    text = " ".join(lines)
+    assert "Traceback" not in result.stderr and text.startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@pytest.fixture
+def probes_file(workdir, tiny_probes):
+    write_probes(workdir / "p.jsonl", tiny_probes[:1])
+    return workdir / "p.jsonl"
+
+
+def test_missing_and_corrupt_probe_files(cli, workdir):
+    _assert_one_line_error(cli("score", "--probes", "nope.jsonl", cwd=workdir), "probe file nope.jsonl not found")
+    (workdir / "bad.jsonl").write_text('{"id": "x", "prompt": 3}\n')
+    _assert_one_line_error(cli("score", "--probes", "bad.jsonl"), "bad.jsonl line 1 is corrupt")
+    assert not (workdir / "artifacts").exists()
+
+
+def test_missing_and_corrupt_needle_files(cli, workdir):
+    _assert_one_line_error(cli("probes", "build", "--needles", "none.jsonl", cwd=workdir), "needle file none.jsonl not found")
+    (workdir / "n.jsonl").write_text("{not json\n")
+    _assert_one_line_error(cli("probes", "build", "--needles", "n.jsonl"), "n.jsonl line 1: not valid JSON")
+
+
+def test_empty_haystack_and_impossible_lengths(cli, workdir):
+    (workdir / "empty.txt").write_text("")
+    _assert_one_line_error(cli("probes", "build", "--haystack", "empty.txt", cwd=workdir), "empty or too short")
+    _assert_one_line_error(cli("probes", "build", "--lengths", "30"), "more than the context length 30")
+    _assert_one_line_error(cli("probes", "build", "--lengths", "9000"), "exceeds the model's context window (8192")
+    _assert_one_line_error(cli("probes", "build", "--kind", "poetry"), "unknown kind 'poetry'")
+    assert not (workdir / "probes/probes-smollm2-135m.jsonl").exists()
+
+
+def test_unknown_model_method_mode(cli, workdir, probes_file):
+    _assert_one_line_error(cli("score", "--model", "no-such-model", "--probes", probes_file, cwd=workdir),
+                           "unknown model 'no-such-model'", "smollm2-135m")
+    _assert_one_line_error(cli("score", "--method", "attention", "--probes", probes_file), "unknown scoring method")
+    _assert_one_line_error(cli("score", "--mode", "sample", "--probes", probes_file), "unknown mode 'sample'")
+
+
+def test_bad_budgets_and_policies(cli, workdir, probes_file):
+    scored = cli("score", "--probes", probes_file, "--out", "s.safetensors", "--json", cwd=workdir)
+    assert scored.code == 0, scored.stderr
+    _assert_one_line_error(cli("allocate", "--scores", "s.safetensors", "--budget", "32"),
+                           "budget 32 must be larger than the window 32")
+    _assert_one_line_error(cli("allocate", "--scores", "s.safetensors", "--budget", "100000"),
+                           "larger than any context the model takes (8192)")
+    _assert_one_line_error(cli("allocate", "--scores", "s.safetensors", "--budget", "128", "--policy", "magic"),
+                           "unknown policy 'magic'")
+    _assert_one_line_error(cli("allocate", "--scores", "missing.safetensors", "--budget", "128"), "not found")
+    (workdir / "junk.safetensors").write_bytes(b"\x01\x02")
+    _assert_one_line_error(cli("show", "junk.safetensors"), "corrupt or not a safetensors file")
+    assert not list(workdir.glob("alloc-*"))
+
+
+def test_unwritable_output_directory(cli, workdir, probes_file):
+    (workdir / "afile").write_text("x")
+    _assert_one_line_error(cli("score", "--probes", probes_file, "--out", "afile/s.safetensors", cwd=workdir),
+                           "cannot create afile")
+    _assert_one_line_error(cli("probes", "build", "--lengths", "300", "--out", "afile/p.jsonl"), "cannot write to afile")
+
+
+def test_bad_option_value_is_one_line(cli, workdir):
+    _assert_one_line_error(cli("allocate", "--budget", "many", cwd=workdir), "Invalid value for '--budget'")
