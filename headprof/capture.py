@@ -87,3 +87,36 @@ class AttentionCapture:
             yield
         finally:
             _ACTIVE.reset(token)
+
+
+# ---------------------------------------------------------------- head ablation
+
+ABLATE_IMPL = "headprof_ablate"
+_MASK: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("headprof_head_mask", default=None)
+
+
+def _ablating_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    mask = _MASK.get()
+    if mask is not None and bool(mask[module.layer_idx].any()):
+        keep = (~mask[module.layer_idx]).to(output.dtype).to(output.device)
+        output = output * keep[None, None, :, None]  # [B, q, H, d]: the head contributes nothing to o_proj
+    return output, None
+
+
+AttentionInterface.register(ABLATE_IMPL, _ablating_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ABLATE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@contextlib.contextmanager
+def masked_heads(model: Any, mask: torch.Tensor) -> Iterator[None]:
+    """Zero the attention output of the heads where `mask[layer, head]` is True, for a `with` block."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ABLATE_IMPL)
+    token = _MASK.set(mask.bool())
+    try:
+        yield
+    finally:
+        _MASK.reset(token)
+        model.set_attn_implementation(previous)

@@ -31,18 +31,11 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")]
 DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", help="'auto' shards a large model (accelerate).")]
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _numbers(text: str, what: str, kind: type = int) -> list:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise HeadprofError(f"{what} must be comma-separated integers, got '{text}'") from None
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HeadprofError(f"{what} must be comma-separated numbers, got '{text}'") from None
+        raise HeadprofError(f"{what} must be comma-separated {kind.__name__}s, got '{text}'") from None
 
 
 def _emit(payload: dict[str, Any]) -> None:
@@ -110,7 +103,7 @@ def probes_build(
     _quiet_transformers()
     tokenizer, info = load_tokenizer(model)
     started = time.time()
-    probe_list = P.build_probes(needle_list, tokenizer, _ints(lengths, "--lengths"), _floats(depths, "--depths"),
+    probe_list = P.build_probes(needle_list, tokenizer, _numbers(lengths, "--lengths"), _numbers(depths, "--depths", float),
                                 seed, haystack, info.max_context, tokenizer_name=model)
     target = out_file or default_probe_file(model)
     P.write_probes(target, probe_list)
@@ -165,6 +158,7 @@ def score(
                                    on_probe=lambda _r: bar.advance(task), extra_meta=shard_meta)
     art = world.gather(art, wanted)
     seconds = time.time() - started
+    world.close()
     if not world.is_main:
         return
     save_scores(target, art)
@@ -361,6 +355,343 @@ def _heatmap(values, layers: list[dict[str, Any]]) -> Table:
             cells.append(f"[on rgb({level},{int(level * 0.6)},{255 - level})]  [/]")
         table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}")
     return table
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    question: Annotated[str, typer.Option(help="The question about the context.")],
+    context_file: Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")] = None,
+    context: Annotated[str | None, typer.Option(help="The context as a string (instead of --context-file).")] = None,
+    model: ModelOpt = "smollm2-135m",
+    method: Annotated[str | None, typer.Option(help="full | streamingllm | h2o | snapkv | pyramidkv | adakv | headkv | kvzip (default: headkv with --alloc/--scores, else snapkv).")] = None,
+    budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
+    alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Score artifact: allocate HeadKV budgets on the fly.")] = None,
+    gqa: Annotated[str, typer.Option(help="kv: one selection per KV head | query: per query head.")] = "kv",
+    window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    max_new_tokens: int = 64,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question about a long context with a compressed KV cache."""
+    from headprof.artifacts import load_alloc, load_scores
+    from headprof.runtime import Press
+    from headprof.runtime.generation import answer_question
+
+    text = _read_context(context_file, context)
+    if not question.strip():
+        raise HeadprofError("empty question")
+    allocation = load_alloc(alloc) if alloc else None
+    score_art = load_scores(scores) if scores and not alloc else None
+    method = method or ("headkv" if allocation or score_art else "snapkv")
+    loaded = _load(model, dtype, device)
+    press = Press(loaded.model, method, budget, allocation=allocation, scores=score_art, gqa=gqa, window=window,
+                  tokenizer=loaded.tokenizer, info=loaded.info)
+    result = answer_question(loaded, press, text, question, max_new_tokens)
+    payload = {"answer": result.answer, "kv_bytes": result.kv_bytes, "kv_bytes_full": result.kv_bytes_full,
+               "prompt_tokens": result.prompt_tokens, "prefill_s": round(result.prefill_s, 4),
+               "compress_s": round(result.compress_s, 4),
+               "decode_tokens_per_s": round(result.decode_tokens_per_s, 2), "method": method,
+               "compressed": result.compressed}
+    if as_json:
+        _emit(payload)
+        return
+    if press.method.compresses and not result.compressed:
+        err.print(f"notice: every head's budget covers the {result.prompt_tokens}-token prompt: no compression")
+    table = Table(title=f"{method} ({'budgets from ' + str(alloc) if alloc else f'budget {budget}'})", show_header=False)
+    for key, value in payload.items():
+        table.add_row(key, f"{_mib(value)} ({value} B)" if key.startswith("kv_bytes") else str(value))
+    out.print(table)
+
+
+def _read_context(context_file: Path | None, context: str | None) -> str:
+    if (context_file is None) == (context is None):
+        raise HeadprofError("give exactly one of --context-file and --context")
+    if context_file is not None:
+        if not context_file.is_file():
+            raise HeadprofError(f"context file {context_file} not found")
+        context = context_file.read_text(encoding="utf-8", errors="replace")
+    if not context or not context.strip():
+        raise HeadprofError("empty context")
+    return context
+
+
+# ---------------------------------------------------------------- eval and ablate
+
+ALL_METHODS = "full,streamingllm,h2o,snapkv,pyramidkv,adakv,headkv,kvzip"
+
+
+def _eval_items(loaded, probes: list[Path] | None, task: Path | None, scores_art, max_new_tokens: int):
+    from headprof import evaluation as E, probes as P
+
+    if not probes and not task:
+        raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
+    items, probe_list = [], []
+    for path in probes or []:
+        probe_list += P.load_probes(path)
+    if probe_list:
+        if scores_art is not None:
+            E.check_disjoint(probe_list, scores_art)
+        items += E.items_from_probes(loaded.tokenizer, probe_list)
+    if task:
+        items += E.items_from_task(loaded.tokenizer, task, loaded.info.max_context - max_new_tokens)
+    return items
+
+
+@app.command("eval")
+def eval_(
+    model: ModelOpt = "smollm2-135m",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = ALL_METHODS,
+    budgets: Annotated[str, typer.Option(help="Comma-separated per-head budgets.")] = "32,64,128,256",
+    probes: Annotated[list[Path] | None, typer.Option(help="Evaluation probe JSONL (repeatable).")] = None,
+    task: Annotated[Path | None, typer.Option(help="LongBench-layout JSONL: context, input, answers.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's.")] = None,
+    gqa: Annotated[str, typer.Option(help="kv | query cache layout.")] = "kv",
+    window: int = 32,
+    max_new_tokens: int = 32,
+    cache_file: Annotated[Path | None, typer.Option("--cache", help="Results cache; default artifacts/<model>/eval-cache.jsonl.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy against budget and KV bytes, for every method x budget on probes or a task file."""
+    from headprof import evaluation as E
+    from headprof.artifacts import load_scores
+    from headprof.fileio import write_text_atomic
+    from headprof.runtime import METHODS
+
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in method_list if m not in METHODS]
+    if unknown:
+        raise HeadprofError(f"unknown method {', '.join(unknown)} ({', '.join(sorted(METHODS))})")
+    budget_list = tuple(_numbers(budgets, "--budgets"))
+    if any(b <= window for b in budget_list):
+        raise HeadprofError(f"every budget must be larger than the window {window}: {budgets}")
+    default_scores = default_artifact_dir(model) / "scores.safetensors"
+    scores_path = scores or (default_scores if "headkv" in method_list or default_scores.is_file() else None)
+    scores_art = load_scores(scores_path) if scores_path else None
+    loaded = _load(model, dtype, device)
+    items = _eval_items(loaded, probes, task, scores_art, max_new_tokens)
+    config = E.EvalConfig(method_list, budget_list, gqa, window, max_new_tokens)
+    total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
+    with progress_bar() as bar:
+        job = bar.add_task("evaluating", total=total)
+        records = E.evaluate(loaded, items, config, scores_art,
+                             cache_file or default_artifact_dir(model) / "eval-cache.jsonl",
+                             on_result=lambda _r: bar.advance(job))
+    results = E.summarize(records)
+    payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
+    if png:
+        _eval_plots(records, results, png, loaded.info.model_id)
+        payload["png"] = [str(png), str(_needles_png(png))]
+    if report:
+        write_text_atomic(report, json.dumps(payload, indent=1) + "\n")
+    if as_json:
+        _emit(payload)
+        return
+    table = Table(title=f"accuracy (exact match) / KV MiB, {len(items)} items")
+    table.add_column("method")
+    for budget in budget_list:
+        table.add_column(f"B={budget}", justify="right")
+    by_key = {(r["method"], r["budget"]): r for r in results}
+    for method in method_list:
+        cells = []
+        for budget in budget_list:
+            r = by_key.get((method, None if method == "full" else budget))
+            cells.append(f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}" if r else "-")
+        table.add_row(method, *cells)
+    out.print(table)
+
+
+def _needles_png(png: Path) -> Path:
+    return png.with_name(png.stem + "-needles" + png.suffix)
+
+
+def _eval_plots(records, results, png: Path, title: str) -> None:
+    from headprof import evaluation as E, plots
+
+    curves: dict[str, list[tuple[float, float]]] = {}
+    full = None
+    for r in results:
+        if r["method"] == "full":
+            full = (r["kv_bytes"], r["accuracy"])
+        else:
+            curves.setdefault(r["method"], []).append((r["kv_bytes"], r["accuracy"]))
+    plots.accuracy_vs_bytes(curves, full, png, f"{title}: accuracy vs KV cache")
+    budgets = sorted({r.budget for r in records if r.budget is not None})
+    chosen = budgets[len(budgets) // 2] if budgets else None
+    grids, lengths, depths = {}, [], []
+    for method in sorted({r.method for r in records}):
+        rows = [r for r in records if r.method == method and r.budget in (None, chosen) and r.depth is not None]
+        if rows:
+            lengths, depths, grids[f"{method}" + ("" if method == "full" else f" B={chosen}")] = E.needle_grid(rows)
+    if grids:
+        plots.needle_grids(grids, lengths, depths, _needles_png(png), f"{title}: accuracy by length x depth")
+
+
+@app.command()
+def ablate(
+    model: ModelOpt = "smollm2-135m",
+    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the model's.")] = None,
+    probes: Annotated[list[Path] | None, typer.Option(help="Probe JSONL to measure retrieval on (repeatable).")] = None,
+    top: Annotated[str, typer.Option(help="Heads to mask: a percent of all heads (5%) or a count.")] = "5%",
+    random_trials: Annotated[int, typer.Option(help="Random head sets to mask.")] = 5,
+    method: Annotated[str, typer.Option(help="Score that ranks heads: r2 | retrieval.")] = "r2",
+    compare: Annotated[Path | None, typer.Option(help="Another score artifact (e.g. from another haystack) to rank-correlate with.")] = None,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Mask the top-k heads by score, and k random heads, and compare retrieval accuracy."""
+    from headprof import evaluation as E
+    from headprof.artifacts import check_model, load_scores
+
+    score_art = load_scores(scores or default_artifact_dir(model) / "scores.safetensors")
+    loaded = _load(model, dtype, device)
+    check_model(score_art.model, loaded.info, "score artifact")
+    items = [i for i in _eval_items(loaded, probes, None, score_art, max_new_tokens) if i.kind == "retrieval"]
+    if not items:
+        raise HeadprofError("no retrieval probes to measure")
+    k = E.head_count(top, loaded.info.n_layers * loaded.info.n_heads)
+    with progress_bar() as bar:
+        job = bar.add_task("ablating", total=len(items) * (2 + random_trials))
+        result = E.ablate(loaded, score_art, items, k, method, random_trials, seed, max_new_tokens,
+                          on_item=lambda: bar.advance(job))
+    result["split_half"] = E.split_half_agreement(score_art, method)
+    if compare:
+        other = load_scores(compare)
+        check_model(other.model, score_art.model, "comparison artifact")
+        result["vs_compare"] = E.rank_agreement(score_art.scores(method), other.scores(method))
+    if as_json:
+        _emit(result)
+        return
+    table = Table(title=f"retrieval accuracy, {len(items)} probes, {k} of {result['heads_total']} heads masked")
+    table.add_column("heads masked")
+    table.add_column("accuracy", justify="right")
+    table.add_row("none", f"{result['no_mask']:.2f}")
+    table.add_row(f"top {k} by {method}", f"{result['top_masked']:.2f}")
+    table.add_row(f"random {k} ({random_trials} seeds)",
+                  f"{result['random_masked_mean']:.2f} ± {result['random_masked_std']:.2f}")
+    out.print(table)
+    half = result["split_half"]
+    out.print(f"split-half agreement of {method} scores: Spearman {half['spearman']:.3f}, "
+              f"top-10 overlap {half['top10_overlap']:.0%}")
+    if compare:
+        other_r = result["vs_compare"]
+        out.print(f"vs {compare}: Spearman {other_r['spearman']:.3f}, top-10 overlap {other_r['top10_overlap']:.0%}")
+
+
+# ---------------------------------------------------------------- merge, import, export, compare
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Shard artifacts from `score --shard i/N`.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Merged artifact.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Join score shards; refuses shards of different runs, overlaps and gaps."""
+    from headprof.artifacts import load_scores, merge_scores, save_scores
+
+    merged = merge_scores([load_scores(p) for p in parts])
+    save_scores(out_file, merged)
+    if as_json:
+        _emit({"artifact": str(out_file), "parts": len(parts), "probes": len(merged.probe_ids)})
+    else:
+        out.print(f"merged {len(parts)} shards ({len(merged.probe_ids)} probes) into {out_file}")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="HeadKV / Retrieval-head JSON: {'layer-head': [scores]}.")],
+    model: ModelOpt = "smollm2-135m",
+    method: Annotated[str | None, typer.Option(help="retrieval | r2 (default: r2 if the file name says reasoning).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Default: artifacts/<model>/scores-imported-<method>.safetensors.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a published head-score file into a score artifact for MODEL (shape-checked)."""
+    from headprof.artifacts import save_scores
+    from headprof.interop import guess_method, import_scores
+    from headprof.models import model_info
+
+    method = method or guess_method(source)
+    if method not in ("retrieval", "r2"):
+        raise HeadprofError(f"unknown scoring method '{method}' (retrieval, r2)")
+    art = import_scores(source, model_info(model), method)
+    target = out_file or default_artifact_dir(model) / f"scores-imported-{method}.safetensors"
+    save_scores(target, art)
+    top = _top_heads(art.scores(method), 10)
+    if as_json:
+        _emit({"artifact": str(target), "method": method, "probes": len(art.probe_ids), "top_heads": top})
+    else:
+        out.print(f"imported {len(art.probe_ids)} per-probe rows of {method} scores for {art.model.model_id} "
+                  f"into {target}")
+
+
+@app.command()
+def export(
+    artifact: Annotated[Path, typer.Argument(help="Score artifact.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output JSON file.")],
+    fmt: Annotated[str, typer.Option("--format", help="headkv-json")] = "headkv-json",
+    method: Annotated[str | None, typer.Option(help="retrieval | r2 (default: r2 if present).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write scores in the HeadKV / Retrieval-head JSON layout, to use them in those codebases."""
+    from headprof.artifacts import load_scores
+    from headprof.interop import FORMATS, export_scores
+
+    if fmt not in FORMATS:
+        raise HeadprofError(f"unknown format '{fmt}' ({', '.join(FORMATS)})")
+    art = load_scores(artifact)
+    method = method or ("r2" if "r2" in art.per_probe else art.methods[0])
+    export_scores(art, out_file, method)
+    if as_json:
+        _emit({"file": str(out_file), "format": fmt, "method": method, "heads": art.model.n_layers * art.model.n_heads})
+    else:
+        out.print(f"wrote {method} scores of {art.model.n_layers * art.model.n_heads} heads to {out_file}")
+
+
+@app.command()
+def compare(
+    first: Annotated[Path, typer.Argument(help="Score artifact A.")],
+    second: Annotated[Path, typer.Argument(help="Score artifact B (same architecture).")],
+    method: Annotated[str | None, typer.Option(help="Score of A (default r2 if present).")] = None,
+    method_b: Annotated[str | None, typer.Option("--method-b", help="Score of B (default: same as A, else its first).")] = None,
+    k: Annotated[str, typer.Option(help="Comma-separated top-k sizes.")] = "10,20,50",
+    as_json: JsonOpt = False,
+) -> None:
+    """Spearman rank correlation and top-k overlap between two score artifacts."""
+    from headprof.artifacts import load_scores
+    from headprof.scoring import rank_agreement
+
+    a, b = load_scores(first), load_scores(second)
+    arch = lambda m: (m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim)  # noqa: E731
+    if arch(a.model) != arch(b.model):
+        raise HeadprofError(f"{first} and {second} are for different architectures: {arch(a.model)} vs {arch(b.model)}")
+    method = method or ("r2" if "r2" in a.per_probe else a.methods[0])
+    method_b = method_b or (method if method in b.per_probe else b.methods[0])
+    rows = []
+    for size in _numbers(k, "--k"):
+        agreement = rank_agreement(a.scores(method), b.scores(method_b), size)
+        rows.append({"k": size, "spearman": agreement["spearman"], "overlap": agreement[f"top{size}_overlap"]})
+    if as_json:
+        _emit({"a": str(first), "b": str(second), "method_a": method, "method_b": method_b,
+               "spearman": rows[0]["spearman"], "top_k": [{"k": r["k"], "overlap": r["overlap"]} for r in rows]})
+        return
+    table = Table(title=f"{first} ({method}) vs {second} ({method_b})")
+    for col in ("top-k", "overlap", "Spearman (all heads)"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}")
+    out.print(table)
 
 
 # ---------------------------------------------------------------- entry point

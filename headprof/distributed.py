@@ -58,6 +58,13 @@ class World:
             return f"cuda:{self.local_rank}"
         return requested
 
+    def close(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
     def split(self, indices: list[int]) -> list[int]:
         return indices[self.rank :: self.size]
 

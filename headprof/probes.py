@@ -153,6 +153,14 @@ def clean_haystack(raw: str) -> list[str]:
     return sentences
 
 
+def _is_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return b"\0" not in fh.read(4096)
+    except OSError:
+        return False
+
+
 def load_haystack(source: str = "builtin") -> list[str]:
     """`builtin`: the English documentation text that ships with CPython (no download); else a file or folder."""
     if source == "builtin":
@@ -163,9 +171,9 @@ def load_haystack(source: str = "builtin") -> list[str]:
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _is_text(p))
             if not files:
-                raise HeadprofError(f"haystack folder {path} has no .txt or .md files")
+                raise HeadprofError(f"haystack folder {path} has no text files")
         elif path.is_file():
             files = [path]
         else:

@@ -181,6 +181,12 @@ def _strip_eos(ids: list[int], eos: list[int]) -> list[int]:
 # ---------------------------------------------------------------- many probes, resumable
 
 
+def needle_hashes(probes: Sequence[Probe]) -> list[str]:
+    """Short hashes of the distinct needle texts, so evaluation can refuse probes that share a needle."""
+    texts = {p.prompt[slice(*p.needle_chars)] for p in probes}
+    return sorted(hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts)
+
+
 def run_key(loaded: LoadedModel, probe_set_sha256: str, config: ScoreConfig) -> str:
     """What must match for a checkpoint to be resumed: weights, probes, parameters."""
     blob = json.dumps([loaded.info.to_dict(), probe_set_sha256, asdict(config)], sort_keys=True)
@@ -232,7 +238,7 @@ def score_probes(
     indices = list(range(len(probes))) if select is None else sorted(select)
     probe_sha = probes_sha256(probes)
     meta = dict(extra_meta or {}, run_key=run_key(loaded, probe_sha, config), probe_set_sha256=probe_sha,
-                probe_set_size=len(probes))
+                probe_set_size=len(probes), needle_sha256=needle_hashes(probes))
     ckpt = Path(checkpoint) if checkpoint else None
     done = _load_checkpoint(ckpt, meta["run_key"])
     encoded = {i: encode_probe(loaded.tokenizer, probes[i]) for i in indices}  # fail fast on bad spans

@@ -1,0 +1,308 @@
+"""What compression costs and whether head scores mean anything.
+
+`evaluate`: every item (a probe, or a LongBench-style task row) under every method x budget,
+answers scored by exact match (the normalised gold answer occurs in the normalised answer) and
+token F1 (best over gold answers). Results are cached per (model, method, budget, parameters,
+item) in a JSONL file, so an interrupted run resumes and adding a method reruns nothing else.
+
+`ablate`: zero the attention output of the top-k heads by score, and of k random heads, and
+measure retrieval accuracy; plus split-half and cross-artifact rank agreement of the scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headprof.artifacts import ScoreArtifact
+from headprof.capture import masked_heads
+from headprof.errors import HeadprofError
+from headprof.metrics import exact_match, token_f1
+from headprof.models import LoadedModel
+from headprof.probes import Probe, encode_text, render_prompt
+from headprof.runtime import Press
+from headprof.runtime.generation import context_prefix_length, generate_answer
+from headprof.scoring import needle_hashes, rank_agreement
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question about one context, tokenized; `context_tokens` is the prefix a query-agnostic cache holds."""
+
+    id: str
+    kind: str
+    prompt_ids: list[int]
+    context_tokens: int
+    answers: list[str]
+    length: int
+    depth: float | None = None
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    methods: tuple[str, ...]
+    budgets: tuple[int, ...]
+    gqa: str = "kv"
+    window: int = 32
+    max_new_tokens: int = 32
+
+
+@dataclass
+class EvalRecord:
+    method: str
+    budget: int | None
+    item: str
+    kind: str
+    length: int
+    depth: float | None
+    answer: str
+    exact: bool
+    f1: float
+    kv_bytes: int
+    kv_bytes_full: int
+
+
+def _context_span(tokenizer: Any, prompt: str, question: str) -> tuple[int, int]:
+    """Where the context sits in a rendered prompt: render a placeholder context and diff."""
+    marker = "\u2063HEADPROF\u2063"
+    template, _ = render_prompt(tokenizer, marker, question)
+    head, tail = template.split(marker)
+    if not (prompt.startswith(head) and prompt.endswith(tail)):
+        raise HeadprofError("prompt does not follow the model's template; cannot locate the context")
+    return len(head), len(prompt) - len(tail)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def items_from_probes(tokenizer: Any, probes: Iterable[Probe]) -> list[EvalItem]:
+    items = []
+    for probe in probes:
+        ids = encode_text(tokenizer, probe.prompt, probe.templated)["input_ids"]
+        start, end = _context_span(tokenizer, probe.prompt, probe.question)
+        prefix = context_prefix_length(tokenizer, probe.prompt, probe.templated, probe.prompt[start:end])
+        items.append(EvalItem(probe.id, probe.kind, list(ids), prefix, [probe.answer], probe.length, probe.depth,
+                              _key(probe.prompt, probe.answer)))
+    return items
+
+
+def items_from_task(tokenizer: Any, path: str | Path, max_tokens: int) -> list[EvalItem]:
+    """LongBench JSONL rows (`context`, `input`, `answers`); over-long contexts lose their middle, as LongBench does."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadprofError(f"task file {path} not found")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            context, question, answers = row["context"], row["input"], row["answers"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HeadprofError(f"task file {path} line {lineno}: needs context, input, answers ({exc})") from None
+        answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+        if not answers or not str(context).strip():
+            raise HeadprofError(f"task file {path} line {lineno}: empty context or answers")
+        prompt, templated = render_prompt(tokenizer, context, question)
+        ids = encode_text(tokenizer, prompt, templated)["input_ids"]
+        if len(ids) > max_tokens:
+            context = _truncate_middle(tokenizer, context, len(ids) - max_tokens)
+            prompt, templated = render_prompt(tokenizer, context, question)
+            ids = encode_text(tokenizer, prompt, templated)["input_ids"]
+        prefix = context_prefix_length(tokenizer, prompt, templated, context)
+        items.append(EvalItem(str(row.get("_id", f"{path.stem}-{lineno}")), "task", list(ids), prefix, answers,
+                              len(ids), None, _key(prompt, answers)))
+    if not items:
+        raise HeadprofError(f"task file {path} has no rows")
+    return items
+
+
+def _truncate_middle(tokenizer: Any, text: str, drop: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(ids) - drop - 8)
+    return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2):])
+
+
+def check_disjoint(probes: Sequence[Probe], scores: ScoreArtifact) -> None:
+    """Refuse evaluation probes that share a needle with the probes that produced the scores."""
+    produced = set(scores.meta.get("needle_sha256") or [])
+    if produced:
+        shared = produced & set(needle_hashes(probes))
+        names = sorted({p.needle_id for p in probes if needle_hashes([p])[0] in shared})
+    else:  # older or imported artifacts: fall back to needle ids (probe ids are "<needle>@<length>@<depth>")
+        shared = {pid.split("@")[0] for pid in scores.probe_ids} & {p.needle_id for p in probes}
+        names = sorted(shared)
+    if shared:
+        raise HeadprofError(f"evaluation probes share {len(shared)} needle(s) with the scoring probes "
+                            f"({', '.join(names[:3])}{'...' if len(names) > 3 else ''}); use disjoint needles")
+
+
+# ---------------------------------------------------------------- results cache
+
+
+@dataclass
+class ResultCache:
+    """Append-only JSONL of finished results; a torn last line from a crash is ignored."""
+
+    path: Path | None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | Path | None) -> ResultCache:
+        cache = cls(Path(path) if path else None)
+        if cache.path and cache.path.is_file():
+            for line in cache.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    cache.rows[row["key"]] = row["record"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return cache
+
+    def add(self, key: str, record: EvalRecord) -> None:
+        self.rows[key] = asdict(record)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"key": key, "record": asdict(record)}) + "\n")
+
+
+def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig, scores: ScoreArtifact | None = None,
+             cache_path: str | Path | None = None, on_result: Callable[[EvalRecord], None] | None = None
+             ) -> list[EvalRecord]:
+    cache = ResultCache.open(cache_path)
+    records = []
+    scores_id = scores.meta.get("sha256", "") if scores else ""
+    for method in config.methods:
+        budgets: tuple[int | None, ...] = (None,) if method == "full" else config.budgets
+        for budget in budgets:
+            press = None
+            for item in items:
+                key = _key(loaded.info.fingerprint, method, budget, config.gqa, config.window,
+                           scores_id if method == "headkv" else "", config.max_new_tokens, item.key)
+                if key in cache.rows:
+                    record = EvalRecord(**cache.rows[key])
+                else:
+                    if press is None:
+                        press = Press(loaded.model, method, budget or 0, scores=scores,
+                                      gqa=config.gqa, window=config.window, tokenizer=loaded.tokenizer,
+                                      info=loaded.info)
+                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens,
+                                             config.max_new_tokens)
+                    record = EvalRecord(
+                        method, budget, item.id, item.kind, item.length, item.depth, result.answer,
+                        any(exact_match(result.answer, gold) for gold in item.answers),
+                        max(token_f1(result.answer, gold) for gold in item.answers),
+                        result.kv_bytes, result.kv_bytes_full)
+                    cache.add(key, record)
+                records.append(record)
+                if on_result:
+                    on_result(record)
+    return records
+
+
+def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, int | None], list[EvalRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.method, record.budget)].append(record)
+    out = []
+    for (method, budget), rows in groups.items():
+        n = len(rows)
+        out.append({"method": method, "budget": budget, "accuracy": sum(r.exact for r in rows) / n,
+                    "f1": sum(r.f1 for r in rows) / n, "kv_bytes": round(sum(r.kv_bytes for r in rows) / n),
+                    "kv_bytes_full": round(sum(r.kv_bytes_full for r in rows) / n), "n": n})
+    return out
+
+
+def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], torch.Tensor]:
+    """Accuracy by depth (rows) x context length (columns) for records of one method and budget."""
+    rows = [r for r in records if r.depth is not None]
+    lengths = sorted({r.length for r in rows})
+    depths = sorted({float(r.depth) for r in rows})
+    hits, counts = torch.zeros(len(depths), len(lengths)), torch.zeros(len(depths), len(lengths))
+    for r in rows:
+        i, j = depths.index(float(r.depth)), lengths.index(r.length)
+        hits[i, j] += float(r.exact)
+        counts[i, j] += 1
+    return lengths, depths, hits / counts.clamp(min=1)
+
+
+# ---------------------------------------------------------------- ablation and score agreement
+
+
+def greedy_accuracy(loaded: LoadedModel, items: Sequence[EvalItem], max_new_tokens: int = 32,
+                    mask: torch.Tensor | None = None, on_item: Callable[[], None] | None = None) -> float:
+    """Share of items whose greedy answer contains a gold answer, optionally with heads masked out."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    hits = 0
+    for item in items:
+        ids = torch.tensor([item.prompt_ids], device=loaded.device)
+        with torch.no_grad(), masked_heads(model, mask if mask is not None else
+                                           torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)):
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=tokenizer.eos_token_id)
+        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        hits += any(exact_match(answer, gold) for gold in item.answers)
+        if on_item:
+            on_item()
+    return hits / max(1, len(items))
+
+
+def head_count(top: str, n_heads_total: int) -> int:
+    """`5%` -> a share of all heads, `12` -> a count."""
+    try:
+        k = round(float(top[:-1]) / 100 * n_heads_total) if top.endswith("%") else int(top)
+    except ValueError:
+        raise HeadprofError(f"--top must be a count or a percent, got '{top}'") from None
+    if not 1 <= k <= n_heads_total:
+        raise HeadprofError(f"--top {top} selects {k} heads; the model has {n_heads_total}")
+    return k
+
+
+def ablate(loaded: LoadedModel, scores: ScoreArtifact, items: Sequence[EvalItem], k: int, method: str = "r2",
+           trials: int = 5, seed: int = 0, max_new_tokens: int = 32,
+           on_item: Callable[[], None] | None = None) -> dict[str, Any]:
+    n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
+    flat = scores.scores(method).flatten()
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
+    top = torch.zeros(n_layers * n_heads, dtype=torch.bool)
+    top[order[:k]] = True
+    baseline = greedy_accuracy(loaded, items, max_new_tokens, None, on_item)
+    top_acc = greedy_accuracy(loaded, items, max_new_tokens, top.view(n_layers, n_heads), on_item)
+    rng = random.Random(seed)
+    randoms = []
+    for _ in range(trials):
+        mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
+        mask[rng.sample(range(n_layers * n_heads), k)] = True
+        randoms.append(greedy_accuracy(loaded, items, max_new_tokens, mask.view(n_layers, n_heads), on_item))
+    mean = sum(randoms) / len(randoms) if randoms else float("nan")
+    spread = (sum((r - mean) ** 2 for r in randoms) / max(1, len(randoms) - 1)) ** 0.5 if len(randoms) > 1 else 0.0
+    return {"k": k, "heads_total": n_layers * n_heads, "n_items": len(items), "no_mask": baseline,
+            "top_masked": top_acc, "random_masked_mean": mean, "random_masked_std": spread,
+            "random_masked": randoms, "top_heads": [[i // n_heads, i % n_heads] for i in order[:k]]}
+
+
+def split_half_agreement(scores: ScoreArtifact, method: str = "r2", k: int = 10) -> dict[str, float]:
+    """Rank agreement of scores from two disjoint halves of the probes, split by needle (alternating per kind)."""
+    needles: dict[str, list[str]] = defaultdict(list)
+    for probe_id, kind in zip(scores.probe_ids, scores.probe_kinds):
+        name = probe_id.split("@")[0]
+        if name not in needles[kind]:
+            needles[kind].append(name)
+    half_a = {n for names in needles.values() for n in sorted(names)[0::2]}
+    rows_a = [i for i, p in enumerate(scores.probe_ids) if p.split("@")[0] in half_a]
+    rows_b = [i for i, p in enumerate(scores.probe_ids) if p.split("@")[0] not in half_a]
+    if not rows_a or not rows_b:
+        raise HeadprofError("need probes from at least two needles to split the scores in halves")
+    return rank_agreement(scores.subset(rows_a).scores(method), scores.subset(rows_b).scores(method), k)

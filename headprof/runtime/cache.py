@@ -1,0 +1,265 @@
+"""A KV cache whose heads keep different numbers of entries, with no padding.
+
+Lifecycle of a layer: the prompt's K/V are stored densely and attended exactly (SDPA); right after
+the prompt's attention the layer asks its method for importance scores, keeps the selected entries
+and frees the dense tensors. Kept entries of all heads live in two flat `[N, d]` tensors (keys,
+values), head r owning rows `offsets[r]:offsets[r+1]`; tokens that arrive later (the question for a
+query-agnostic cache, generated tokens) go to a dense "recent" part shared by all heads.
+
+Decode attention over the flat part is one matmul of every query head against the layer's flat
+keys with a block-diagonal segment mask, then one softmax over [flat | recent]: plain PyTorch,
+the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored heads per layer) on a
+part that is budget-sized, and reads each stored byte once.
+
+The layer plugs into transformers through the Cache API: `update()` returns the layer itself
+instead of tensors, and the attention function registered as "headprof" (see `attention.py`)
+hands it the query. `get_seq_length()` counts every token seen, so RoPE positions of new tokens
+continue from the true prompt length, not the compressed one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from headprof.errors import HeadprofError
+from headprof.runtime.selection import Selection, reduce_groups
+
+if TYPE_CHECKING:
+    from headprof.runtime.methods.base import Method
+
+
+@dataclass
+class LayerPlan:
+    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads."""
+
+    layer_idx: int
+    method: Method
+    budgets: torch.Tensor
+    window: int
+
+
+@dataclass
+class CacheStats:
+    prompt_tokens: int = 0
+    compress_seconds: float = 0.0
+    compressed_heads: int = 0
+
+
+def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    scaling: float) -> torch.Tensor:
+    """Exact causal SDPA where the queries are the last `q` of `k` positions (bottom-right aligned)."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    mask = None
+    if q_len != k_len:
+        offset = k_len - q_len
+        mask = (torch.arange(k_len, device=query.device)[None, :]
+                <= torch.arange(q_len, device=query.device)[:, None] + offset)[None, None]
+    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, mask, scaling=scaling)
+    return output
+
+
+class CompressedLayer(CacheLayerMixin):
+    is_compileable = False
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, plan: LayerPlan, stats: CacheStats):
+        super().__init__()
+        self.plan = plan
+        self.stats = stats
+        self.seen = 0
+        self.phase = "empty"  # empty -> dense -> [scoring ->] compressed
+        self.flat_keys: torch.Tensor | None = None
+        self.flat_values: torch.Tensor | None = None
+        self.offsets: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.recent_keys: torch.Tensor | None = None
+        self.recent_values: torch.Tensor | None = None
+        self.prefix = 0
+        self.reconstruction_scores: torch.Tensor | None = None
+
+    # ---------------------------------------------------------- Cache API
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.seen += key_states.shape[-2]
+        if self.phase == "compressed":
+            keys, values = self._to_stored(key_states), self._to_stored(value_states)
+            if self.recent_keys is None:
+                self.recent_keys, self.recent_values = keys, values
+            else:
+                self.recent_keys = torch.cat([self.recent_keys, keys], dim=-2)
+                self.recent_values = torch.cat([self.recent_values, values], dim=-2)
+        else:
+            self.phase = "dense" if self.phase == "empty" else self.phase
+            self.keys = key_states if self.keys is None else torch.cat([self.keys, key_states], dim=-2)
+            self.values = value_states if self.values is None else torch.cat([self.values, value_states], dim=-2)
+        return self, self  # the "headprof" attention function takes it from here
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.__init__(self.plan, self.stats)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise HeadprofError("a compressed KV cache cannot be cropped (assisted decoding is not supported)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if repeats != 1:
+            raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
+
+    # ---------------------------------------------------------- attention
+
+    def attend(self, module: torch.nn.Module, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        if self.phase == "compressed":
+            return self._attend_compressed(query, scaling)
+        output = dense_attention(module, query, self.keys, self.values, scaling)
+        if self.phase == "scoring":
+            self.plan.method.accumulate_reconstruction(self, query, scaling)
+        elif not self.plan.method.deferred:
+            self.compress(query, scaling)
+        return output
+
+    def _attend_compressed(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        batch, n_heads, q_len, dim = query.shape
+        n_stored = (self.offsets.numel() - 1) // batch
+        per = n_heads // n_stored
+        grouped = query.reshape(batch * n_stored, per * q_len, dim)
+        n_flat = self.flat_keys.shape[0]
+        logits_flat = (grouped.reshape(-1, dim) @ self.flat_keys.T).view(batch * n_stored, per * q_len, n_flat)
+        index = torch.arange(n_flat, device=query.device)
+        own = (index[None, :] >= self.offsets[:-1, None]) & (index[None, :] < self.offsets[1:, None])
+        logits_flat = logits_flat.masked_fill(~own[:, None, :], float("-inf"))
+        recent_k = self.recent_keys.reshape(batch * n_stored, -1, dim)
+        recent_v = self.recent_values.reshape(batch * n_stored, -1, dim)
+        n_recent = recent_k.shape[1]
+        logits_recent = grouped @ recent_k.transpose(-1, -2)
+        future = (torch.arange(n_recent, device=query.device)[None, :]
+                  > torch.arange(q_len, device=query.device)[:, None] + (n_recent - q_len))
+        logits_recent = logits_recent.masked_fill(future.repeat(per, 1)[None], float("-inf"))
+        probs = (torch.cat([logits_flat, logits_recent], dim=-1).float() * scaling).softmax(dim=-1)
+        probs = probs.to(self.flat_values.dtype)
+        output = probs[..., :n_flat] @ self.flat_values + probs[..., n_flat:] @ recent_v
+        return output.view(batch, n_heads, q_len, dim).transpose(1, 2)
+
+    # ---------------------------------------------------------- compression
+
+    @property
+    def n_stored(self) -> int:
+        return self.plan.budgets.numel()
+
+    def _to_stored(self, states: torch.Tensor) -> torch.Tensor:
+        """`[B, Hkv, n, d]` -> `[B, S, n, d]` (query-head layout repeats each KV head g times)."""
+        n_kv = states.shape[1]
+        if self.n_stored == n_kv:
+            return states
+        return states.repeat_interleave(self.n_stored // n_kv, dim=1)
+
+    def compress(self, query: torch.Tensor, scaling: float, scores: torch.Tensor | None = None) -> None:
+        """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest."""
+        sync = self.keys.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
+        if scores is None:
+            scores = method.scores(query, self.keys, scaling, self)
+        stored = reduce_groups(scores, self.n_stored, method.group_reduce)
+        selection: Selection = method.select(stored, self.plan.budgets, self.plan.window)
+        rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device),
+                                       selection.lengths)
+        # row r = b * S + s stores KV head s // (S / Hkv) of batch element b
+        kv_rows = (rows // self.n_stored) * n_kv + (rows % self.n_stored) // (self.n_stored // n_kv)
+        flat_index = kv_rows * total + selection.positions
+        self.flat_keys = self.keys.reshape(-1, dim)[flat_index]
+        self.flat_values = self.values.reshape(-1, dim)[flat_index]
+        self.offsets = selection.offsets
+        self.positions = selection.positions.to(torch.int32)
+        empty = self.keys.new_zeros(batch, self.n_stored, 0, dim)
+        self.recent_keys, self.recent_values = empty, empty.clone()
+        self.keys = self.values = None
+        self.phase = "compressed"
+        self.stats.compressed_heads += int((selection.lengths < total).sum())
+        if sync:
+            torch.cuda.synchronize()
+        self.stats.compress_seconds += time.perf_counter() - start
+
+    # ---------------------------------------------------------- accounting
+
+    def storage_bytes(self) -> tuple[int, int, int]:
+        """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes)."""
+        tensors = [t for t in (self.flat_keys, self.flat_values, self.recent_keys, self.recent_values, self.keys,
+                               self.values) if t is not None]
+        allocated = sum(t.untyped_storage().nbytes() for t in tensors)
+        needed = sum(t.numel() * t.element_size() for t in tensors)
+        index = sum(t.numel() * t.element_size() for t in (self.offsets, self.positions) if t is not None)
+        return allocated, needed, index
+
+
+class CompressedCache(Cache):
+    """One `CompressedLayer` per decoder layer; made by a `Press` (see `press.py`)."""
+
+    def __init__(self, plans: list[LayerPlan]):
+        self.stats = CacheStats()
+        super().__init__(layers=[CompressedLayer(plan, self.stats) for plan in plans])
+
+    @property
+    def phase(self) -> str:
+        return self.layers[0].phase
+
+    def kv_bytes(self) -> dict[str, int]:
+        allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
+        return {"kv_bytes": allocated, "kv_bytes_needed": needed, "padding_bytes": allocated - needed,
+                "index_bytes": index}
+
+    def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
+        """Original prompt positions each stored head kept (for inspection and tests)."""
+        layer = self.layers[layer_idx]
+        return [layer.positions[a:b].long() for a, b in zip(layer.offsets[:-1].tolist(), layer.offsets[1:].tolist())]
+
+    def fork(self) -> CompressedCache:
+        """A copy that shares the (never mutated) compressed tensors, for asking several questions of one context."""
+        if self.phase != "compressed":
+            raise HeadprofError("only a compressed cache can be forked (run the prompt first)")
+        twin = CompressedCache([layer.plan for layer in self.layers])
+        twin.stats = CacheStats(**vars(self.stats))
+        for source, target in zip(self.layers, twin.layers):
+            target.__dict__.update({k: v for k, v in source.__dict__.items() if k != "stats"})
+            target.stats = twin.stats
+        return twin
+
+
+def _headprof_attention(module: torch.nn.Module, query: torch.Tensor, key: Any, value: Any,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any):
+    """Registered attention: a `CompressedLayer` in the key slot runs our attention, anything else SDPA."""
+    scaling = scaling or query.shape[-1] ** -0.5
+    if isinstance(key, CompressedLayer):
+        return key.attend(module, query, scaling), None
+    if attention_mask is None:  # no mask is built for this implementation: align causality bottom-right
+        return dense_attention(module, query, key, value, scaling), None
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+ATTENTION_IMPL = "headprof"
+ALL_ATTENTION_FUNCTIONS.register(ATTENTION_IMPL, _headprof_attention)

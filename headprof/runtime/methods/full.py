@@ -1,0 +1,9 @@
+from headprof.runtime.methods.base import Method, register
+
+
+@register
+class Full(Method):
+    """No compression: transformers' own DynamicCache and SDPA, the reference every method is measured against."""
+
+    name = "full"
+    compresses = False

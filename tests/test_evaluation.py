@@ -1,0 +1,179 @@
+"""Evaluation and ablation: answer metrics, task files, disjointness, and the CLI on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from headprof.capture import masked_heads
+from headprof.errors import HeadprofError
+from headprof.evaluation import check_disjoint, head_count, items_from_probes, items_from_task
+from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
+from headprof.probes import build_probes, load_needles, load_probes, write_probes
+
+from conftest import REPO
+
+
+def test_normalisation_and_exact_match():
+    assert normalize_answer("The  Code: COBALT-4417!") == "code cobalt4417"
+    assert exact_match("The secret code for the Orion vault is cobalt-4417.", "cobalt-4417")
+    assert not exact_match("The code is cobalt-44.", "cobalt-4417")
+    assert not exact_match("a nice party", "art")  # whole words only
+    assert exact_match("It is A Green Kite", "a green kite")
+
+
+def test_token_f1_and_recall():
+    assert token_f1("green kite", "a green kite") == 1.0
+    assert token_f1("the red kite flies", "green kite") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert token_f1("", "kite") == 0.0
+    assert answer_recall("Tomas's favourite thing is a green kite.", "a green kite") == 1.0
+    assert answer_recall("a kite", "green kite") == 0.5
+
+
+def test_task_file_items(tmp_path, tokenizer):
+    rows = [{"context": "Alpha beta gamma. " * 30 + "The river is named Ostwick.", "input": "Name the river.",
+             "answers": ["Ostwick"], "_id": "a"},
+            {"context": "Long text about trains. " * 400, "input": "What is it about?", "answers": "trains"}]
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = items_from_task(tokenizer, path, max_tokens=600)
+    assert [i.id for i in items] == ["a", "task-2"] and items[1].answers == ["trains"]
+    assert len(items[1].prompt_ids) <= 600 < len(tokenizer(rows[1]["context"])["input_ids"])  # middle truncated
+    context_end = tokenizer.decode(items[0].prompt_ids[: items[0].context_tokens])
+    assert context_end.endswith("Ostwick.") and "Name the river" not in context_end
+    path.write_text('{"context": "x"}\n')
+    with pytest.raises(HeadprofError, match="line 1: needs context, input, answers"):
+        items_from_task(tokenizer, path, 600)
+
+
+def test_eval_probes_must_not_share_needles(tokenizer):
+    from headprof.artifacts import load_scores
+
+    scores = load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+    eval_needles = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[:2]
+    check_disjoint(build_probes(eval_needles, tokenizer, lengths=(300,), depths=(50,)), scores)
+    scoring = load_probes(REPO / "probes/probes-smollm2-135m.jsonl")[:1]
+    with pytest.raises(HeadprofError, match=r"share 1 needle\(s\) with the scoring probes \(r-orion-vault-code"):
+        check_disjoint(scoring, scores)
+
+
+def test_head_count():
+    assert head_count("5%", 270) == 14 and head_count("3", 270) == 3
+    with pytest.raises(HeadprofError):
+        head_count("0", 270)
+    with pytest.raises(HeadprofError):
+        head_count("lots", 270)
+
+
+def test_masking_heads_changes_only_what_it_should(loaded):
+    ids = loaded.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = loaded.model(ids).logits
+        nothing = torch.zeros(30, 9, dtype=torch.bool)
+        with masked_heads(loaded.model, nothing):
+            same = loaded.model(ids).logits
+        one_layer = nothing.clone()
+        one_layer[3] = True
+        with masked_heads(loaded.model, one_layer):
+            changed = loaded.model(ids).logits
+    torch.testing.assert_close(same, plain)
+    assert (changed - plain).abs().max() > 1e-2
+    assert loaded.model.config._attn_implementation == "sdpa"
+
+
+@pytest.fixture
+def eval_probes(workdir, tokenizer):
+    needles = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[:2]
+    probes = build_probes(needles, tokenizer, lengths=(400,), depths=(30, 70), tokenizer_name="smollm2-135m")
+    write_probes(workdir / "eval.jsonl", probes)
+    return workdir / "eval.jsonl"
+
+
+@pytest.mark.e2e
+def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
+    args = ["eval", "--methods", "full,snapkv,headkv,kvzip", "--budgets", "48,96", "--probes", eval_probes,
+            "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", "--max-new-tokens", "20"]
+    first = cli(*args, "--json", "--png", "acc.png", cwd=workdir)
+    assert first.code == 0, first.stderr
+    results = first.json()["results"]
+    assert {(r["method"], r["budget"]) for r in results} == {("full", None), ("snapkv", 48), ("snapkv", 96),
+                                                             ("headkv", 48), ("headkv", 96), ("kvzip", 48),
+                                                             ("kvzip", 96)}
+    by = {(r["method"], r["budget"]): r for r in results}
+    assert all(r["n"] == 4 and 0 <= r["accuracy"] <= 1 and 0 <= r["f1"] <= 1 for r in results)
+    assert by[("full", None)]["accuracy"] >= 0.5  # the embedded model retrieves at 400 tokens
+    assert by[("snapkv", 48)]["kv_bytes"] < by[("snapkv", 96)]["kv_bytes"] < by[("full", None)]["kv_bytes"]
+    assert (workdir / "acc.png").read_bytes()[:4] == b"\x89PNG" and (workdir / "acc-needles.png").is_file()
+    cache = workdir / "artifacts/smollm2-135m/eval-cache.jsonl"
+    lines = len(cache.read_text().splitlines())
+    assert lines == 4 * 7
+    again = cli(*args, "--methods", "full,snapkv,headkv,kvzip,streamingllm", "--json")
+    assert again.code == 0 and len(cache.read_text().splitlines()) == lines + 8  # only the new method ran
+    assert [r for r in again.json()["results"] if r["method"] != "streamingllm"] == results
+    table = cli(*args)
+    assert table.code == 0 and "B=48" in table.stdout and "headkv" in table.stdout
+
+
+@pytest.mark.e2e
+def test_eval_refuses_scoring_needles_and_bad_budgets(cli, workdir):
+    scoring = workdir / "scoring.jsonl"
+    write_probes(scoring, load_probes(REPO / "probes/probes-smollm2-135m.jsonl")[:1])
+    result = cli("eval", "--probes", scoring, "--methods", "snapkv", "--budgets", "64",
+                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", cwd=workdir)
+    assert result.code == 1 and "share 1 needle(s)" in result.stderr
+    result = cli("eval", "--probes", scoring, "--methods", "snapkv", "--budgets", "16")
+    assert result.code == 1 and "larger than the window" in result.stderr
+    result = cli("eval", "--probes", scoring, "--methods", "lz4")
+    assert result.code == 1 and "unknown method lz4" in result.stderr
+
+
+@pytest.mark.e2e
+def test_ablate_cli(cli, workdir, eval_probes):
+    result = cli("ablate", "--probes", eval_probes, "--top", "5%", "--random-trials", "2", "--max-new-tokens", "20",
+                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors",
+                 "--compare", REPO / "artifacts/smollm2-135m/scores.safetensors", "--json", cwd=workdir)
+    assert result.code == 0, result.stderr
+    report = result.json()
+    assert report["k"] == 14 and report["n_items"] == 4 and len(report["random_masked"]) == 2
+    assert all(0 <= report[key] <= 1 for key in ("no_mask", "top_masked", "random_masked_mean"))
+    assert -1 <= report["split_half"]["spearman"] <= 1
+    assert report["vs_compare"]["spearman"] == pytest.approx(1.0)
+    assert report["top_heads"][0] == [17, 3]  # the reference artifact's best r2 head
+
+
+@pytest.mark.e2e
+def test_run_cli(cli, workdir, tiny_probes):
+    probe = tiny_probes[0]
+    context = probe.prompt[probe.prompt.index("user\n") + 5: probe.prompt.index("\n\nQuestion:")]
+    (workdir / "doc.txt").write_text(context)
+    result = cli("run", "--context-file", "doc.txt", "--question", probe.question, "--method", "snapkv",
+                 "--budget", "64", "--max-new-tokens", "20", "--json", cwd=workdir)
+    assert result.code == 0, result.stderr
+    payload = result.json()
+    assert set(payload) >= {"answer", "kv_bytes", "kv_bytes_full", "prompt_tokens", "prefill_s", "compress_s",
+                            "decode_tokens_per_s"}
+    assert payload["kv_bytes"] < payload["kv_bytes_full"] / 4 and payload["prompt_tokens"] == probe.n_tokens
+    headkv = cli("run", "--context-file", "doc.txt", "--question", probe.question, "--max-new-tokens", "20",
+                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", "--budget", "64", "--json")
+    assert headkv.code == 0 and headkv.json()["method"] == "headkv" and headkv.json()["compressed"]
+    nothing = cli("run", "--context", "Short text about a red-9 key.", "--question", "Which key?", "--budget", "512")
+    assert nothing.code == 0 and "no compression" in nothing.stderr
+
+
+@pytest.mark.e2e
+def test_run_cli_errors(cli, workdir):
+    from headprof.artifacts import AllocArtifact, save_alloc
+    from headprof.models import ModelInfo
+
+    def fails(result, fragment):
+        assert result.code == 1 and "Traceback" not in result.stderr and fragment in result.stderr, result.stderr
+
+    fails(cli("run", "--context-file", "missing.txt", "--question", "q", cwd=workdir), "context file missing.txt not found")
+    fails(cli("run", "--context", "  ", "--question", "q"), "empty context")
+    fails(cli("run", "--context", "text", "--question", "q", "--method", "gzip"), "unknown method 'gzip'")
+    other = ModelInfo("meta-llama/Meta-Llama-3-8B-Instruct", 32, 32, 8, 128, 8192, "")
+    save_alloc(workdir / "llama.safetensors", AllocArtifact(other, torch.full((32, 32), 128), {"gqa": "query"}))
+    fails(cli("run", "--context", "some text here.", "--question", "q", "--alloc", "llama.safetensors"),
+          "allocation was made for meta-llama/Meta-Llama-3-8B-Instruct")

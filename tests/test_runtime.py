@@ -1,0 +1,233 @@
+"""Compressed KV cache: the selection core and varlen attention on synthetic tensors, then the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headprof.artifacts import AllocArtifact
+from headprof.errors import HeadprofError
+from headprof.models import ModelInfo
+from headprof.probes import build_probes, encode_probe, load_needles
+from headprof.runtime import METHODS, MethodOptions, Press, cache_bytes, compressed
+from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
+from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
+
+from conftest import REPO
+
+
+# ---------------------------------------------------------------- selection on hand-built scores
+
+
+def _kept(selection, row):
+    a, b = selection.offsets[row].item(), selection.offsets[row + 1].item()
+    return selection.positions[a:b].tolist()
+
+
+def test_top_k_keeps_window_then_best_scores():
+    scores = torch.tensor([[[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.0, 0.0],
+                            [0.5, 0.1, 0.7, 0.2, 0.6, 0.4, 0.0, 0.0]]])
+    sel = top_k_with_window(scores, torch.tensor([3, 5]), window=2)
+    assert _kept(sel, 0) == [1, 6, 7]
+    assert _kept(sel, 1) == [0, 2, 4, 6, 7]
+    everything = top_k_with_window(scores, torch.tensor([100, 8]), window=2)
+    assert _kept(everything, 0) == list(range(8)) and _kept(everything, 1) == list(range(8))
+
+
+def test_adakv_pools_a_layer_with_per_head_floors():
+    torch.manual_seed(0)
+    scores = torch.rand(1, 3, 40) * 0.01
+    scores[0, 0, :20] += 1.0  # head 0 has many strong positions
+    budgets = torch.tensor([12, 12, 12])
+    sel = pooled_top_k(scores, budgets, window=2, floor=0.2)
+    lengths = sel.lengths.tolist()
+    assert sum(lengths) == 36                      # the layer's pool is conserved
+    assert min(lengths) >= 2 + 2                   # window + floor(0.2 * 10)
+    assert lengths[0] > 12 > lengths[1]            # budget moves to the head that needs it
+
+
+def test_accumulated_scores_equal_the_full_matrix():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 50, 8), torch.randn(1, 2, 50, 8)
+    full = q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 8 ** -0.5
+    causal = torch.ones(50, 50, dtype=torch.bool).triu(1)
+    expected = full.masked_fill(causal, float("-inf")).softmax(-1).sum(2)
+    torch.testing.assert_close(accumulated_scores(q, k, 8 ** -0.5, block=16), expected)
+
+
+def test_streamingllm_keeps_sinks_and_recent():
+    method = METHODS["streamingllm"](MethodOptions())
+    scores = method.scores(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, None)
+    sel = top_k_with_window(scores, torch.tensor([10, 10]), window=3)
+    assert _kept(sel, 0) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
+
+
+# ---------------------------------------------------------------- varlen attention vs a by-hand reference
+
+
+class _Attn(torch.nn.Module):
+    num_key_value_groups = 2
+    is_causal = True
+
+
+@pytest.mark.parametrize("layout", ["kv", "query"])
+def test_varlen_attention_matches_a_per_head_reference(layout):
+    torch.manual_seed(1)
+    n_heads, n_kv, total, dim = 4, 2, 24, 8
+    n_stored = n_kv if layout == "kv" else n_heads
+    budgets = torch.tensor([6, 9, 12, 30][:n_stored])
+    plan = LayerPlan(0, METHODS["snapkv"](MethodOptions(kernel=1)), budgets, window=3)
+    layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim ** -0.5
+    keys, values, query = torch.randn(1, n_kv, total, dim), torch.randn(1, n_kv, total, dim), torch.randn(1, n_heads, total, dim)
+    layer.update(keys, values)
+    layer.attend(module, query, scaling)  # prefill: exact attention, then compression
+    assert layer.phase == "compressed" and layer.get_seq_length() == total
+    assert layer.flat_keys.shape[0] == int(budgets.clamp(max=total).sum())
+    new_k, new_v, new_q = torch.randn(1, n_kv, 3, dim), torch.randn(1, n_kv, 3, dim), torch.randn(1, n_heads, 3, dim)
+    layer.update(new_k, new_v)
+    out = layer.attend(module, new_q, scaling)  # [1, 3, H, d]
+    kept = [layer.positions[a:b].long() for a, b in zip(layer.offsets[:-1].tolist(), layer.offsets[1:].tolist())]
+    for head in range(n_heads):
+        kv, stored = head // 2, head if layout == "query" else head // 2
+        k_all = torch.cat([keys[0, kv, kept[stored]], new_k[0, kv]])
+        v_all = torch.cat([values[0, kv, kept[stored]], new_v[0, kv]])
+        logits = new_q[0, head] @ k_all.T * scaling
+        n_old = len(kept[stored])
+        for i in range(3):  # new token i sees the kept entries and new tokens 0..i
+            logits[i, n_old + i + 1:] = float("-inf")
+        torch.testing.assert_close(out[0, :, head], logits.softmax(-1) @ v_all, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the embedded model
+
+
+@pytest.fixture(scope="module")
+def prompt(tokenizer):
+    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[0]
+    probe = build_probes([needle], tokenizer, lengths=(300,), depths=(50,))[0]
+    return probe, torch.tensor([encode_probe(tokenizer, probe).prompt_ids])
+
+
+@pytest.fixture(scope="module")
+def scores_artifact():
+    from headprof.artifacts import load_scores
+
+    return load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+
+
+def _generate(model, ids, **kwargs):
+    return model.generate(ids, max_new_tokens=8, do_sample=False, return_dict_in_generate=True,
+                          output_logits=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def full_run(loaded, prompt):
+    return _generate(loaded.model, prompt[1])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+def test_budgets_above_the_prompt_reproduce_full_kv(loaded, prompt, full_run, scores_artifact, method, gqa):
+    """Budgets >= prompt length: every method's cache holds everything, so tokens and logits must match."""
+    budget = 8000  # PyramidKV's top layer then keeps (8000 - 32) / 20 + 32 = 430 > 286 prompt tokens
+    with compressed(loaded.model, method, budget, gqa=gqa, scores=scores_artifact) as press:
+        run = _generate(loaded.model, prompt[1])
+    assert torch.equal(run.sequences, full_run.sequences)
+    for mine, ref in zip(run.logits, full_run.logits):
+        torch.testing.assert_close(mine, ref, atol=2e-4, rtol=1e-4)
+    assert not press.stats.compressed and press.stats.prompt_tokens == prompt[1].shape[1]
+    if method != "full":
+        assert run.cache.get_seq_length() == prompt[1].shape[1] + 7  # every token, not the kept count
+
+
+def test_manual_loop_equals_generate_and_rope_continues_from_true_length(loaded, prompt):
+    model, ids = loaded.model, prompt[1]
+    with compressed(model, "snapkv", 64) as press:
+        generated = model.generate(ids, max_new_tokens=6, do_sample=False)
+        with torch.no_grad():
+            out = model(ids, use_cache=True)
+            cache, tokens = out.cache, [int(out.logits[0, -1].argmax())]
+            assert press.stats.compressed and cache.get_seq_length() == ids.shape[1]
+            for _ in range(5):
+                step_out = model(torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True)
+                tokens.append(int(step_out.logits[0, -1].argmax()))
+    assert generated[0, ids.shape[1]:].tolist() == tokens
+    # explicit true positions give the same logits as the defaults the cache implies
+    with compressed(model, "snapkv", 64), torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+        implicit = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True).logits
+        explicit = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True,
+                         position_ids=torch.tensor([[ids.shape[1]]])).logits
+        compressed_len = int(cache.layers[0].flat_keys.shape[0] / cache.layers[0].n_stored)
+        wrong = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True,
+                      position_ids=torch.tensor([[compressed_len]])).logits
+    torch.testing.assert_close(implicit, explicit)
+    assert not torch.allclose(implicit, wrong, atol=1e-3)
+
+
+def test_memory_holds_only_kept_entries(loaded, tokenizer):
+    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[1]
+    probe = build_probes([needle], tokenizer, lengths=(1000,), depths=(50,))[0]
+    ids = torch.tensor([encode_probe(tokenizer, probe).prompt_ids])
+    info = loaded.info
+    sizes = {}
+    for gqa in ("kv", "query"):
+        with compressed(loaded.model, "snapkv", 64, gqa=gqa), torch.no_grad():
+            cache = loaded.model(ids, use_cache=True).cache
+        sizes[gqa] = cache_bytes(cache)
+        stored = info.n_kv_heads if gqa == "kv" else info.n_heads
+        expected = 2 * info.head_dim * 4 * info.n_layers * stored * 64
+        assert sizes[gqa]["kv_bytes"] == expected and sizes[gqa]["padding_bytes"] == 0
+    assert sizes["query"]["kv_bytes"] == 3 * sizes["kv"]["kv_bytes"]
+    full = 2 * info.n_layers * info.n_kv_heads * ids.shape[1] * info.head_dim * 4
+    assert sizes["kv"]["kv_bytes"] / full == pytest.approx(64 / ids.shape[1])
+
+
+def test_headkv_budgets_follow_the_allocation(loaded, prompt, scores_artifact):
+    press = Press(loaded.model, "headkv", 64, scores=scores_artifact, gqa="query")
+    assert press.budgets.shape == (30, 9) and int(press.budgets.sum()) == 64 * 270
+    with press, torch.no_grad():
+        cache = loaded.model(prompt[1], use_cache=True).cache
+    lengths = torch.stack([cache.layers[i].offsets.diff() for i in range(30)])
+    assert torch.equal(lengths, press.budgets.clamp(max=prompt[1].shape[1]))
+
+
+def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
+    model, ids = loaded.model, prompt[1]
+    torch.manual_seed(0)
+    with compressed(model, "h2o", 96):
+        sampled = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=5)
+        batch = model.generate(ids.repeat(2, 1), max_new_tokens=5, do_sample=False)
+    assert sampled.shape[1] == ids.shape[1] + 5 and torch.equal(batch[0], batch[1])
+    with pytest.raises(HeadprofError, match="padded batches"), compressed(model, "snapkv", 96):
+        model.generate(ids.repeat(2, 1), attention_mask=torch.ones(2, ids.shape[1]).index_fill_(1, torch.tensor([0]), 0),
+                       max_new_tokens=2)
+    # kvzip: compress the context once, then ask two questions of forks of the same cache
+    probe = prompt[0]
+    split = probe.prompt.index("\n\nQuestion:")
+    context_ids = tokenizer(probe.prompt[:split], add_special_tokens=False, return_tensors="pt").input_ids
+    press = Press(model, "kvzip", 8000, tokenizer=tokenizer)
+    cache = press.prefill(context_ids)
+    assert cache.phase == "compressed" and press.stats.prefill_seconds > 0
+    tails = [probe.prompt[split:], probe.prompt[split:].replace("Question: ", "Question: Tell me this. ")]
+    with press:
+        for tail in tails:
+            tail_ids = tokenizer(tail, add_special_tokens=False, return_tensors="pt").input_ids
+            out = model.generate(torch.cat([context_ids, tail_ids], 1), cache=cache.fork(), max_new_tokens=16,
+                                 do_sample=False)
+            assert probe.answer in tokenizer.decode(out[0, context_ids.shape[1] + tail_ids.shape[1]:])
+    assert cache.get_seq_length() == context_ids.shape[1]  # forks leave the compressed context untouched
+
+
+def test_bad_runtime_input(loaded, prompt, scores_artifact):
+    with pytest.raises(HeadprofError, match="unknown method 'zip'"):
+        Press(loaded.model, "zip", 128)
+    with pytest.raises(HeadprofError, match="headkv needs an allocation"):
+        Press(loaded.model, "headkv", 128)
+    with pytest.raises(HeadprofError, match="must be larger than the window"):
+        Press(loaded.model, "snapkv", 16)
+    other = ModelInfo("other/model", 30, 9, 3, 64, 8192, "ffff")
+    with pytest.raises(HeadprofError, match="allocation was made for other/model"):
+        Press(loaded.model, "headkv", allocation=AllocArtifact(other, torch.full((30, 9), 64), {"gqa": "query"}))
+    with pytest.raises(HeadprofError, match="empty prompt"), compressed(loaded.model, "snapkv", 64):
+        loaded.model(torch.zeros(1, 0, dtype=torch.long))
