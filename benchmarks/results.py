@@ -31,15 +31,9 @@ METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headk
 
 
 def _table(results: list[dict], budgets: list[int]) -> str:
-    by = {(r["method"], r["budget"]): r for r in results}
-    lines = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
-    for method in METHODS:
-        cells = []
-        for budget in budgets:
-            r = by.get((method, None if method == "full" else budget))
-            cells.append(f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)" if r else "-")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = E.result_cells(results, METHODS, budgets, lambda r: f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)")
+    header = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    return "\n".join(header + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def main() -> None:
@@ -64,18 +58,8 @@ def main() -> None:
     config = E.EvalConfig(METHODS, tuple(budgets), gqa="kv", window=args.window, max_new_tokens=24)
     records = E.evaluate(loaded, items, config, reference, "artifacts/smollm2-135m/eval-cache.jsonl")
     results = E.summarize(records)
-    curves: dict[str, list[tuple[float, float]]] = {}
-    full = next(((r["kv_bytes"], r["accuracy"]) for r in results if r["method"] == "full"), None)
-    for r in results:
-        if r["method"] != "full":
-            curves.setdefault(r["method"], []).append((r["kv_bytes"], r["accuracy"]))
-    plots.accuracy_vs_bytes(curves, full, "docs/accuracy.png",
-                            f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}")
-    grids = {}
-    for method in METHODS:
-        rows = [r for r in records if r.method == method and r.budget in (None, 128)]
-        lengths, depths, grids[method if method == "full" else f"{method} B=128"] = E.needle_grid(rows)
-    plots.needle_grids(grids, lengths, depths, "docs/accuracy-needles.png", "accuracy by length x depth")
+    E.write_figures(records, results, "docs/accuracy.png",
+                    f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}", 128)
 
     k = E.head_count("5%", loaded.info.n_layers * loaded.info.n_heads)
     ablation = E.ablate(loaded, reference, items, k, "r2", args.trials, 0, 24)

@@ -73,10 +73,12 @@ def pyramid(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
     """PyramidKV: k_l falls linearly from k_0 (bottom) to k_top = K / (beta L) (top), K = L (B - w)."""
     n_layers, n_heads = shape
     n_free = config.budget - config.window
+    if n_layers == 1:
+        return torch.full(shape, config.budget, dtype=torch.long)
     total = n_layers * n_free
     k_top = total / (config.beta_value * n_layers)
     k_0 = 2 * total / n_layers - k_top
-    steps = torch.arange(n_layers, dtype=torch.float64) / max(1, n_layers - 1)
+    steps = torch.arange(n_layers, dtype=torch.float64) / (n_layers - 1)
     per_layer = largest_remainder(k_0 - (k_0 - k_top) * steps, total)
     return (per_layer[:, None] + config.window).expand(n_layers, n_heads).clone()
 

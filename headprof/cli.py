@@ -144,7 +144,8 @@ def score(
     config.validate()
     probe_list = P.load_probes(probes or default_probe_file(model))
     select, shard_meta = distributed.shard_indices(len(probe_list), shard)
-    name = "scores.safetensors" if mode == "teacher" else f"scores-{mode}.safetensors"
+    name = "scores" + ("" if mode == "teacher" else f"-{mode}")
+    name += (f".shard{shard_meta['shard'].replace('/', 'of')}" if shard_meta else "") + ".safetensors"
     target = out_file or default_artifact_dir(model) / name
     _check_writable(target)
     world = distributed.World.from_env()
@@ -224,6 +225,8 @@ def allocate(
     from headprof import allocation as A
     from headprof.artifacts import AllocArtifact, load_scores, save_alloc
 
+    if bytes_per_value < 1 or (context is not None and context < 1):
+        raise HeadprofError("--bytes-per-value and --context must be positive")
     source = scores or default_artifact_dir("smollm2-135m") / "scores.safetensors"
     art = load_scores(source)
     config = A.AllocConfig(budget, policy, window, beta, temp, gqa)
@@ -488,8 +491,7 @@ def eval_(
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
     if png:
-        _eval_plots(records, results, png, loaded.info.model_id)
-        payload["png"] = [str(png), str(_needles_png(png))]
+        payload["png"] = [str(png), str(E.write_figures(records, results, png, loaded.info.model_id))]
     if report:
         write_text_atomic(report, json.dumps(payload, indent=1) + "\n")
     if as_json:
@@ -499,40 +501,10 @@ def eval_(
     table.add_column("method")
     for budget in budget_list:
         table.add_column(f"B={budget}", justify="right")
-    by_key = {(r["method"], r["budget"]): r for r in results}
-    for method in method_list:
-        cells = []
-        for budget in budget_list:
-            r = by_key.get((method, None if method == "full" else budget))
-            cells.append(f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}" if r else "-")
-        table.add_row(method, *cells)
+    for row in E.result_cells(results, method_list, budget_list,
+                              lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"):
+        table.add_row(*row)
     out.print(table)
-
-
-def _needles_png(png: Path) -> Path:
-    return png.with_name(png.stem + "-needles" + png.suffix)
-
-
-def _eval_plots(records, results, png: Path, title: str) -> None:
-    from headprof import evaluation as E, plots
-
-    curves: dict[str, list[tuple[float, float]]] = {}
-    full = None
-    for r in results:
-        if r["method"] == "full":
-            full = (r["kv_bytes"], r["accuracy"])
-        else:
-            curves.setdefault(r["method"], []).append((r["kv_bytes"], r["accuracy"]))
-    plots.accuracy_vs_bytes(curves, full, png, f"{title}: accuracy vs KV cache")
-    budgets = sorted({r.budget for r in records if r.budget is not None})
-    chosen = budgets[len(budgets) // 2] if budgets else None
-    grids, lengths, depths = {}, [], []
-    for method in sorted({r.method for r in records}):
-        rows = [r for r in records if r.method == method and r.budget in (None, chosen) and r.depth is not None]
-        if rows:
-            lengths, depths, grids[f"{method}" + ("" if method == "full" else f" B={chosen}")] = E.needle_grid(rows)
-    if grids:
-        plots.needle_grids(grids, lengths, depths, _needles_png(png), f"{title}: accuracy by length x depth")
 
 
 @app.command()
@@ -678,8 +650,11 @@ def compare(
         raise HeadprofError(f"{first} and {second} are for different architectures: {arch(a.model)} vs {arch(b.model)}")
     method = method or ("r2" if "r2" in a.per_probe else a.methods[0])
     method_b = method_b or (method if method in b.per_probe else b.methods[0])
+    sizes = _numbers(k, "--k")
+    if not sizes:
+        raise HeadprofError("--k needs at least one top-k size")
     rows = []
-    for size in _numbers(k, "--k"):
+    for size in sizes:
         agreement = rank_agreement(a.scores(method), b.scores(method_b), size)
         rows.append({"k": size, "spearman": agreement["spearman"], "overlap": agreement[f"top{size}_overlap"]})
     if as_json:

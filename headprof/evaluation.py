@@ -224,6 +224,46 @@ def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
     return out
 
 
+def result_cells(results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int],
+                 cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
+    """Rows `[method, cell(B1), cell(B2), ...]`; the full cache has one result, shown under every budget."""
+    by = {(r["method"], r["budget"]): r for r in results}
+    rows = []
+    for method in methods:
+        found = [by.get((method, None if method == "full" else b)) for b in budgets]
+        rows.append([method] + [cell(r) if r else "-" for r in found])
+    return rows
+
+
+def write_figures(records: Sequence[EvalRecord], results: Sequence[dict[str, Any]], png: str | Path, title: str,
+                  grid_budget: int | None = None) -> Path:
+    """Accuracy vs KV bytes (one line per method, full cache as reference) at `png`, and a length x depth
+    needle heatmap per method at `<png>-needles.png` (at `grid_budget`, default the middle budget)."""
+    from headprof import plots
+
+    png = Path(png)
+    curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    full = None
+    for r in results:
+        if r["method"] == "full":
+            full = (r["kv_bytes"], r["accuracy"])
+        else:
+            curves[r["method"]].append((r["kv_bytes"], r["accuracy"]))
+    plots.accuracy_vs_bytes(curves, full, png, f"{title}: accuracy vs KV cache")
+    budgets = sorted({r.budget for r in records if r.budget is not None})
+    chosen = grid_budget if grid_budget is not None else (budgets[len(budgets) // 2] if budgets else None)
+    grids, lengths, depths = {}, [], []
+    for method in dict.fromkeys(r.method for r in records):
+        rows = [r for r in records if r.method == method and r.budget in (None, chosen) and r.depth is not None]
+        if rows:
+            label = method if method == "full" else f"{method} B={chosen}"
+            lengths, depths, grids[label] = needle_grid(rows)
+    needles_png = png.with_name(png.stem + "-needles" + png.suffix)
+    if grids:
+        plots.needle_grids(grids, lengths, depths, needles_png, f"{title}: accuracy by length x depth")
+    return needles_png
+
+
 def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], torch.Tensor]:
     """Accuracy by depth (rows) x context length (columns) for records of one method and budget."""
     rows = [r for r in records if r.depth is not None]
@@ -244,6 +284,8 @@ def greedy_accuracy(loaded: LoadedModel, items: Sequence[EvalItem], max_new_toke
                     mask: torch.Tensor | None = None, on_item: Callable[[], None] | None = None) -> float:
     """Share of items whose greedy answer contains a gold answer, optionally with heads masked out."""
     model, tokenizer = loaded.model, loaded.tokenizer
+    if max_new_tokens < 1:
+        raise HeadprofError("max-new-tokens must be at least 1")
     hits = 0
     for item in items:
         ids = torch.tensor([item.prompt_ids], device=loaded.device)

@@ -34,7 +34,7 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise HeadprofError(f"score file {path} not found") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise HeadprofError(f"score file {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not data:
         raise HeadprofError(f"score file {path} is not a {{'layer-head': [scores]}} object")
@@ -52,7 +52,10 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
         if layer >= model.n_layers or head >= model.n_heads:
             raise HeadprofError(f"score file {path} has head {key}, outside {model.model_id} "
                                 f"({model.n_layers} layers x {model.n_heads} heads)")
-        rows[:, layer, head] = torch.tensor([float(v) for v in values])
+        try:
+            rows[:, layer, head] = torch.tensor([float(v) for v in values])
+        except (TypeError, ValueError):
+            raise HeadprofError(f"score file {path}: head {key} has non-numeric scores") from None
         seen.add((layer, head))
     if len(seen) != model.n_layers * model.n_heads:
         raise HeadprofError(f"score file {path} covers {len(seen)} heads; {model.model_id} has "

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,10 +66,6 @@ class ModelInfo:
     head_dim: int
     max_context: int
     fingerprint: str = ""
-
-    @property
-    def group_size(self) -> int:
-        return self.n_heads // self.n_kv_heads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +148,18 @@ def info_from_config(config: Any, model_id: str, fingerprint: str = "") -> Model
     )
 
 
+def check_supported(config: Any, name: str) -> None:
+    """Capture and the compressed cache implement plain causal softmax attention over all positions."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attn_logit_softcapping", None):
+        raise HeadprofError(f"model '{name}' soft-caps attention logits, which headprof does not implement")
+    window = getattr(text, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or []) or bool(
+        window and getattr(text, "use_sliding_window", True) and window < getattr(text, "max_position_embeddings", 0))
+    if sliding:
+        raise HeadprofError(f"model '{name}' uses sliding-window attention, which headprof does not implement")
+
+
 def model_info(name: str) -> ModelInfo:
     """Architecture numbers without loading weights: known table, cached dequantized config, or AutoConfig."""
     spec = resolve_model(name)
@@ -160,7 +169,8 @@ def model_info(name: str) -> ModelInfo:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(local_weights(spec))
+        path = local_weights(spec)
+        config = AutoConfig.from_pretrained(path, **hub_kwargs(path))
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line for the user
         raise HeadprofError(f"cannot read the config of '{name}' ({spec.path}): {_first_line(exc)}") from None
     return info_from_config(config, spec.model_id)
@@ -212,6 +222,27 @@ def _dequantize_to_cache(spec: ModelSpec, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_kwargs(path: str) -> dict[str, Any]:
+    """Load hub ids from the local HF cache only when the hub can't be reached (instead of minutes of retries)."""
+    if Path(path).exists():
+        return {}
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        _REACHABLE[host] = False
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return {} if _REACHABLE[host] else {"local_files_only": True}
+
+
 def local_weights(spec: ModelSpec) -> str:
     """A path transformers can load without GGUF: the dequantized cache for GGUF files, else the spec's path."""
     if not spec.gguf_file:
@@ -260,21 +291,24 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = _pick_dtype(dtype, device)
     path = local_weights(spec)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": "sdpa", **hub_kwargs(path)}
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001
         tried = f"alias {name} -> {spec.path}" if name in ALIASES else spec.path
-        offline = " (hub offline or id unknown)" if not Path(spec.path).exists() else ""
+        offline = ""
+        if not Path(spec.path).exists():
+            offline = " (hub unreachable and not in the local HF cache)" if hub_kwargs(path) else " (hub id unknown?)"
         raise HeadprofError(f"cannot load model '{name}' (tried {tried}){offline}: {_first_line(exc)}") from None
     if not device_map:
         model.to(device)
     model.eval()
     if not getattr(tokenizer, "is_fast", False):
         raise HeadprofError(f"model '{name}' has no fast tokenizer: headprof needs offset mappings to locate needles")
+    check_supported(model.config, name)
     info = info_from_config(model.config, spec.model_id, weights_fingerprint(model))
     return LoadedModel(model, tokenizer, spec, info)
 
@@ -291,7 +325,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> tuple[Any, ModelInfo]:
     spec = resolve_model(name)
     path = local_weights(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     except Exception as exc:  # noqa: BLE001
         raise HeadprofError(f"cannot load the tokenizer of '{name}' ({spec.path}): {_first_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):

@@ -84,6 +84,15 @@ class EncodedProbe:
 # ---------------------------------------------------------------- needles
 
 
+def _read_lines(path: Path, what: str) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise HeadprofError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
     """Read and validate a needle JSONL file; every problem names the file and line."""
     path = Path(path)
@@ -91,7 +100,7 @@ def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
         raise HeadprofError(f"needle file {path} not found")
     needles: list[Needle] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_lines(path, "needle file"), 1):
         if not line.strip():
             continue
         where = f"needle file {path} line {lineno}"
@@ -288,6 +297,12 @@ def build_probes(
     for depth in depths:
         if not 0 <= depth <= 100:
             raise HeadprofError(f"depth must be a percent in [0, 100], got {depth}")
+    if not lengths or not depths:
+        raise HeadprofError("need at least one context length and one depth")
+    if len({n.id for n in needles}) != len(needles):
+        raise HeadprofError("needle ids must be unique across the needle files")
+    if len(set(lengths)) != len(lengths) or len({float(d) for d in depths}) != len(depths):
+        raise HeadprofError("repeated context lengths or depths would build the same probe twice")
     sentences = load_haystack(haystack)
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
     return [
@@ -311,12 +326,12 @@ def load_probes(path: str | Path) -> list[Probe]:
     if not path.is_file():
         raise HeadprofError(f"probe file {path} not found (build one with: headprof probes build)")
     probes: list[Probe] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_lines(path, "probe file"), 1):
         if not line.strip():
             continue
         try:
             probes.append(Probe.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise HeadprofError(f"probe file {path} line {lineno} is corrupt: {exc}") from None
     if not probes:
         raise HeadprofError(f"probe file {path} has no probes")

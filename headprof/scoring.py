@@ -241,12 +241,14 @@ def score_probes(
                 probe_set_size=len(probes), needle_sha256=needle_hashes(probes))
     ckpt = Path(checkpoint) if checkpoint else None
     done = _load_checkpoint(ckpt, meta["run_key"])
-    encoded = {i: encode_probe(loaded.tokenizer, probes[i]) for i in indices}  # fail fast on bad spans
+    # Check every probe of the set, not only ours: under torchrun all ranks must fail alike, not hang.
+    encoded = {i: encode_probe(loaded.tokenizer, probe) for i, probe in enumerate(probes)}
     limit = loaded.info.max_context
     for i, enc in encoded.items():
-        need = len(enc.prompt_ids) + max(len(enc.target_ids), config.max_new_tokens)
-        if limit and need > limit:
-            raise HeadprofError(f"probe {probes[i].id} needs {need} tokens, beyond the model's {limit}-token window")
+        answer = len(enc.target_ids) if config.mode == "teacher" else config.max_new_tokens
+        if limit and len(enc.prompt_ids) + answer > limit:
+            raise HeadprofError(f"probe {probes[i].id} needs {len(enc.prompt_ids) + answer} tokens, "
+                                f"beyond the model's {limit}-token window")
     results: dict[int, ProbeResult] = {}
     with AttentionCapture(loaded.model):
         for i in indices:
@@ -265,6 +267,8 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
     """Spearman rank correlation over all heads and the overlap of the two top-k head sets."""
     from scipy.stats import spearmanr
 
+    if not 1 <= k <= a.numel():
+        raise HeadprofError(f"top-k must be between 1 and the number of heads ({a.numel()}), got {k}")
     flat_a, flat_b = a.flatten().double().numpy(), b.flatten().double().numpy()
     rho = float(spearmanr(flat_a, flat_b).statistic)
     top_a = set(torch.from_numpy(flat_a).topk(k).indices.tolist())

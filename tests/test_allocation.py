@@ -71,6 +71,10 @@ def test_pyramid_shape():
     assert abs(int(per_layer[0]) - (187.2 + 32)) <= 1 and abs(int(per_layer[-1]) - (4.8 + 32)) <= 1
 
 
+def test_pyramid_on_a_single_layer_is_uniform():
+    assert pyramid((1, 4), AllocConfig(64, "pyramid")).tolist() == [[64, 64, 64, 64]]
+
+
 @pytest.mark.parametrize("config, message", [
     (AllocConfig(32, "headkv", window=32), "must be larger than the window"),
     (AllocConfig(20, "headkv", window=32), "must be larger than the window"),

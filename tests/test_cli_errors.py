@@ -6,6 +6,8 @@ import pytest
 
 from headprof.probes import write_probes
 
+from conftest import REPO
+
 pytestmark = pytest.mark.e2e
 
 
@@ -77,3 +79,18 @@ def test_unwritable_output_directory(cli, workdir, probes_file):
 
 def test_bad_option_value_is_one_line(cli, workdir):
     _assert_one_line_error(cli("allocate", "--budget", "many", cwd=workdir), "Invalid value for '--budget'")
+
+
+def test_more_malformed_input(cli, workdir, probes_file):
+    _assert_one_line_error(cli("probes", "build", "--depths", "50,50", cwd=workdir), "repeated context lengths or depths")
+    _assert_one_line_error(cli("probes", "build", "--lengths", ","), "at least one context length")
+    (workdir / "odd.jsonl").write_text('"hello"\n')
+    _assert_one_line_error(cli("score", "--probes", "odd.jsonl"), "odd.jsonl line 1 is corrupt")
+    (workdir / "latin1.jsonl").write_bytes(b'{"needle": "caf\xe9"}\n')
+    _assert_one_line_error(cli("probes", "build", "--needles", "latin1.jsonl"), "is not UTF-8 text")
+    ref = REPO / "artifacts/smollm2-135m/scores.safetensors"
+    _assert_one_line_error(cli("compare", ref, ref, "--k", "0"), "top-k must be between 1 and the number of heads")
+    _assert_one_line_error(cli("compare", ref, ref, "--k", "300"), "top-k must be between 1")
+    _assert_one_line_error(cli("allocate", "--scores", ref, "--budget", "128", "--bytes-per-value", "0",
+                               "--out", "x.safetensors"), "must be positive")
+    assert not (workdir / "x.safetensors").exists()

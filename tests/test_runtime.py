@@ -60,6 +60,8 @@ def test_streamingllm_keeps_sinks_and_recent():
     scores = method.scores(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, None)
     sel = top_k_with_window(scores, torch.tensor([10, 10]), window=3)
     assert _kept(sel, 0) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
+    tight = top_k_with_window(scores, torch.tensor([6, 6]), window=4)  # B - w < sinks: sinks, then the newest
+    assert _kept(tight, 0) == [0, 1, 2, 3, 28, 29]
 
 
 # ---------------------------------------------------------------- varlen attention vs a by-hand reference
@@ -76,7 +78,7 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
     n_heads, n_kv, total, dim = 4, 2, 24, 8
     n_stored = n_kv if layout == "kv" else n_heads
     budgets = torch.tensor([6, 9, 12, 30][:n_stored])
-    plan = LayerPlan(0, METHODS["snapkv"](MethodOptions(kernel=1)), budgets, window=3)
+    plan = LayerPlan(METHODS["snapkv"](MethodOptions(kernel=1)), budgets, window=3)
     layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim ** -0.5
     keys, values, query = torch.randn(1, n_kv, total, dim), torch.randn(1, n_kv, total, dim), torch.randn(1, n_heads, total, dim)
     layer.update(keys, values)

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 class LayerPlan:
     """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads."""
 
-    layer_idx: int
     method: Method
     budgets: torch.Tensor
     window: int
@@ -46,7 +45,6 @@ class LayerPlan:
 
 @dataclass
 class CacheStats:
-    prompt_tokens: int = 0
     compress_seconds: float = 0.0
     compressed_heads: int = 0
 

@@ -62,6 +62,8 @@ def generate_answer(loaded: LoadedModel, press: Press, prompt_ids: list[int], co
                     max_new_tokens: int = 64) -> RunResult:
     """Greedy answer; a query-agnostic method first compresses the `context_tokens` prefix alone."""
     tokenizer, model = loaded.tokenizer, loaded.model
+    if max_new_tokens < 1:
+        raise HeadprofError("max-new-tokens must be at least 1")
     limit = loaded.info.max_context
     if limit and len(prompt_ids) + max_new_tokens > limit:
         raise HeadprofError(f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new exceeds the "

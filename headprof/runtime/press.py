@@ -87,7 +87,7 @@ class Press:
     def new_cache(self) -> Cache:
         if not self.method.compresses:
             return DynamicCache(config=self.model.config)
-        plans = [LayerPlan(i, self.method, self.budgets[i], self.window) for i in range(self.info.n_layers)]
+        plans = [LayerPlan(self.method, self.budgets[i], self.window) for i in range(self.info.n_layers)]
         return CompressedCache(plans)
 
     @torch.no_grad()
@@ -163,9 +163,11 @@ class Press:
         """KVzip: feed the context again, score entries by reconstruction attention, then compress."""
         prefix = cache.get_seq_length()
         ids = cache.prompt_ids
+        if ids is None:
+            raise HeadprofError("kvzip needs input_ids (its reconstruction pass feeds the context tokens again)")
         if self.tokenizer is not None:
             lead = self.tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
-            ids = torch.cat([lead.to(ids.device), ids], dim=1)
+            ids = torch.cat([lead.to(ids.device).expand(ids.shape[0], -1), ids], dim=1)
         for layer in cache.layers:
             layer.phase, layer.prefix = "scoring", prefix
         self._busy = True

@@ -36,9 +36,13 @@ def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window
 
     query `[B, Hq, T, d]`, key `[B, Hkv, T, d]` -> `[B, Hq, T]`.
     """
-    window = min(window, query.shape[2])
-    rows = attention_rows(query[:, :, -window:], key, scaling)
-    return pool(rows.mean(dim=2), kernel, pooling)
+    total = query.shape[2]
+    window = min(window, total)
+    votes = attention_rows(query[:, :, -window:], key, scaling).mean(dim=2)
+    # Pool the candidates only (as SnapKV does), so the window's own heavy columns don't bleed into its neighbours;
+    # the window itself is always kept by the selection core.
+    candidates = pool(votes[..., : total - window], kernel, pooling)
+    return torch.cat([candidates, votes[..., total - window:]], dim=-1)
 
 
 def pool(scores: torch.Tensor, kernel: int, pooling: str = "max") -> torch.Tensor:
@@ -98,8 +102,10 @@ def top_k_with_window(scores: torch.Tensor, budgets: torch.Tensor, window: int) 
     flat = scores.reshape(batch * n_stored, total).float()
     counts = budgets.to(flat.device).repeat(batch).clamp(max=total)
     window = min(window, total)
+    # Rank: +inf scores (StreamingLLM's sinks) first, then the window newest first, then the other scores.
+    finite_top = flat.masked_fill(torch.isinf(flat), float("-inf")).amax(dim=1, keepdim=True).clamp(min=0)
     boosted = flat.clone()
-    boosted[:, total - window:] = float("inf")  # the window ranks first, then the scores
+    boosted[:, total - window:] = finite_top + 1 + torch.arange(window, device=flat.device, dtype=flat.dtype)
     order = boosted.argsort(dim=1, descending=True, stable=True)
     return _gather_ranked(order, counts)
 

