@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = REPO.parent / "shared" / "fixtures" / "published-head-scores"
+PUBLISHED = REPO / "tests" / "fixtures" / "published"  # head means derived from ../shared (see its README)
+SHARED_PUBLISHED = REPO.parent / "shared" / "fixtures" / "published-head-scores"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

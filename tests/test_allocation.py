@@ -93,14 +93,12 @@ def test_budget_larger_than_any_context():
 
 
 @pytest.mark.parametrize("name, model, method", [
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b", "r2"),
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.json", "llama3-8b", "retrieval"),
-    ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b", "retrieval"),
+    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b", "r2"),
+    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.means.json", "llama3-8b", "retrieval"),
+    ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b", "retrieval"),
 ])
 def test_published_scores_allocate(name, model, method):
     path = PUBLISHED / name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
     art = import_scores(path, model_info(model))
     scores = art.scores(method)
     assert scores.shape == (32, 32)

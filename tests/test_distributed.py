@@ -61,9 +61,7 @@ def test_torchrun_two_ranks_equal_one_process(cli, workdir, probe_file):
 
 
 def test_import_allocate_export_round_trip_cli(cli, workdir):
-    source = PUBLISHED / "headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json"
-    if not source.is_file():
-        pytest.skip("published scores not available")
+    source = PUBLISHED / "headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json"
     imported = cli("import", source, "--model", "llama3-8b", "--out", "llama.safetensors", "--json", cwd=workdir)
     assert imported.code == 0, imported.stderr
     assert imported.json()["method"] == "r2"
