@@ -2,8 +2,11 @@
 
     python benchmarks/capture.py [--lengths 1024,2048,4096] [--eager-max 2048] [--repeats 2]
 
-Each (mode, length) runs in a fresh subprocess so that peak memory is that run's own: on CPU the
-peak resident set size above the loaded model, on CUDA `torch.cuda.max_memory_allocated`. Eager
+Each (mode, length) runs in a fresh subprocess. Peak memory is that of the measured forwards: on
+CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs after loading) above
+the loaded model, on CUDA `torch.cuda.max_memory_allocated`. All three modes compute the logits
+of the last position only (`logits_to_keep=1`, as scoring does), so the comparison is of
+attention alone, not of a `T x vocabulary` logits matrix. Eager
 attention returns every layer's full T x T matrix (L * Hq * T^2 floats); lengths above
 `--eager-max` are skipped with that size printed instead, since 4k needs ~18 GB for the matrices.
 """
@@ -12,18 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:  # "5" resets VmHWM (Linux >= 4.0)
+        fh.write("5")
 
 
 def worker(mode: str, length: int, repeats: int, device: str) -> dict:
@@ -44,9 +51,9 @@ def worker(mode: str, length: int, repeats: int, device: str) -> dict:
     def run() -> None:
         with torch.no_grad():
             if mode == "sdpa":
-                loaded.model(ids, use_cache=False)
+                loaded.model(ids, use_cache=False, logits_to_keep=1)
             elif mode == "eager":
-                loaded.model(ids, use_cache=False, output_attentions=True)
+                loaded.model(ids, use_cache=False, output_attentions=True, logits_to_keep=1)
             else:
                 with AttentionCapture(loaded.model):
                     score_probe(loaded, enc, ScoreConfig(mode="teacher"))
@@ -55,7 +62,9 @@ def worker(mode: str, length: int, repeats: int, device: str) -> dict:
         loaded.model.set_attn_implementation("eager")
     with torch.no_grad():
         loaded.model(ids[:, :64], use_cache=False)  # warm-up outside the measurement
-    base = _rss_mib()
+    base = _status_mib("VmRSS")
+    if not cuda:
+        _reset_peak_rss()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -66,8 +75,7 @@ def worker(mode: str, length: int, repeats: int, device: str) -> dict:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mib("VmHWM") - base
     return {"mode": mode, "tokens": ids.shape[1], "seconds": min(times), "peak_mib": round(peak, 1)}
 
 

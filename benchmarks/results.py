@@ -5,7 +5,7 @@
 1. the evaluation probe set probes/eval-smollm2-135m.jsonl (8 evaluation needles, disjoint from
    the scoring needles, x 1024/2048 tokens x depths 25/75), built if missing;
 2. every method x budget 64/128/256/512 (window 32), exact match and KV bytes -> table,
-   docs/accuracy.png, docs/accuracy-needles.png; and the SnapKV family again with window 8 at
+   docs/accuracy.png, docs/accuracy-needles.png; and every method again with window 8 at
    32/64/128/256, to show what a window that no longer reaches the question does;
 3. head ablation: top 5% of heads by r2 vs 5 random sets of 5%;
 4. rank agreement of scores: two disjoint halves of the scoring needles, and built-in vs another
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from headprof import evaluation as E, plots
 from headprof.artifacts import load_scores
+from headprof.fileio import write_text_atomic
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
 from headprof.scoring import ScoreConfig, rank_agreement, score_probes
@@ -63,8 +64,7 @@ def main() -> None:
     E.write_figures(records, results, "docs/accuracy.png",
                     f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}", 128)
     small_budgets = [int(b) for b in args.small_window_budgets.split(",")]
-    small_methods = tuple(m for m in METHODS if m != "kvzip")
-    small = E.summarize(E.evaluate(loaded, items, E.EvalConfig(small_methods, tuple(small_budgets), "kv", 8, 24),
+    small = E.summarize(E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24),
                                    reference, "artifacts/smollm2-135m/eval-cache.jsonl"))
 
     k = E.head_count("5%", loaded.info.n_layers * loaded.info.n_heads)
@@ -82,8 +82,8 @@ def main() -> None:
 
     payload = {"results": results, "results_window8": small, "ablation": ablation, "split_half": halves, "haystack": haystack,
                "window": args.window, "n_items": len(items), "minutes": round((time.time() - started) / 60, 1)}
-    Path("benchmarks/results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    Path("benchmarks/RESULTS.md").write_text(f"""# Results on the embedded model
+    write_text_atomic("benchmarks/results.json", json.dumps(payload, indent=1) + "\n")
+    write_text_atomic("benchmarks/RESULTS.md", f"""# Results on the embedded model
 
 SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), CPU. Regenerate everything here with
 `python benchmarks/results.py` (cached per method x budget x probe in
@@ -106,7 +106,7 @@ B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_s
 and the end of the instruction: the observation window no longer sees the question, so
 SnapKV-style votes stop pointing at the needle.
 
-{_table(small, small_budgets, tuple(m for m in METHODS if m != "kvzip"))}
+{_table(small, small_budgets)}
 
 ![accuracy by length and depth](../docs/accuracy-needles.png)
 

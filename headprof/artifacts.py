@@ -98,7 +98,8 @@ def check_model(artifact_model: ModelInfo, model: ModelInfo, what: str = "artifa
         if artifact_model.fingerprint != model.fingerprint:
             raise HeadprofError(
                 f"{what} was made for {artifact_model.model_id} weights {artifact_model.fingerprint}, "
-                f"but {model.model_id} has weights {model.fingerprint}"
+                f"but {model.model_id} has weights {model.fingerprint} (another checkpoint, or an fp32 checkpoint "
+                "loaded in float16)"
             )
     elif artifact_model.model_id != model.model_id:
         raise HeadprofError(f"{what} was made for {artifact_model.model_id}, not {model.model_id}")

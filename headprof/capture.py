@@ -19,6 +19,8 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from headprof.models import check_supported
+
 CAPTURE_IMPL = "headprof_capture"
 RowsCallback = Callable[[int, torch.Tensor], None]
 
@@ -67,6 +69,7 @@ class AttentionCapture:
     """Switch a model to the capturing attention for a `with` block; `rows()` arms one forward."""
 
     def __init__(self, model: Any):
+        check_supported(model.config, getattr(model, "name_or_path", "") or type(model).__name__)
         self.model = model
         self._previous: str | None = None
 

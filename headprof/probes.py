@@ -64,9 +64,21 @@ class Probe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Probe:
+        """Parse one JSONL row; a wrong type or an out-of-range span raises ValueError naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
         data = dict(data)
-        data["needle_chars"] = tuple(data["needle_chars"])
-        data["span_chars"] = tuple(data["span_chars"])
+        for key in ("id", "needle_id", "kind", "prompt", "question", "answer", "target", "tokenizer"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"field '{key}' must be a string")
+        for key in ("needle_chars", "span_chars"):
+            span = data.get(key)
+            if (not isinstance(span, list) or len(span) != 2 or not all(type(x) is int for x in span)
+                    or not 0 <= span[0] < span[1] <= len(data.get("prompt", ""))):
+                raise ValueError(f"field '{key}' must be [start, end] inside the prompt")
+            data[key] = tuple(span)
+        if data.get("kind") not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         return cls(**data)
 
 
@@ -116,6 +128,8 @@ def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
         if row["kind"] not in KINDS:
             raise HeadprofError(f"{where}: kind must be one of {', '.join(KINDS)}, got '{row['kind']}'")
         span = row.get("span") or row["needle"]
+        if not isinstance(span, str):
+            raise HeadprofError(f"{where}: field 'span' must be a string")
         if span not in row["needle"]:
             raise HeadprofError(f"{where}: span is not a substring of the needle")
         if row["answer"].lower() not in span.lower():
@@ -253,6 +267,9 @@ def build_probe(
         excess = n_tokens - length
         drop = max(1, excess // max(1, round(sum(sentence_tokens[i] for i in chosen) / len(chosen))))
         chosen = chosen[:-drop] if drop < len(chosen) else []
+    if n_tokens < 0.5 * length:  # a haystack too short for this length
+        raise HeadprofError(f"probe {probe_id}: the haystack fills only {n_tokens} of {length} tokens "
+                            "(give a longer haystack or smaller --lengths)")
     if prompt.count(needle.needle) != 1:
         raise HeadprofError(f"probe {probe_id}: the needle text occurs {prompt.count(needle.needle)} times "
                             "in the prompt (the template changed it, or the haystack contains it)")

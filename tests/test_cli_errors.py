@@ -53,6 +53,11 @@ def test_unknown_model_method_mode(cli, workdir, probes_file):
                            "unknown model 'no-such-model'", "smollm2-135m")
     _assert_one_line_error(cli("score", "--method", "attention", "--probes", probes_file), "unknown scoring method")
     _assert_one_line_error(cli("score", "--mode", "sample", "--probes", probes_file), "unknown mode 'sample'")
+    _assert_one_line_error(cli("score", "--model", "no-org/no-such-model", "--probes", probes_file),
+                           "cannot load model 'no-org/no-such-model'")
+    _assert_one_line_error(cli("score", "--device", "gpu", "--probes", probes_file), "unknown device 'gpu'")
+    _assert_one_line_error(cli("score", "--device", "cuda:7", "--probes", probes_file), "is not available")
+    assert not (workdir / "artifacts").exists()  # a failed run leaves no empty output folders behind
 
 
 def test_bad_budgets_and_policies(cli, workdir, probes_file):
@@ -73,7 +78,7 @@ def test_bad_budgets_and_policies(cli, workdir, probes_file):
 def test_unwritable_output_directory(cli, workdir, probes_file):
     (workdir / "afile").write_text("x")
     _assert_one_line_error(cli("score", "--probes", probes_file, "--out", "afile/s.safetensors", cwd=workdir),
-                           "cannot create afile")
+                           "output directory afile is not writable")
     _assert_one_line_error(cli("probes", "build", "--lengths", "300", "--out", "afile/p.jsonl"), "cannot write to afile")
 
 
@@ -94,3 +99,28 @@ def test_more_malformed_input(cli, workdir, probes_file):
     _assert_one_line_error(cli("allocate", "--scores", ref, "--budget", "128", "--bytes-per-value", "0",
                                "--out", "x.safetensors"), "must be positive")
     assert not (workdir / "x.safetensors").exists()
+    (workdir / "types.jsonl").write_text(probes_file.read_text().replace('"span_chars": [', '"span_chars": ["0", '))
+    _assert_one_line_error(cli("score", "--probes", "types.jsonl"), "types.jsonl line 1 is corrupt", "span_chars")
+    _assert_one_line_error(cli("show", ref, "--top", "0"), "--top must be at least 1")
+
+
+def test_runtime_and_eval_input_fails_before_the_model_loads(cli, workdir, probes_file):
+    ref = REPO / "artifacts/smollm2-135m/scores.safetensors"
+    _assert_one_line_error(cli("run", "--method", "zip", "--context", "x", "--question", "y", cwd=workdir),
+                           "unknown method 'zip'")
+    _assert_one_line_error(cli("run", "--kernel", "4", "--context", "x", "--question", "y"),
+                           "pooling kernel must be an odd number")
+    _assert_one_line_error(cli("eval", "--probes", probes_file, "--gqa", "group"), "--gqa must be kv or query")
+    _assert_one_line_error(cli("eval", "--probes", probes_file, "--pooling", "median"), "unknown pooling 'median'")
+    _assert_one_line_error(cli("eval", "--task", "none.jsonl"), "task file none.jsonl not found")
+    _assert_one_line_error(cli("ablate", "--scores", ref), "give --probes")
+    _assert_one_line_error(cli("ablate", "--scores", ref, "--probes", probes_file, "--random-trials", "0"),
+                           "--random-trials and --max-new-tokens must be at least 1")
+    _assert_one_line_error(cli("ablate", "--scores", ref, "--probes", probes_file, "--top", "0"), "selects 0 heads")
+
+
+def test_short_haystack_is_refused(cli, workdir):
+    text = " ".join(f"Sentence number {i} of this short text says nothing in particular at all." for i in range(30))
+    (workdir / "short.txt").write_text(text)
+    _assert_one_line_error(cli("probes", "build", "--haystack", "short.txt", "--lengths", "4096", cwd=workdir),
+                           "the haystack fills only")

@@ -66,7 +66,7 @@ def test_import_allocate_export_round_trip_cli(cli, workdir):
     assert imported.code == 0, imported.stderr
     assert imported.json()["method"] == "r2"
     alloc = cli("allocate", "--scores", "llama.safetensors", "--budget", "128", "--json")
-    assert alloc.code == 0 and alloc.json()["total"] == 128 * 1024
+    assert alloc.code == 0 and alloc.json()["total"] == 128 * 32 * 8  # per KV head: 32 layers x 8 KV heads
     exported = cli("export", "llama.safetensors", "--format", "headkv-json", "--out", "again.json")
     assert exported.code == 0
     assert json.loads((workdir / "again.json").read_text()).keys() == json.loads(source.read_text()).keys()

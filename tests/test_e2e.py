@@ -42,7 +42,7 @@ def test_pipeline_through_the_cli(cli, workdir, loaded):
     assert art.model == loaded.info and set(art.methods) == {"retrieval", "r2"}
     assert not list((workdir / "artifacts/smollm2-135m").glob("*.partial*"))
 
-    alloc = cli("allocate", "--budget", "64", "--json")
+    alloc = cli("allocate", "--budget", "64", "--gqa", "query", "--json")
     assert alloc.code == 0, alloc.stderr
     result = alloc.json()
     assert result["total"] == 64 * 270 and result["min"] >= 32 and result["policy"] == "headkv"
@@ -52,8 +52,8 @@ def test_pipeline_through_the_cli(cli, workdir, loaded):
     top_layer, top_head, _ = report["top_heads"][0]
     assert int(budgets.budgets[top_layer, top_head]) == int(budgets.budgets.max())
 
-    kv = cli("allocate", "--budget", "64", "--policy", "pyramid", "--gqa", "kv", "--json")
-    assert kv.code == 0 and kv.json()["total"] == 64 * 90
+    kv = cli("allocate", "--budget", "64", "--policy", "pyramid", "--json")  # per KV head by default
+    assert kv.code == 0 and kv.json()["total"] == 64 * 90 and kv.json()["gqa"] == "kv"
 
     shown = cli("show", report["artifact"], "--png", "heat.png", "--json")
     assert shown.code == 0, shown.stderr

@@ -142,6 +142,23 @@ def test_budgets_above_the_prompt_reproduce_full_kv(loaded, prompt, full_run, sc
         assert run.cache.get_seq_length() == prompt[1].shape[1] + 7  # every token, not the kept count
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_prompts_shorter_than_the_window_are_kept_whole(loaded, tokenizer, scores_artifact, method):
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids  # 5 tokens < window 32
+    full = _generate(loaded.model, ids)
+    with compressed(loaded.model, method, 64, scores=scores_artifact, tokenizer=tokenizer) as press:
+        run = _generate(loaded.model, ids)
+    assert torch.equal(run.sequences, full.sequences) and not press.stats.compressed
+
+
+def test_method_options_are_validated():
+    with pytest.raises(HeadprofError, match="odd number"):
+        MethodOptions(kernel=4)
+    with pytest.raises(HeadprofError, match="unknown pooling"):
+        MethodOptions(pooling="median")
+    assert MethodOptions(kernel=1, pooling="avg").kernel == 1
+
+
 def test_manual_loop_equals_generate_and_rope_continues_from_true_length(loaded, prompt):
     model, ids = loaded.model, prompt[1]
     with compressed(model, "snapkv", 64) as press:

@@ -19,7 +19,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from headprof.allocation import AllocConfig, allocate
 from headprof.artifacts import AllocArtifact, ScoreArtifact, check_model
 from headprof.errors import HeadprofError
-from headprof.models import ModelInfo, info_from_config, weights_fingerprint
+from headprof.models import ModelInfo, check_supported, info_from_config, weights_fingerprint
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
 from headprof.runtime.methods import METHODS, MethodOptions
 
@@ -50,6 +50,7 @@ class Press:
                  info: ModelInfo | None = None):
         if method not in METHODS:
             raise HeadprofError(f"unknown method '{method}' ({', '.join(sorted(METHODS))})")
+        check_supported(model.config, getattr(model, "name_or_path", "") or type(model).__name__)
         self.model = model
         self.method = METHODS[method](options)
         self.tokenizer = tokenizer

@@ -39,6 +39,8 @@ def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window
     total = query.shape[2]
     window = min(window, total)
     votes = attention_rows(query[:, :, -window:], key, scaling).mean(dim=2)
+    if total == window:  # a prompt no longer than the window: everything is kept anyway
+        return votes
     # Pool the candidates only (as SnapKV does), so the window's own heavy columns don't bleed into its neighbours;
     # the window itself is always kept by the selection core.
     candidates = pool(votes[..., : total - window], kernel, pooling)
@@ -47,7 +49,7 @@ def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window
 
 def pool(scores: torch.Tensor, kernel: int, pooling: str = "max") -> torch.Tensor:
     """Smooth along positions so that a kept token keeps its neighbours (SnapKV's clustering)."""
-    if kernel <= 1:
+    if kernel <= 1 or scores.shape[-1] == 0:
         return scores
     flat = scores.reshape(-1, 1, scores.shape[-1])
     if pooling == "max":

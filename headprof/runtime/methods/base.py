@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from headprof.errors import HeadprofError
 from headprof.runtime.selection import Selection, top_k_with_window
 
 if TYPE_CHECKING:
@@ -24,6 +25,15 @@ class MethodOptions:
     sinks: int = 4
     h2o_block: int = 256
     adakv_floor: float = 0.2
+
+    def __post_init__(self) -> None:
+        # an even kernel would shift the pooled scores by half a position
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise HeadprofError(f"pooling kernel must be an odd number >= 1, got {self.kernel}")
+        if self.pooling not in ("max", "avg"):
+            raise HeadprofError(f"unknown pooling '{self.pooling}' (max, avg)")
+        if not 0.0 <= self.adakv_floor <= 1.0:
+            raise HeadprofError(f"adakv floor must lie in [0, 1], got {self.adakv_floor}")
 
 
 class Method:
