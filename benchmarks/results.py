@@ -104,7 +104,8 @@ budgets from `{REFERENCE}` (r2, beta 1.2).
 The same probes with a window of 8 (the setting of the PyramidKV and HeadKV code), which allows
 B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_start|>assistant\\n`
 and the end of the instruction: the observation window no longer sees the question, so
-SnapKV-style votes stop pointing at the needle.
+SnapKV-style votes stop pointing at the needle. KVzip, query-agnostic (it scores entries by
+reconstructing the context), does not depend on the window.
 
 {_table(small, small_budgets)}
 
