@@ -63,8 +63,10 @@ class EvalConfig:
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise HeadprofError(f"unknown method {', '.join(unknown)} ({', '.join(sorted(METHODS))})")
+        if unknown or not self.methods:
+            raise HeadprofError(f"unknown method {', '.join(unknown) or '(none)'} ({', '.join(sorted(METHODS))})")
+        if not self.budgets and set(self.methods) != {"full"}:
+            raise HeadprofError("--budgets needs at least one budget")
         if self.gqa not in ("kv", "query"):
             raise HeadprofError(f"--gqa must be kv or query, got '{self.gqa}'")
         if self.window < 1 or any(b <= self.window for b in self.budgets):
