@@ -103,7 +103,8 @@ def probes_build(
     if not needle_list:
         raise HeadprofError(f"no {kind} needles in {', '.join(map(str, files))}")
     _quiet_transformers()
-    tokenizer, info = load_tokenizer(model)
+    with err.status(f"loading the tokenizer of {model} ..."):
+        tokenizer, info = load_tokenizer(model)
     started = time.time()
     probe_list = P.build_probes(needle_list, tokenizer, _numbers(lengths, "--lengths"), _numbers(depths, "--depths", float),
                                 seed, haystack, info.max_context, tokenizer_name=model)

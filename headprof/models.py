@@ -7,7 +7,9 @@ under the user cache directory and later loads read plain safetensors (well unde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.util
 import json
 import os
@@ -202,8 +204,11 @@ def _gguf_key(gguf: Path) -> str:
 def _dequantize_to_cache(spec: ModelSpec, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # transformers draws a bare tqdm bar on stderr while dequantizing; this one-off step stays quiet so that
+    # the first command's output (an error line, --json) is the same as every later command's.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
     # Dequantized weights are plain float tensors: drop the GGUF marker so save_pretrained accepts them.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
