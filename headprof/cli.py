@@ -199,8 +199,9 @@ def _check_writable(target: Path) -> None:
 
 
 def _top_heads(scores, k: int) -> list[list[float]]:
-    flat = scores.flatten()
-    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
+    from headprof.scoring import ranked_heads
+
+    flat, order = scores.flatten(), ranked_heads(scores)[:k]
     n_heads = scores.shape[1]
     return [[i // n_heads, i % n_heads, round(float(flat[i]), 6)] for i in order]
 

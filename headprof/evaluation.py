@@ -30,7 +30,7 @@ from headprof.models import LoadedModel
 from headprof.probes import Probe, encode_text, render_prompt
 from headprof.runtime import METHODS, MethodOptions, Press
 from headprof.runtime.generation import context_prefix_length, generate_answer
-from headprof.scoring import needle_hashes, rank_agreement
+from headprof.scoring import needle_hashes, rank_agreement, ranked_heads
 
 
 @dataclass(frozen=True)
@@ -306,19 +306,14 @@ def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], 
 
 def greedy_accuracy(loaded: LoadedModel, items: Sequence[EvalItem], max_new_tokens: int = 32,
                     mask: torch.Tensor | None = None, on_item: Callable[[], None] | None = None) -> float:
-    """Share of items whose greedy answer contains a gold answer, optionally with heads masked out."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    if max_new_tokens < 1:
-        raise HeadprofError("max-new-tokens must be at least 1")
+    """Share of items whose greedy answer (full cache) contains a gold answer, optionally with heads masked out."""
+    press = Press(loaded.model, "full", info=loaded.info)
+    if mask is None:
+        mask = torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)
     hits = 0
     for item in items:
-        ids = torch.tensor([item.prompt_ids], device=loaded.device)
-        with torch.no_grad(), masked_heads(model, mask if mask is not None else
-                                           torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)):
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        with masked_heads(loaded.model, mask):
+            answer = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, max_new_tokens).answer
         hits += any(exact_match(answer, gold) for gold in item.answers)
         if on_item:
             on_item()
@@ -340,8 +335,7 @@ def ablate(loaded: LoadedModel, scores: ScoreArtifact, items: Sequence[EvalItem]
            trials: int = 5, seed: int = 0, max_new_tokens: int = 32,
            on_item: Callable[[], None] | None = None) -> dict[str, Any]:
     n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
-    flat = scores.scores(method).flatten()
-    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
+    order = ranked_heads(scores.scores(method))
     top = torch.zeros(n_layers * n_heads, dtype=torch.bool)
     top[order[:k]] = True
     baseline = greedy_accuracy(loaded, items, max_new_tokens, None, on_item)

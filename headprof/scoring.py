@@ -263,6 +263,11 @@ def score_probes(
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
 
 
+def ranked_heads(scores: torch.Tensor) -> list[int]:
+    """Flat head indices (layer * Hq + head), best first; ties keep the lower index (deterministic)."""
+    return torch.argsort(scores.flatten(), descending=True, stable=True).tolist()
+
+
 def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, float]:
     """Spearman rank correlation over all heads and the overlap of the two top-k head sets."""
     from scipy.stats import spearmanr
@@ -271,6 +276,5 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
         raise HeadprofError(f"top-k must be between 1 and the number of heads ({a.numel()}), got {k}")
     flat_a, flat_b = a.flatten().double().numpy(), b.flatten().double().numpy()
     rho = float(spearmanr(flat_a, flat_b).statistic)
-    top_a = set(torch.from_numpy(flat_a).topk(k).indices.tolist())
-    top_b = set(torch.from_numpy(flat_b).topk(k).indices.tolist())
+    top_a, top_b = set(ranked_heads(a)[:k]), set(ranked_heads(b)[:k])
     return {"spearman": rho, f"top{k}_overlap": len(top_a & top_b) / k}

@@ -12,8 +12,8 @@ the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored he
 part that is budget-sized, and reads each stored byte once.
 
 The layer plugs into transformers through the Cache API: `update()` returns the layer itself
-instead of tensors, and the attention function registered as "headprof" (see `attention.py`)
-hands it the query. `get_seq_length()` counts every token seen, so RoPE positions of new tokens
+instead of tensors, and the attention function registered as "headprof" (at the end of this
+file) hands it the query. `get_seq_length()` counts every token seen, so RoPE positions of new tokens
 continue from the true prompt length, not the compressed one.
 """
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from headprof.allocation import full_kv_bytes
 from headprof.errors import HeadprofError
 from headprof.models import LoadedModel
 from headprof.probes import encode_text, render_prompt
@@ -82,12 +83,12 @@ def generate_answer(loaded: LoadedModel, press: Press, prompt_ids: list[int], co
     decode_s = elapsed if press.method.deferred else elapsed - press.stats.prefill_seconds
     sizes = cache_bytes(out.cache)
     info = loaded.info
-    seen = out.cache.get_seq_length()
     element = next(model.parameters()).element_size()
     return RunResult(
         answer=tokenizer.decode(new, skip_special_tokens=True).strip(), prompt_tokens=ids.shape[1],
         new_tokens=int(new.numel()), kv_bytes=sizes["kv_bytes"],
-        kv_bytes_full=2 * info.n_layers * info.n_kv_heads * seen * info.head_dim * element,
+        kv_bytes_full=full_kv_bytes(info.n_layers, info.n_kv_heads, info.head_dim, element,
+                                    out.cache.get_seq_length()),
         padding_bytes=sizes["padding_bytes"], prefill_s=press.stats.prefill_seconds,
         compress_s=press.stats.compress_seconds,
         decode_tokens_per_s=max(0, int(new.numel()) - 1) / decode_s if decode_s > 0 else 0.0,
