@@ -36,13 +36,14 @@ def _reset_peak_rss() -> None:
 def worker(mode: str, length: int, repeats: int, device: str) -> dict:
     import torch
 
+    from headprof import workspace
     from headprof.capture import AttentionCapture
     from headprof.models import load_model
     from headprof.probes import build_probes, encode_probe, load_needles
     from headprof.scoring import ScoreConfig, score_probe
 
     loaded = load_model("smollm2-135m", device=device)
-    needle = load_needles("probes/needles-reasoning.jsonl")[0]
+    needle = load_needles(workspace.needle_file("reasoning"))[0]
     probe = build_probes([needle], loaded.tokenizer, lengths=(length,), depths=(50,))[0]
     enc = encode_probe(loaded.tokenizer, probe)
     ids = torch.tensor([enc.prompt_ids + enc.target_ids[:-1]], device=loaded.device)

@@ -20,15 +20,18 @@ import json
 import time
 from pathlib import Path
 
-from headprof import evaluation as E, plots
+from headprof import evaluation as E, plots, workspace
 from headprof.artifacts import load_scores
 from headprof.fileio import write_text_atomic
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
-from headprof.scoring import ScoreConfig, rank_agreement, score_probes
+from headprof.heads import rank_agreement
+from headprof.scoring import ScoreConfig, score_probes
 
-REFERENCE = Path("artifacts/smollm2-135m/scores.safetensors")
-EVAL_PROBES = Path("probes/eval-smollm2-135m.jsonl")
+MODEL = "smollm2-135m"
+REFERENCE = workspace.scores_file(MODEL)
+EVAL_PROBES = workspace.eval_probe_file(MODEL)
+EVAL_CACHE = workspace.eval_cache_file(MODEL)
 METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip")
 
 
@@ -48,10 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     started = time.time()
-    loaded = load_model("smollm2-135m", device="cpu")
+    loaded = load_model(MODEL, device="cpu")
     reference = load_scores(REFERENCE)
     if not EVAL_PROBES.is_file():
-        needles = load_needles("probes/eval-needles-retrieval.jsonl")[:8]
+        needles = load_needles(workspace.eval_needle_file("retrieval"))[:8]
         write_probes(EVAL_PROBES, build_probes(needles, loaded.tokenizer, lengths=(1024, 2048), depths=(25, 75),
                                                tokenizer_name="smollm2-135m"))
     probes = load_probes(EVAL_PROBES)
@@ -59,19 +62,19 @@ def main() -> None:
     items = E.items_from_probes(loaded.tokenizer, probes)
 
     config = E.EvalConfig(METHODS, tuple(budgets), gqa="kv", window=args.window, max_new_tokens=24)
-    records = E.evaluate(loaded, items, config, reference, "artifacts/smollm2-135m/eval-cache.jsonl")
+    records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     results = E.summarize(records)
     E.write_figures(records, results, "docs/accuracy.png",
                     f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}", 128)
     small_budgets = [int(b) for b in args.small_window_budgets.split(",")]
     small = E.summarize(E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24),
-                                   reference, "artifacts/smollm2-135m/eval-cache.jsonl"))
+                                   reference, EVAL_CACHE))
 
     k = E.head_count("5%", loaded.info.n_layers * loaded.info.n_heads)
     ablation = E.ablate(loaded, reference, items, k, "r2", args.trials, 0, 24)
     halves = {m: E.split_half_agreement(reference, m) for m in ("r2", "retrieval")}
 
-    needles = [n for kind in ("retrieval", "reasoning") for n in load_needles(f"probes/needles-{kind}.jsonl")]
+    needles = [n for kind in ("retrieval", "reasoning") for n in load_needles(workspace.needle_file(kind))]
     haystack_scores = {}
     for name, source in (("builtin", "builtin"), ("other", args.haystack)):
         hay_probes = build_probes(needles, loaded.tokenizer, lengths=(1024,), depths=(50,), haystack=source)

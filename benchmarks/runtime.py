@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+from headprof import workspace
 from headprof.artifacts import load_scores
+from headprof.evaluation import items_from_probes
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles
 from headprof.runtime import METHODS, Press
-from headprof.evaluation import items_from_probes
 from headprof.runtime.generation import generate_answer
 
 ORDER = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip"]
@@ -32,8 +33,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
     loaded = load_model("smollm2-135m", device="cpu")
-    scores = load_scores("artifacts/smollm2-135m/scores.safetensors")
-    needles = load_needles("probes/eval-needles-retrieval.jsonl")
+    scores = load_scores(workspace.scores_file("smollm2-135m"))
+    needles = load_needles(workspace.eval_needle_file("retrieval"))
     methods = [m for m in args.methods.split(",") if m in METHODS]
     print(f"budget {args.budget}, window 32, gqa kv, fp32, {args.max_new_tokens} new tokens, CPU")
     print(f"{'tokens':>6} {'method':>12} {'correct':>8} {'KV MiB':>7} {'/full':>6} {'ms/token':>9} {'vs full':>8} "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from headprof.errors import HeadprofError
-from headprof.scoring import kv_view
+from headprof.heads import kv_view
 
 POLICIES = ("headkv", "uniform", "pyramid")
 DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}

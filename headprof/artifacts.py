@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from headprof import __version__
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path, sha256_file
-from headprof.models import ModelInfo
+from headprof.models.spec import ModelInfo
 
 SCORES_FORMAT = "headprof.scores/1"
 ALLOC_FORMAT = "headprof.alloc/1"

@@ -19,7 +19,8 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from headprof.models import check_supported
+from headprof.attention import attention_rows
+from headprof.models.spec import check_supported
 
 CAPTURE_IMPL = "headprof_capture"
 RowsCallback = Callable[[int, torch.Tensor], None]
@@ -32,22 +33,6 @@ class _Request:
 
 
 _ACTIVE: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("headprof_capture", default=None)
-
-
-def attention_rows(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Softmax rows of the last queries over all keys, causal, in float32.
-
-    query `[B, Hq, n, d]` (the last n query positions), key `[B, Hkv, T, d]`; returns `[B, Hq, n, T]`.
-    Query head h reads KV head h // g (the grouping of transformers' repeat_kv).
-    """
-    batch, n_heads, n_rows, dim = query.shape
-    n_kv, total = key.shape[1], key.shape[2]
-    grouped = query.reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
-    logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling
-    logits = logits.view(batch, n_heads, n_rows, total)
-    query_pos = torch.arange(total - n_rows, total, device=key.device)
-    future = torch.arange(total, device=key.device)[None, :] > query_pos[:, None]
-    return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
 def _capture_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

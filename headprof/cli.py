@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from headprof import workspace
 from headprof.errors import HeadprofError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -64,18 +65,6 @@ def _load(model: str, dtype: str = "auto", device: str = "auto", device_map: str
         return load_model(model, dtype=dtype, device=device, device_map=device_map)
 
 
-def default_probe_file(model: str) -> Path:
-    from headprof.models import resolve_model
-
-    return Path("probes") / f"probes-{resolve_model(model).slug}.jsonl"
-
-
-def default_artifact_dir(model: str) -> Path:
-    from headprof.models import resolve_model
-
-    return Path("artifacts") / resolve_model(model).slug
-
-
 # ---------------------------------------------------------------- probes
 
 
@@ -98,7 +87,7 @@ def probes_build(
     kinds = P.KINDS if kind == "both" else (kind,)
     if any(k not in P.KINDS for k in kinds):
         raise HeadprofError(f"unknown kind '{kind}' (retrieval, reasoning, both)")
-    files = needles or [Path(P.DEFAULT_NEEDLES[k]) for k in kinds]
+    files = needles or [workspace.needle_file(k) for k in kinds]
     needle_list = [n for f in files for n in P.load_needles(f) if n.kind in kinds]
     if not needle_list:
         raise HeadprofError(f"no {kind} needles in {', '.join(map(str, files))}")
@@ -108,7 +97,7 @@ def probes_build(
     started = time.time()
     probe_list = P.build_probes(needle_list, tokenizer, _numbers(lengths, "--lengths"), _numbers(depths, "--depths", float),
                                 seed, haystack, info.max_context, tokenizer_name=model)
-    target = out_file or default_probe_file(model)
+    target = out_file or workspace.probe_file(model)
     P.write_probes(target, probe_list)
     counts = {k: sum(p.kind == k for p in probe_list) for k in kinds}
     if as_json:
@@ -145,11 +134,9 @@ def score(
     methods = ("retrieval", "r2") if method == "both" else (method,)
     config = scoring.ScoreConfig(methods=methods, mode=mode, max_new_tokens=max_new_tokens, criterion=criterion)
     config.validate()
-    probe_list = P.load_probes(probes or default_probe_file(model))
+    probe_list = P.load_probes(probes or workspace.probe_file(model))
     select, shard_meta = distributed.shard_indices(len(probe_list), shard)
-    name = "scores" + ("" if mode == "teacher" else f"-{mode}")
-    name += (f".shard{shard_meta['shard'].replace('/', 'of')}" if shard_meta else "") + ".safetensors"
-    target = out_file or default_artifact_dir(model) / name
+    target = out_file or workspace.scores_file(model, mode, shard_meta.get("shard"))
     _check_writable(target)
     world = distributed.World.from_env()
     wanted, select = select, world.split(select)
@@ -199,7 +186,7 @@ def _check_writable(target: Path) -> None:
 
 
 def _top_heads(scores, k: int) -> list[list[float]]:
-    from headprof.scoring import ranked_heads
+    from headprof.heads import ranked_heads
 
     flat, order = scores.flatten(), ranked_heads(scores)[:k]
     n_heads = scores.shape[1]
@@ -249,13 +236,12 @@ def allocate(
 
     if bytes_per_value < 1 or (context is not None and context < 1):
         raise HeadprofError("--bytes-per-value and --context must be positive")
-    source = scores or default_artifact_dir("smollm2-135m") / "scores.safetensors"
+    source = scores or workspace.scores_file("smollm2-135m")
     art = load_scores(source)
     config = A.AllocConfig(budget, policy, window, beta, temp, gqa)
     config.validate(art.model.max_context)
     budgets = A.allocate(art.scores(score_method), config, art.model.n_kv_heads)
-    suffix = "-query" if gqa == "query" else ""
-    target = out_file or source.parent / f"alloc-b{budget}-{policy}{suffix}.safetensors"
+    target = out_file or workspace.alloc_file(source, budget, policy, gqa)
     meta = {"policy": policy, "budget": budget, "window": window, "beta": config.beta_value, "temp": temp,
             "gqa": gqa, "score_method": score_method, "source_scores": str(source),
             "source_scores_sha256": art.meta["sha256"], "rounding": "largest remainder, ties to lower head index",
@@ -313,7 +299,7 @@ def show(
 ) -> None:
     """Top heads, per-layer summary and a heatmap of a score (or budget) artifact."""
     from headprof.artifacts import ALLOC_FORMAT, load_alloc, load_scores
-    from headprof.scoring import kv_view
+    from headprof.heads import kv_view
 
     if top < 1:
         raise HeadprofError(f"--top must be at least 1, got {top}")
@@ -524,7 +510,7 @@ def eval_(
     if not probes and not task:
         raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
     probe_list = _read_probe_files(probes, task)
-    default_scores = default_artifact_dir(model) / "scores.safetensors"
+    default_scores = workspace.scores_file(model)
     scores_path = scores or (default_scores if "headkv" in method_list or default_scores.is_file() else None)
     scores_art = load_scores(scores_path) if scores_path else None
     loaded = _load(model, dtype, device)
@@ -533,7 +519,7 @@ def eval_(
     with progress_bar() as bar:
         job = bar.add_task("evaluating", total=total)
         records = E.evaluate(loaded, items, config, scores_art,
-                             cache_file or default_artifact_dir(model) / "eval-cache.jsonl",
+                             cache_file or workspace.eval_cache_file(model),
                              on_result=lambda _r: bar.advance(job))
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
@@ -578,7 +564,7 @@ def ablate(
     if random_trials < 1 or max_new_tokens < 1:
         raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
     probe_list = _read_probe_files(probes)
-    score_art = load_scores(scores or default_artifact_dir(model) / "scores.safetensors")
+    score_art = load_scores(scores or workspace.scores_file(model))
     if method not in score_art.per_probe:
         raise HeadprofError(f"the score artifact has no '{method}' scores ({', '.join(score_art.methods)})")
     k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
@@ -652,7 +638,7 @@ def import_(
     if method not in ("retrieval", "r2"):
         raise HeadprofError(f"unknown scoring method '{method}' (retrieval, r2)")
     art = import_scores(source, model_info(model), method)
-    target = out_file or default_artifact_dir(model) / f"scores-imported-{method}.safetensors"
+    target = out_file or workspace.imported_scores_file(model, method)
     save_scores(target, art)
     top = _top_heads(art.scores(method), 10)
     if as_json:
@@ -696,7 +682,7 @@ def compare(
 ) -> None:
     """Spearman rank correlation and top-k overlap between two score artifacts."""
     from headprof.artifacts import load_scores
-    from headprof.scoring import rank_agreement
+    from headprof.heads import rank_agreement
 
     a, b = load_scores(first), load_scores(second)
     arch = lambda m: (m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim)  # noqa: E731

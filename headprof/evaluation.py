@@ -26,11 +26,12 @@ from headprof.artifacts import ScoreArtifact
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
 from headprof.metrics import exact_match, token_f1
-from headprof.models import LoadedModel
+from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, encode_text, render_prompt
 from headprof.runtime import METHODS, MethodOptions, Press
 from headprof.runtime.generation import context_prefix_length, generate_answer
-from headprof.scoring import needle_hashes, rank_agreement, ranked_heads
+from headprof.heads import rank_agreement, ranked_heads
+from headprof.scoring import needle_hashes
 
 
 @dataclass(frozen=True)

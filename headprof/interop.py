@@ -15,7 +15,7 @@ import torch
 from headprof.artifacts import ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.fileio import sha256_file, write_text_atomic
-from headprof.models import ModelInfo
+from headprof.models.spec import ModelInfo
 
 FORMATS = ("headkv-json",)
 _KEY = re.compile(r"(\d+)-(\d+)")

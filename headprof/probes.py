@@ -20,10 +20,6 @@ from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path
 
 KINDS = ("retrieval", "reasoning")
-DEFAULT_NEEDLES = {
-    "retrieval": "probes/needles-retrieval.jsonl",
-    "reasoning": "probes/needles-reasoning.jsonl",
-}
 DEFAULT_LENGTHS = (1024, 2048)
 DEFAULT_DEPTHS = (10, 50, 90)
 DEFAULT_SEED = 0

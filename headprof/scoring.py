@@ -97,13 +97,6 @@ def r2_scores(mass: torch.Tensor) -> torch.Tensor:
     return mass.sum(-1)
 
 
-def kv_view(scores: torch.Tensor, n_kv_heads: int, reduce: str = "sum") -> torch.Tensor:
-    """`[L, Hq]` -> `[L, Hkv]`: aggregate the g query heads that share a KV head (sum by default)."""
-    n_layers, n_heads = scores.shape
-    grouped = scores.reshape(n_layers, n_kv_heads, n_heads // n_kv_heads)
-    return grouped.sum(-1) if reduce == "sum" else grouped.mean(-1)
-
-
 class _Recorder:
     """Collects per-layer step statistics as attention rows arrive (one call per layer per forward)."""
 
@@ -261,20 +254,3 @@ def score_probes(
             if on_probe:
                 on_probe(result)
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
-
-
-def ranked_heads(scores: torch.Tensor) -> list[int]:
-    """Flat head indices (layer * Hq + head), best first; ties keep the lower index (deterministic)."""
-    return torch.argsort(scores.flatten(), descending=True, stable=True).tolist()
-
-
-def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, float]:
-    """Spearman rank correlation over all heads and the overlap of the two top-k head sets."""
-    from scipy.stats import spearmanr
-
-    if not 1 <= k <= a.numel():
-        raise HeadprofError(f"top-k must be between 1 and the number of heads ({a.numel()}), got {k}")
-    flat_a, flat_b = a.flatten().double().numpy(), b.flatten().double().numpy()
-    rho = float(spearmanr(flat_a, flat_b).statistic)
-    top_a, top_b = set(ranked_heads(a)[:k]), set(ranked_heads(b)[:k])
-    return {"spearman": rho, f"top{k}_overlap": len(top_a & top_b) / k}

@@ -16,6 +16,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (committed probes, needles and reference artifacts live under it)."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
 def loaded():
     """The embedded SmolLM2-135M, loaded once (dequantized weights are cached on disk between runs)."""
     from headprof.models import load_model

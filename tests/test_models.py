@@ -64,3 +64,25 @@ def test_attention_variants_headprof_does_not_implement_are_refused():
         check_supported(MistralConfig(sliding_window=4096, max_position_embeddings=32768), "mistral-v0.1")
     with pytest.raises(HeadprofError, match="soft-caps|sliding"):
         check_supported(Gemma2Config(), "gemma2")
+
+
+def test_hub_ids_read_the_local_cache_first_and_the_hub_only_when_it_can_answer(monkeypatch):
+    from headprof.models import hub
+
+    calls = []
+
+    def loader(path, **kwargs):
+        calls.append(kwargs)
+        if kwargs.get("local_files_only"):
+            raise OSError("not in the cache")
+        return "loaded"
+
+    monkeypatch.setattr(hub, "hub_problem", lambda repo_id: None)
+    assert hub.from_pretrained(loader, "org/model", dtype="x") == "loaded"
+    assert calls == [{"local_files_only": True, "dtype": "x"}, {"dtype": "x"}]
+    monkeypatch.setattr(hub, "hub_problem", lambda repo_id: hub.UNKNOWN)
+    with pytest.raises(hub.HubMiss, match="not in the cache") as miss:
+        hub.from_pretrained(loader, "org/model")
+    assert miss.value.reason == hub.UNKNOWN
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.offline()

@@ -10,7 +10,7 @@ import torch
 
 from headprof.interop import import_scores
 from headprof.models import model_info
-from headprof.scoring import kv_view, rank_agreement
+from headprof.heads import kv_view, rank_agreement
 
 from conftest import PUBLISHED, SHARED_PUBLISHED
 

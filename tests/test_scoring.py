@@ -7,7 +7,8 @@ import torch
 
 from headprof.capture import AttentionCapture, attention_rows
 from headprof.probes import encode_probe
-from headprof.scoring import ScoreConfig, kv_view, r2_scores, retrieval_scores, score_probe, step_stats
+from headprof.heads import kv_view
+from headprof.scoring import ScoreConfig, r2_scores, retrieval_scores, score_probe, step_stats
 
 
 def _rows(spec: list[list[dict[int, float]]], length: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ import torch
 
 from headprof.artifacts import load_scores
 from headprof.probes import load_needles, load_probes, build_probes, probes_sha256
-from headprof.scoring import ScoreConfig, rank_agreement, score_probes
+from headprof.heads import rank_agreement
+from headprof.scoring import ScoreConfig, score_probes
 
 from conftest import REPO
 

@@ -15,7 +15,7 @@ import torch
 
 from headprof.allocation import full_kv_bytes
 from headprof.errors import HeadprofError
-from headprof.models import LoadedModel
+from headprof.models.loading import LoadedModel
 from headprof.probes import encode_text, render_prompt
 from headprof.runtime.press import Press, cache_bytes
 

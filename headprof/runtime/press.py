@@ -19,7 +19,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from headprof.allocation import AllocConfig, allocate
 from headprof.artifacts import AllocArtifact, ScoreArtifact, check_model
 from headprof.errors import HeadprofError
-from headprof.models import ModelInfo, check_supported, info_from_config, weights_fingerprint
+from headprof.models.fingerprint import weights_fingerprint
+from headprof.models.spec import ModelInfo, check_supported, info_from_config
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
 from headprof.runtime.methods import METHODS, MethodOptions
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from headprof.capture import attention_rows
+from headprof.attention import attention_rows
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 import torch
 
-from headprof.capture import attention_rows
+from headprof.attention import attention_rows
 from headprof.runtime.methods.base import Method, register
 
 

