@@ -18,7 +18,7 @@ from headprof.artifacts import load_scores
 from headprof.evaluation import items_from_probes
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles
-from headprof.runtime import METHODS, Press
+from headprof.runtime import METHODS, compressed
 from headprof.runtime.generation import generate_answer
 
 ORDER = ["full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip"]
@@ -44,8 +44,8 @@ def main() -> None:
         probes = build_probes(needles[:count], loaded.tokenizer, lengths=(length,), depths=(50,))
         rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for method in methods:
-            press = Press(loaded.model, method, args.budget, scores=scores, tokenizer=loaded.tokenizer,
-                          info=loaded.info)
+            press = compressed(loaded.model, method, args.budget, scores=scores, tokenizer=loaded.tokenizer,
+                               info=loaded.info)
             for probe, item in zip(probes, items_from_probes(loaded.tokenizer, probes)):
                 result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, args.max_new_tokens)
                 row = rows[method]

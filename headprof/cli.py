@@ -396,7 +396,7 @@ def run(
 ) -> None:
     """Answer a question about a long context with a compressed KV cache."""
     from headprof.artifacts import load_alloc, load_scores
-    from headprof.runtime import METHODS, MethodOptions, Press
+    from headprof.runtime import METHODS, Press, build_method, default_method, plan_budgets
     from headprof.runtime.generation import answer_question
 
     text = _read_context(context_file, context)
@@ -404,7 +404,7 @@ def run(
         raise HeadprofError("empty question")
     allocation = load_alloc(alloc) if alloc else None
     score_art = load_scores(scores) if scores and not alloc else None
-    method = method or ("headkv" if allocation or score_art else "snapkv")
+    method = method or default_method(allocation is not None or score_art is not None)
     if method not in METHODS:
         raise HeadprofError(f"unknown method '{method}' ({', '.join(sorted(METHODS))})")
     if allocation is not None:
@@ -415,10 +415,11 @@ def run(
     gqa = gqa or "kv"
     if gqa not in ("kv", "query"):
         raise HeadprofError(f"--gqa must be kv or query, got '{gqa}'")
-    options = MethodOptions(kernel=kernel, pooling=pooling)
+    compressor = build_method(method, kernel=kernel, pooling=pooling)
     loaded = _load(model, dtype, device)
-    press = Press(loaded.model, method, budget, allocation=allocation, scores=score_art, gqa=gqa, window=window,
-                  tokenizer=loaded.tokenizer, options=options, info=loaded.info)
+    plan = plan_budgets(compressor, loaded.info, budget, allocation=allocation, scores=score_art, gqa=gqa,
+                        window=window)
+    press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
     result = answer_question(loaded, press, text, question, max_new_tokens)
     payload = {"answer": result.answer, "kv_bytes": result.kv_bytes, "kv_bytes_full": result.kv_bytes_full,
                "prompt_tokens": result.prompt_tokens, "prefill_s": round(result.prefill_s, 4),
@@ -500,12 +501,10 @@ def eval_(
     from headprof import evaluation as E
     from headprof.artifacts import load_scores
     from headprof.fileio import write_text_atomic
-    from headprof.runtime import MethodOptions
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     budget_list = tuple(_numbers(budgets, "--budgets"))
-    config = E.EvalConfig(method_list, budget_list, gqa, window, max_new_tokens,
-                          MethodOptions(kernel=kernel, pooling=pooling))
+    config = E.EvalConfig(method_list, budget_list, gqa, window, max_new_tokens, kernel, pooling)
     config.validate()
     if not probes and not task:
         raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")

@@ -28,7 +28,7 @@ from headprof.errors import HeadprofError
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, encode_text, render_prompt
-from headprof.runtime import METHODS, MethodOptions, Press
+from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
 from headprof.runtime.generation import context_prefix_length, generate_answer
 from headprof.heads import rank_agreement, ranked_heads
 from headprof.scoring import needle_hashes
@@ -60,12 +60,20 @@ class EvalConfig:
     gqa: str = "kv"
     window: int = 32
     max_new_tokens: int = 32
-    options: MethodOptions = MethodOptions()
+    kernel: int = 7
+    pooling: str = "max"
+
+    def method(self, name: str) -> Method:
+        """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
+        return build_method(name, kernel=self.kernel, pooling=self.pooling)
 
     def validate(self) -> None:
+        """Fail on bad input before any model is loaded."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise HeadprofError(f"unknown method {', '.join(unknown) or '(none)'} ({', '.join(sorted(METHODS))})")
+        for name in self.methods:
+            self.method(name)  # validates the options
         if not self.budgets and set(self.methods) != {"full"}:
             raise HeadprofError("--budgets needs at least one budget")
         if self.gqa not in ("kv", "query"):
@@ -209,19 +217,20 @@ def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig,
     scores_id = scores.meta.get("sha256", "") if scores else ""
     for method in config.methods:
         budgets: tuple[int | None, ...] = (None,) if method == "full" else config.budgets
+        compressor = config.method(method)
         for budget in budgets:
             press = None
             for item in items:
                 key = _key(RESULTS_REVISION, loaded.info.fingerprint, method, budget, config.gqa, config.window,
-                           asdict(config.options), scores_id if method == "headkv" else "",
+                           asdict(compressor.options), scores_id if method == "headkv" else "",
                            config.max_new_tokens, item.key)
                 if key in cache.rows:
                     record = EvalRecord(**cache.rows[key])
                 else:
                     if press is None:
-                        press = Press(loaded.model, method, budget or 0, scores=scores,
-                                      gqa=config.gqa, window=config.window, tokenizer=loaded.tokenizer,
-                                      options=config.options, info=loaded.info)
+                        plan = plan_budgets(compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa,
+                                            window=config.window)
+                        press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
                     result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens,
                                              config.max_new_tokens)
                     record = EvalRecord(
@@ -308,7 +317,8 @@ def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], 
 def greedy_accuracy(loaded: LoadedModel, items: Sequence[EvalItem], max_new_tokens: int = 32,
                     mask: torch.Tensor | None = None, on_item: Callable[[], None] | None = None) -> float:
     """Share of items whose greedy answer (full cache) contains a gold answer, optionally with heads masked out."""
-    press = Press(loaded.model, "full", info=loaded.info)
+    full = build_method("full")
+    press = Press(loaded.model, full, plan_budgets(full, loaded.info))
     if mask is None:
         mask = torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)
     hits = 0

@@ -9,8 +9,9 @@ from headprof.artifacts import AllocArtifact
 from headprof.errors import HeadprofError
 from headprof.models import ModelInfo
 from headprof.probes import build_probes, encode_probe, load_needles
-from headprof.runtime import METHODS, MethodOptions, Press, cache_bytes, compressed
+from headprof.runtime import METHODS, cache_bytes, compressed
 from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
+from headprof.runtime.methods.snapkv import SnapKVOptions
 from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
 
 from conftest import REPO
@@ -56,8 +57,8 @@ def test_accumulated_scores_equal_the_full_matrix():
 
 
 def test_streamingllm_keeps_sinks_and_recent():
-    method = METHODS["streamingllm"](MethodOptions())
-    scores = method.scores(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, None)
+    method = METHODS["streamingllm"]()
+    scores = method.score(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, 3)
     sel = top_k_with_window(scores, torch.tensor([10, 10]), window=3)
     assert _kept(sel, 0) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
     tight = top_k_with_window(scores, torch.tensor([6, 6]), window=4)  # B - w < sinks: sinks, then the newest
@@ -78,7 +79,7 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
     n_heads, n_kv, total, dim = 4, 2, 24, 8
     n_stored = n_kv if layout == "kv" else n_heads
     budgets = torch.tensor([6, 9, 12, 30][:n_stored])
-    plan = LayerPlan(METHODS["snapkv"](MethodOptions(kernel=1)), budgets, window=3)
+    plan = LayerPlan(METHODS["snapkv"](SnapKVOptions(kernel=1)), budgets, window=3)
     layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim ** -0.5
     keys, values, query = torch.randn(1, n_kv, total, dim), torch.randn(1, n_kv, total, dim), torch.randn(1, n_heads, total, dim)
     layer.update(keys, values)
@@ -153,10 +154,10 @@ def test_prompts_shorter_than_the_window_are_kept_whole(loaded, tokenizer, score
 
 def test_method_options_are_validated():
     with pytest.raises(HeadprofError, match="odd number"):
-        MethodOptions(kernel=4)
+        SnapKVOptions(kernel=4)
     with pytest.raises(HeadprofError, match="unknown pooling"):
-        MethodOptions(pooling="median")
-    assert MethodOptions(kernel=1, pooling="avg").kernel == 1
+        SnapKVOptions(pooling="median")
+    assert SnapKVOptions(kernel=1, pooling="avg").kernel == 1
 
 
 def test_manual_loop_equals_generate_and_rope_continues_from_true_length(loaded, prompt):
@@ -203,7 +204,7 @@ def test_memory_holds_only_kept_entries(loaded, tokenizer):
 
 
 def test_headkv_budgets_follow_the_allocation(loaded, prompt, scores_artifact):
-    press = Press(loaded.model, "headkv", 64, scores=scores_artifact, gqa="query")
+    press = compressed(loaded.model, "headkv", 64, scores=scores_artifact, gqa="query")
     assert press.budgets.shape == (30, 9) and int(press.budgets.sum()) == 64 * 270
     with press, torch.no_grad():
         cache = loaded.model(prompt[1], use_cache=True).cache
@@ -225,7 +226,7 @@ def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
     probe = prompt[0]
     split = probe.prompt.index("\n\nQuestion:")
     context_ids = tokenizer(probe.prompt[:split], add_special_tokens=False, return_tensors="pt").input_ids
-    press = Press(model, "kvzip", 8000, tokenizer=tokenizer)
+    press = compressed(model, "kvzip", 8000, tokenizer=tokenizer)
     cache = press.prefill(context_ids)
     assert cache.phase == "compressed" and press.stats.prefill_seconds > 0
     tails = [probe.prompt[split:], probe.prompt[split:].replace("Question: ", "Question: Tell me this. ")]
@@ -240,13 +241,13 @@ def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
 
 def test_bad_runtime_input(loaded, prompt, scores_artifact):
     with pytest.raises(HeadprofError, match="unknown method 'zip'"):
-        Press(loaded.model, "zip", 128)
+        compressed(loaded.model, "zip", 128)
     with pytest.raises(HeadprofError, match="headkv needs an allocation"):
-        Press(loaded.model, "headkv", 128)
+        compressed(loaded.model, "headkv", 128)
     with pytest.raises(HeadprofError, match="must be larger than the window"):
-        Press(loaded.model, "snapkv", 16)
+        compressed(loaded.model, "snapkv", 16)
     other = ModelInfo("other/model", 30, 9, 3, 64, 8192, "ffff")
     with pytest.raises(HeadprofError, match="allocation was made for other/model"):
-        Press(loaded.model, "headkv", allocation=AllocArtifact(other, torch.full((30, 9), 64), {"gqa": "query"}))
+        compressed(loaded.model, "headkv", allocation=AllocArtifact(other, torch.full((30, 9), 64), {"gqa": "query"}))
     with pytest.raises(HeadprofError, match="empty prompt"), compressed(loaded.model, "snapkv", 64):
         loaded.model(torch.zeros(1, 0, dtype=torch.long))

@@ -20,31 +20,26 @@ continue from the true prompt length, not the compressed one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headprof.errors import HeadprofError
-from headprof.runtime.selection import Selection, reduce_groups
+from headprof.runtime.plan import LayerPlan
+from headprof.runtime.selection import reduce_groups
 
-if TYPE_CHECKING:
-    from headprof.runtime.methods.base import Method
-
-
-@dataclass
-class LayerPlan:
-    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads."""
-
-    method: Method
-    budgets: torch.Tensor
-    window: int
+# Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
+Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
 
 
 @dataclass
 class CacheStats:
+    """Compression time and count of heads that dropped entries, shared by a cache's layers."""
+
     compress_seconds: float = 0.0
     compressed_heads: int = 0
 
@@ -63,24 +58,27 @@ def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
 
 class CompressedLayer(CacheLayerMixin):
+    """One decoder layer's KV: dense while the prompt runs, then flat per-head segments plus a dense recent part."""
+
     is_compileable = False
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, plan: LayerPlan, stats: CacheStats):
+    def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
         super().__init__()
         self.plan = plan
         self.stats = stats
+        self.index = index
         self.seen = 0
-        self.phase = "empty"  # empty -> dense -> [scoring ->] compressed
+        self.phase = "empty"  # empty -> dense -> compressed
+        self.deferred = False  # True: the press compresses later, from an extra pass's scores
+        self.observer: Observer | None = None
         self.flat_keys: torch.Tensor | None = None
         self.flat_values: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.recent_keys: torch.Tensor | None = None
         self.recent_values: torch.Tensor | None = None
-        self.prefix = 0
-        self.reconstruction_scores: torch.Tensor | None = None
 
     # ---------------------------------------------------------- Cache API
 
@@ -115,7 +113,7 @@ class CompressedLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.__init__(self.plan, self.stats)
+        self.__init__(self.plan, self.stats, self.index)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
@@ -133,9 +131,9 @@ class CompressedLayer(CacheLayerMixin):
         if self.phase == "compressed":
             return self._attend_compressed(query, scaling)
         output = dense_attention(module, query, self.keys, self.values, scaling)
-        if self.phase == "scoring":
-            self.plan.method.accumulate_reconstruction(self, query, scaling)
-        elif not self.plan.method.deferred:
+        if self.observer is not None:
+            self.observer(self.index, query, self.keys, scaling)
+        elif not self.deferred:
             self.compress(query, scaling)
         return output
 
@@ -174,7 +172,7 @@ class CompressedLayer(CacheLayerMixin):
             return states
         return states.repeat_interleave(self.n_stored // n_kv, dim=1)
 
-    def compress(self, query: torch.Tensor, scaling: float, scores: torch.Tensor | None = None) -> None:
+    def compress(self, query: torch.Tensor | None, scaling: float, scores: torch.Tensor | None = None) -> None:
         """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest."""
         sync = self.keys.device.type == "cuda"
         if sync:
@@ -182,9 +180,9 @@ class CompressedLayer(CacheLayerMixin):
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
         if scores is None:
-            scores = method.scores(query, self.keys, scaling, self)
+            scores = method.score(query, self.keys, scaling, self.plan.window)
         stored = reduce_groups(scores, self.n_stored, method.group_reduce)
-        selection: Selection = method.select(stored, self.plan.budgets, self.plan.window)
+        selection = method.select(stored, self.plan.budgets, self.plan.window)
         rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device),
                                        selection.lengths)
         # row r = b * S + s stores KV head s // (S / Hkv) of batch element b
@@ -220,7 +218,7 @@ class CompressedCache(Cache):
 
     def __init__(self, plans: list[LayerPlan]):
         self.stats = CacheStats()
-        super().__init__(layers=[CompressedLayer(plan, self.stats) for plan in plans])
+        super().__init__(layers=[CompressedLayer(plan, self.stats, i) for i, plan in enumerate(plans)])
 
     @property
     def phase(self) -> str:
@@ -230,6 +228,23 @@ class CompressedCache(Cache):
         allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
         return {"kv_bytes": allocated, "kv_bytes_needed": needed, "padding_bytes": allocated - needed,
                 "index_bytes": index}
+
+    def defer(self) -> None:
+        """Keep the prompt dense at its end: the press compresses it after an extra pass (`compress_prefix`)."""
+        for layer in self.layers:
+            layer.deferred = True
+
+    def observe(self, observer: Observer | None) -> None:
+        """Hand each layer's dense attention inputs to `observer` (or stop, with None) during an extra pass."""
+        for layer in self.layers:
+            layer.observer = observer
+
+    def compress_prefix(self, prefix: int, scores: list[torch.Tensor]) -> None:
+        """Drop everything after the first `prefix` tokens (an extra pass's), then compress each layer by `scores`."""
+        for layer, layer_scores in zip(self.layers, scores):
+            layer.keys, layer.values = layer.keys[:, :, :prefix], layer.values[:, :, :prefix]
+            layer.seen = prefix
+            layer.compress(None, 1.0, scores=layer_scores)
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
         """Original prompt positions each stored head kept (for inspection and tests)."""

@@ -71,7 +71,7 @@ def generate_answer(loaded: LoadedModel, press: Press, prompt_ids: list[int], co
                             f"model's {limit}-token window")
     ids = torch.tensor([prompt_ids], device=loaded.device)
     cache = None
-    if press.method.deferred:
+    if press.method.query_agnostic:
         cache = press.prefill(ids[:, :context_tokens])
     with press:
         started = time.perf_counter()
@@ -80,7 +80,7 @@ def generate_answer(loaded: LoadedModel, press: Press, prompt_ids: list[int], co
                              pad_token_id=tokenizer.eos_token_id, return_dict_in_generate=True)
         elapsed = time.perf_counter() - started
     new = out.sequences[0, ids.shape[1]:]
-    decode_s = elapsed if press.method.deferred else elapsed - press.stats.prefill_seconds
+    decode_s = elapsed if press.method.query_agnostic else elapsed - press.stats.prefill_seconds
     sizes = cache_bytes(out.cache)
     info = loaded.info
     element = next(model.parameters()).element_size()

@@ -2,121 +2,122 @@
 
 Inside the block the model uses the "headprof" attention function, and every forward that starts
 without a cache (or with an empty one) gets a fresh `CompressedCache`: the prompt is attended
-exactly and compressed once at its end; decoding appends. This goes through public hooks only
+exactly and compressed once at its end; decoding appends. A method with an extra pass (KVzip) keeps
+the prompt dense, the press runs the pass on the same cache with each layer handing its attention
+inputs to the method's `score`, then compresses. This goes through public hooks only
 (AttentionInterface, the Cache API, `nn.Module` forward pre/post hooks); no modeling file is
 patched. Works through `generate` (greedy, sampling) and through a manual forward loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
-from headprof.allocation import AllocConfig, allocate
-from headprof.artifacts import AllocArtifact, ScoreArtifact, check_model
+from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.models.fingerprint import weights_fingerprint
 from headprof.models.spec import ModelInfo, check_supported, info_from_config
-from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
-from headprof.runtime.methods import METHODS, MethodOptions
+from headprof.runtime.budgets import BudgetPlan, plan_budgets
+from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
+from headprof.runtime.methods import build_method
+from headprof.runtime.methods.base import Method
+from headprof.runtime.plan import LayerPlan
 
-RECONSTRUCTION_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
 class PressStats:
+    """What the last prompt cost: its length, prefill and compression seconds, whether anything was dropped."""
+
     prompt_tokens: int = 0
     prefill_seconds: float = 0.0
     compress_seconds: float = 0.0
     compressed: bool = False
 
 
-class Press:
-    """A KV-compression method bound to a model, with its per-layer, per-head budgets.
+def _model_name(model: PreTrainedModel) -> str:
+    return getattr(model, "name_or_path", "") or type(model).__name__
 
-    Budgets: `allocation` (an `alloc-*.safetensors` artifact; its layout and window are used), or
-    `scores` + `budget` (HeadKV allocation on the fly), or the method's own policy at `budget`
-    (uniform; PyramidKV's pyramid). `gqa="kv"` stores one selection per KV head (memory-honest);
-    `gqa="query"` stores per query head, repeating shared KV heads (the HeadKV paper's layout).
+
+class Press:
+    """A KV-compression method bound to a model, with its per-layer, per-head budgets (see `plan_budgets`).
+
+    `tokenizer` is used by methods whose extra pass adds text (KVzip's repeat instruction).
     """
 
-    def __init__(self, model: Any, method: str = "snapkv", budget: int = 128, *,
-                 allocation: AllocArtifact | None = None, scores: ScoreArtifact | None = None,
-                 gqa: str = "kv", window: int = 32, beta: float | None = None, temp: float = 1.0,
-                 score_method: str = "r2", tokenizer: Any = None, options: MethodOptions = MethodOptions(),
-                 info: ModelInfo | None = None):
-        if method not in METHODS:
-            raise HeadprofError(f"unknown method '{method}' ({', '.join(sorted(METHODS))})")
-        check_supported(model.config, getattr(model, "name_or_path", "") or type(model).__name__)
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        method: Method,
+        plan: BudgetPlan,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        check_supported(model.config, _model_name(model))
+        if method.compresses and plan.budgets is None:
+            raise HeadprofError(f"{method.name} needs budgets (plan_budgets)")
         self.model = model
-        self.method = METHODS[method](options)
+        self.method = method
+        self.plan = plan
         self.tokenizer = tokenizer
-        self.info = info or info_from_config(model.config, getattr(model, "name_or_path", ""),
-                                             weights_fingerprint(model))
         self.stats = PressStats()
-        self.window = window
-        self.budgets = self._budgets(budget, allocation, scores, gqa, beta, temp, score_method)
         self._hooks: list[Any] = []
         self._previous_impl: str | None = None
         self._started = 0.0
-        self._busy = False
+        self._extra_ids: torch.Tensor | None = None  # the pending extra pass of the current prompt
+        self._in_extra_pass = False
 
-    def _budgets(self, budget: int, allocation: AllocArtifact | None, scores: ScoreArtifact | None, gqa: str,
-                 beta: float | None, temp: float, score_method: str) -> torch.Tensor | None:
-        if not self.method.compresses:
-            return None
-        info = self.info
-        if allocation is not None:
-            check_model(allocation.model, info, "allocation")
-            self.window = int(allocation.meta.get("window", self.window))
-            return allocation.budgets.long()
-        policy = self.method.policy
-        config = AllocConfig(budget, policy, self.window, beta, temp, gqa)
-        config.validate()
-        if policy == "headkv":
-            if scores is None:
-                raise HeadprofError("headkv needs an allocation artifact (--alloc) or a score artifact (--scores)")
-            check_model(scores.model, info, "score artifact")
-            return allocate(scores.scores(score_method), config, info.n_kv_heads)
-        return allocate(torch.zeros(info.n_layers, info.n_heads), config, info.n_kv_heads)
+    @property
+    def budgets(self) -> torch.Tensor | None:
+        """Budgets `[L, S]`, window included (None for the full cache)."""
+        return self.plan.budgets
+
+    @property
+    def active(self) -> bool:
+        """Whether the press is attached to its model (inside `with press:`)."""
+        return bool(self._hooks)
 
     # ---------------------------------------------------------- caches
 
     def new_cache(self) -> Cache:
+        """An empty cache for one prompt: ours when compressing, transformers' DynamicCache otherwise."""
         if not self.method.compresses:
             return DynamicCache(config=self.model.config)
-        plans = [LayerPlan(self.method, self.budgets[i], self.window) for i in range(self.info.n_layers)]
-        return CompressedCache(plans)
+        return CompressedCache([LayerPlan(self.method, budgets, self.plan.window) for budgets in self.plan.budgets])
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> Cache:
         """Run (and compress) a prompt; the returned cache continues in `generate(..., cache=...)`."""
         cache = self.new_cache()
-        with self:
+        with contextlib.ExitStack() as stack:
+            if not self.active:
+                stack.enter_context(self)
             self.model(input_ids=input_ids.to(self.model.device), cache=cache, use_cache=True, logits_to_keep=1)
         return cache
 
     # ---------------------------------------------------------- context manager and hooks
 
     def __enter__(self) -> Press:
-        if self._hooks:  # re-entered (prefill inside a with-block)
-            self._hooks.append(None)
-            return self
+        if self.active:
+            raise HeadprofError("this press is already active (one `with press:` at a time)")
         if self.method.compresses:
             self._previous_impl = self.model.config._attn_implementation
             self.model.set_attn_implementation(ATTENTION_IMPL)
-        self._hooks = [self.model.register_forward_pre_hook(self._before, with_kwargs=True),
-                       self.model.register_forward_hook(self._after, with_kwargs=True)]
+        self._hooks = [
+            self.model.register_forward_pre_hook(self._before, with_kwargs=True),
+            self.model.register_forward_hook(self._after, with_kwargs=True),
+        ]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._hooks and self._hooks[-1] is None:
-            self._hooks.pop()
-            return
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -125,7 +126,7 @@ class Press:
             self._previous_impl = None
 
     def _before(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self._busy or kwargs.get("use_cache") is False:
+        if self._in_extra_pass or kwargs.get("use_cache") is False:
             return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is None or (not isinstance(cache, CompressedCache) and cache.get_seq_length() == 0):
@@ -139,21 +140,27 @@ class Press:
                 raise HeadprofError("empty prompt: nothing to compress")
             mask = kwargs.get("attention_mask")
             if self.method.compresses and mask is not None and mask.ndim == 2 and not bool(mask.all()):
-                raise HeadprofError("padded batches are not supported with a compressed cache: "
-                                    "batch prompts of equal length, or run them one by one")
+                raise HeadprofError(
+                    "padded batches are not supported with a compressed cache: "
+                    "batch prompts of equal length, or run them one by one"
+                )
             self.stats = PressStats(prompt_tokens=tokens)
+            self._extra_ids = None
             if isinstance(cache, CompressedCache):
-                cache.prompt_ids = ids
+                self._extra_ids = self.method.extra_pass(ids, self.tokenizer)
+                if self._extra_ids is not None:
+                    cache.defer()
             self._sync()
             self._started = time.perf_counter()
         return args, kwargs
 
     def _after(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if self._busy or self._started == 0.0:
+        if self._in_extra_pass or self._started == 0.0:
             return
         cache = getattr(output, "cache", None)
-        if isinstance(cache, CompressedCache) and cache.phase == "dense":
-            self._reconstruct(cache)
+        if self._extra_ids is not None and isinstance(cache, CompressedCache):
+            self._run_extra_pass(cache, self._extra_ids)
+        self._extra_ids = None
         self._sync()
         self.stats.prefill_seconds = time.perf_counter() - self._started
         self._started = 0.0
@@ -161,36 +168,61 @@ class Press:
             self.stats.compress_seconds = cache.stats.compress_seconds
             self.stats.compressed = cache.stats.compressed_heads > 0
 
-    def _reconstruct(self, cache: CompressedCache) -> None:
-        """KVzip: feed the context again, score entries by reconstruction attention, then compress."""
+    def _run_extra_pass(self, cache: CompressedCache, ids: torch.Tensor) -> None:
+        """Feed `ids` on top of the dense prompt; each layer's pass queries score its prompt; then compress."""
         prefix = cache.get_seq_length()
-        ids = cache.prompt_ids
-        if ids is None:
-            raise HeadprofError("kvzip needs input_ids (its reconstruction pass feeds the context tokens again)")
-        if self.tokenizer is not None:
-            lead = self.tokenizer(RECONSTRUCTION_PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
-            ids = torch.cat([lead.to(ids.device).expand(ids.shape[0], -1), ids], dim=1)
-        for layer in cache.layers:
-            layer.phase, layer.prefix = "scoring", prefix
-        self._busy = True
+        scores: list[torch.Tensor] = [torch.empty(0)] * len(cache.layers)
+
+        def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
+            scores[index] = self.method.score(query, keys, scaling, self.plan.window)
+
+        cache.observe(observe)
+        self._in_extra_pass = True
         try:
             self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         finally:
-            self._busy = False
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[:, :, :prefix], layer.values[:, :, :prefix]
-            layer.seen = prefix
-            layer.compress(None, 1.0, scores=layer.reconstruction_scores)
-            layer.reconstruction_scores = None
+            self._in_extra_pass = False
+            cache.observe(None)
+        cache.compress_prefix(prefix, scores)
 
     def _sync(self) -> None:
         if torch.cuda.is_available() and self.model.device.type == "cuda":
             torch.cuda.synchronize()
 
 
-def compressed(model: Any, method: str = "snapkv", budget: int = 128, **kwargs: Any) -> Press:
-    """`with compressed(model, method="headkv", allocation=alloc): model.generate(...)` — see `Press`."""
-    return Press(model, method, budget, **kwargs)
+def compressed(
+    model: PreTrainedModel,
+    method: str | Method = "snapkv",
+    budget: int = 128,
+    *,
+    allocation: AllocArtifact | None = None,
+    scores: ScoreArtifact | None = None,
+    gqa: str = "kv",
+    window: int = 32,
+    beta: float | None = None,
+    temp: float = 1.0,
+    score_method: str = "r2",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    info: ModelInfo | None = None,
+    **options: Any,
+) -> Press:
+    """`with compressed(model, "headkv", allocation=alloc): model.generate(...)`: a `Press` from a method name
+    (or object) and its options (`kernel=`, `pooling=`, `sinks=`, ...), budgets as in `plan_budgets`."""
+    method = method if isinstance(method, Method) else build_method(method, **options)
+    info = info or info_from_config(model.config, _model_name(model), weights_fingerprint(model))
+    plan = plan_budgets(
+        method,
+        info,
+        budget,
+        allocation=allocation,
+        scores=scores,
+        gqa=gqa,
+        window=window,
+        beta=beta,
+        temp=temp,
+        score_method=score_method,
+    )
+    return Press(model, method, plan, tokenizer=tokenizer)
 
 
 def cache_bytes(cache: Cache) -> dict[str, int]:

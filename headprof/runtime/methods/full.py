@@ -1,7 +1,8 @@
-from headprof.runtime.methods.base import Method, register
+"""The uncompressed baseline."""
+
+from headprof.runtime.methods.base import Method
 
 
-@register
 class Full(Method):
     """No compression: transformers' own DynamicCache and SDPA, the reference every method is measured against."""
 

@@ -1,8 +1,8 @@
-from headprof.runtime.methods.base import register
+"""HeadKV (Fu et al. 2025): SnapKV selection under per-head budgets from head scores."""
+
 from headprof.runtime.methods.snapkv import SnapKV
 
 
-@register
 class HeadKV(SnapKV):
     """Fu et al. 2025: SnapKV selection with per-head budgets from head scores (an allocation artifact)."""
 
