@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.heads import kv_view
+from headprof.models.spec import ModelInfo
 
 POLICIES = ("headkv", "uniform", "pyramid")
 DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}
@@ -125,3 +129,80 @@ def kv_bytes(budgets: torch.Tensor, head_dim: int, bytes_per_value: int, context
 
 def full_kv_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: int, context: int) -> int:
     return 2 * n_layers * n_kv_heads * context * head_dim * bytes_per_value
+
+
+def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: str, source: Path) -> AllocArtifact:
+    """Budgets for a score artifact, with the metadata that ties them to it (source hash, parameters, rounding)."""
+    config.validate(scores.model.max_context)
+    budgets = allocate(scores.scores(score_method), config, scores.model.n_kv_heads)
+    meta = {
+        "policy": config.policy,
+        "budget": config.budget,
+        "window": config.window,
+        "beta": config.beta_value,
+        "temp": config.temp,
+        "gqa": config.gqa,
+        "score_method": score_method,
+        "source_scores": str(source),
+        "source_scores_sha256": scores.meta["sha256"],
+        "rounding": "largest remainder, ties to lower head index",
+        "floor": floor_of(config, scores.model.n_layers),
+    }
+    return AllocArtifact(scores.model, budgets, meta)
+
+
+@dataclass(frozen=True)
+class BudgetSummary:
+    """What a set of budgets costs at a context length, against the other layout and the full cache."""
+
+    policy: str
+    gqa: str
+    budget: int
+    window: int
+    total: int
+    heads: int
+    min: int
+    max: int
+    floor: int
+    at_floor: float
+    stored: int
+    kv_bytes: int
+    kv_bytes_other_layout: int
+    kv_bytes_full: int
+    context: int
+    bytes_per_value: int
+    layers: list[tuple[int, int, int]]  # per layer: min, median, max budget
+
+    def payload(self) -> dict[str, Any]:
+        """The `allocate --json` fields."""
+        keys = ("policy", "gqa", "total", "min", "max", "at_floor", "kv_bytes", "kv_bytes_other_layout",
+                "kv_bytes_full", "context")
+        return {key: getattr(self, key) for key in keys}
+
+
+def summarize_budgets(
+    budgets: torch.Tensor, config: AllocConfig, model: ModelInfo, context: int, bytes_per_value: int
+) -> BudgetSummary:
+    """KV bytes of `budgets` at `context` tokens, of uniform budgets in the other GQA layout, and of the full cache."""
+    other_heads = model.n_heads if config.gqa == "kv" else model.n_kv_heads
+    floor = floor_of(config, model.n_layers)
+    return BudgetSummary(
+        policy=config.policy,
+        gqa=config.gqa,
+        budget=config.budget,
+        window=config.window,
+        total=int(budgets.sum()),
+        heads=budgets.numel(),
+        min=int(budgets.min()),
+        max=int(budgets.max()),
+        floor=floor,
+        at_floor=round(float((budgets <= floor).float().mean()), 4),
+        stored=int(budgets.clamp(max=context).sum()),
+        kv_bytes=kv_bytes(budgets, model.head_dim, bytes_per_value, context),
+        kv_bytes_other_layout=2 * model.head_dim * bytes_per_value * model.n_layers * other_heads
+        * min(config.budget, context),
+        kv_bytes_full=full_kv_bytes(model.n_layers, model.n_kv_heads, model.head_dim, bytes_per_value, context),
+        context=context,
+        bytes_per_value=bytes_per_value,
+        layers=[(int(row.min()), int(row.median()), int(row.max())) for row in budgets],
+    )

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from headprof import __version__
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path, sha256_file
+from headprof.heads import kv_view
 from headprof.models.spec import ModelInfo
 
 SCORES_FORMAT = "headprof.scores/1"
@@ -45,6 +46,11 @@ class ScoreArtifact:
     @property
     def methods(self) -> list[str]:
         return [m for m in METHODS if m in self.per_probe]
+
+    @property
+    def default_method(self) -> str:
+        """`r2` when present (the score HeadKV allocates from), else the artifact's only score."""
+        return "r2" if "r2" in self.per_probe else self.methods[0]
 
     def scores(self, method: str) -> torch.Tensor:
         """`[L, Hq]` head scores: the mean over counted probes (zeros when none counted)."""
@@ -85,10 +91,40 @@ class AllocArtifact:
         return self.meta.get("gqa", "query")
 
 
+@dataclass
+class HeadTable:
+    """A per-head table of one artifact to show: scores (or budgets), what they are, and of which model."""
+
+    values: torch.Tensor
+    label: str
+    model: ModelInfo
+    counts: dict[str, dict[str, int]] | None = None
+    mode: str | None = None
+
+
+def head_table(path: str | Path, method: str | None = None, gqa: str = "query") -> HeadTable:
+    """Scores of a score artifact (`method`, default r2; `gqa="kv"` sums each KV group) or budgets of an
+    allocation artifact."""
+    if artifact_format(path) == ALLOC_FORMAT:
+        alloc = load_alloc(path)
+        return HeadTable(alloc.budgets.float(), f"budgets ({alloc.meta.get('policy')})", alloc.model)
+    art = load_scores(path)
+    method = method or art.default_method
+    values, label = art.scores(method), f"{method} score"
+    if gqa == "kv":
+        values, label = kv_view(values, art.model.n_kv_heads), f"{label}, summed per KV head"
+    return HeadTable(values, label, art.model, art.counts(), art.meta.get("mode"))
+
+
+def check_architecture(a: ModelInfo, b: ModelInfo, what: str) -> None:
+    """Refuse to compare head scores of models whose heads don't correspond (their weights may differ)."""
+    if a.architecture != b.architecture:
+        raise HeadprofError(f"{what} are for different architectures: {a.architecture} vs {b.architecture}")
+
+
 def check_model(artifact_model: ModelInfo, model: ModelInfo, what: str = "artifact") -> None:
     """Refuse an artifact made for another model: architecture, then weights, then id."""
-    arch_a = (artifact_model.n_layers, artifact_model.n_heads, artifact_model.n_kv_heads, artifact_model.head_dim)
-    arch_b = (model.n_layers, model.n_heads, model.n_kv_heads, model.head_dim)
+    arch_a, arch_b = artifact_model.architecture, model.architecture
     if arch_a != arch_b:
         raise HeadprofError(
             f"{what} was made for {artifact_model.model_id} (layers, heads, kv heads, head dim = {arch_a}), "
@@ -111,14 +147,21 @@ def _header(kind: str, model: ModelInfo, meta: dict[str, Any]) -> dict[str, str]
     return {"headprof": json.dumps(payload, sort_keys=True)}
 
 
+def artifact_format(path: str | Path) -> str:
+    """The format named in an artifact's header (scores when unreadable: its loader then reports the problem)."""
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return json.loads((fh.metadata() or {}).get("headprof", "{}")).get("format", SCORES_FORMAT)
+    except Exception:  # noqa: BLE001 - the loader that follows reports the real problem
+        return SCORES_FORMAT
+
+
 def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise HeadprofError(f"artifact {path} not found")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as fh:
             header = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:

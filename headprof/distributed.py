@@ -8,6 +8,7 @@ the same artifact a single process would write.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,10 @@ class World:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+    def checkpoint(self, target: Path) -> Path:
+        """This rank's resumable checkpoint next to the artifact (`<target>.partial[-<rank>]`)."""
+        return Path(f"{target}.partial-{self.rank}" if self.size > 1 else f"{target}.partial")
 
     def split(self, indices: list[int]) -> list[int]:
         return indices[self.rank :: self.size]

@@ -27,7 +27,7 @@ from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
-from headprof.probes import Probe, encode_text, render_prompt
+from headprof.probes import Probe, encode_text, load_probes, render_prompt
 from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
 from headprof.runtime.generation import context_prefix_length, generate_answer
 from headprof.heads import rank_agreement, ranked_heads
@@ -163,6 +163,26 @@ def _truncate_middle(tokenizer: Any, text: str, drop: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = max(0, len(ids) - drop - 8)
     return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2):])
+
+
+def read_inputs(probe_files: Sequence[Path] | None, task: Path | None = None) -> list[Probe]:
+    """Read (and check) the inputs of eval/ablate before the model loads, so bad input fails fast."""
+    if task is not None and not task.is_file():
+        raise HeadprofError(f"task file {task} not found")
+    return [p for path in probe_files or [] for p in load_probes(path)]
+
+
+def collect_items(loaded: LoadedModel, probes: Sequence[Probe], task: Path | None, scores: ScoreArtifact | None,
+                  max_new_tokens: int) -> list[EvalItem]:
+    """Evaluation items from probes (refused if they share needles with the scoring probes) and a task file."""
+    items = []
+    if probes:
+        if scores is not None:
+            check_disjoint(probes, scores)
+        items += items_from_probes(loaded.tokenizer, probes)
+    if task:
+        items += items_from_task(loaded.tokenizer, task, loaded.info.max_context - max_new_tokens)
+    return items
 
 
 def check_disjoint(probes: Sequence[Probe], scores: ScoreArtifact) -> None:

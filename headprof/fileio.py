@@ -33,6 +33,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_writable(target: str | Path) -> None:
+    """Fail before a long run, not after it; create nothing (the atomic write makes the directory)."""
+    target = Path(target)
+    existing = target.parent.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise HeadprofError(f"output directory {target.parent} is not writable ({existing})")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

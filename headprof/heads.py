@@ -5,6 +5,8 @@ allocating and showing artifacts stays a light import.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from headprof.errors import HeadprofError
@@ -22,6 +24,21 @@ def ranked_heads(scores: torch.Tensor) -> list[int]:
     return torch.argsort(scores.flatten(), descending=True, stable=True).tolist()
 
 
+def top_heads(scores: torch.Tensor, k: int) -> list[list[float]]:
+    """The `k` best heads as `[layer, head, score]` rows (score rounded to 6 digits, as reports print it)."""
+    flat, order = scores.flatten(), ranked_heads(scores)[:k]
+    n_heads = scores.shape[1]
+    return [[i // n_heads, i % n_heads, round(float(flat[i]), 6)] for i in order]
+
+
+def layer_summary(values: torch.Tensor) -> list[dict[str, Any]]:
+    """Per layer: mean and max value and the head holding the max."""
+    return [
+        {"layer": i, "mean": round(float(r.mean()), 6), "max": round(float(r.max()), 6), "argmax_head": int(r.argmax())}
+        for i, r in enumerate(values)
+    ]
+
+
 def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, float]:
     """Spearman rank correlation over all heads and the overlap of the two top-k head sets."""
     from scipy.stats import spearmanr
@@ -32,3 +49,14 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
     rho = float(spearmanr(flat_a, flat_b).statistic)
     top_a, top_b = set(ranked_heads(a)[:k]), set(ranked_heads(b)[:k])
     return {"spearman": rho, f"top{k}_overlap": len(top_a & top_b) / k}
+
+
+def top_k_agreement(a: torch.Tensor, b: torch.Tensor, sizes: list[int]) -> list[dict[str, float]]:
+    """Rank agreement at several top-k sizes: rows of k, top-k overlap and Spearman (the same for every k)."""
+    if not sizes:
+        raise HeadprofError("--k needs at least one top-k size")
+    rows = []
+    for size in sizes:
+        agreement = rank_agreement(a, b, size)
+        rows.append({"k": size, "spearman": agreement["spearman"], "overlap": agreement[f"top{size}_overlap"]})
+    return rows

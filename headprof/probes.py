@@ -18,6 +18,7 @@ from typing import Any
 
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path
+from headprof.models.spec import resolve_model
 
 KINDS = ("retrieval", "reasoning")
 DEFAULT_LENGTHS = (1024, 2048)
@@ -140,6 +141,14 @@ def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
         raise HeadprofError(f"needle file {path} has no needles")
     if kind is not None:
         needles = [n for n in needles if n.kind == kind]
+    return needles
+
+
+def select_needles(files: Sequence[str | Path], kinds: Sequence[str]) -> list[Needle]:
+    """The needles of the given kinds from several files; none at all is an error naming the files."""
+    needles = [n for f in files for n in load_needles(f) if n.kind in kinds]
+    if not needles:
+        raise HeadprofError(f"no {' or '.join(kinds)} needles in {', '.join(map(str, files))}")
     return needles
 
 
@@ -351,6 +360,19 @@ def load_probes(path: str | Path) -> list[Probe]:
     if len({p.id for p in probes}) != len(probes):
         raise HeadprofError(f"probe file {path} has duplicate probe ids")
     return probes
+
+
+def foreign_tokenizers(probes: Sequence[Probe], model: str) -> list[str]:
+    """The tokenizers (other than `model`'s) the probes were built with: their lengths and template are those."""
+
+    def model_id(name: str) -> str:
+        try:
+            return resolve_model(name).model_id
+        except HeadprofError:
+            return name
+
+    mine = model_id(model)
+    return sorted({p.tokenizer for p in probes if p.tokenizer and model_id(p.tokenizer) != mine})
 
 
 def probes_sha256(probes: Sequence[Probe]) -> str:

@@ -254,3 +254,10 @@ def score_probes(
             if on_probe:
                 on_probe(result)
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
+
+
+
+def remove_checkpoints(target: Path) -> None:
+    """Delete the resumable checkpoints of every rank once the artifact is written."""
+    for partial in target.parent.glob(f"{target.name}.partial*"):
+        partial.unlink(missing_ok=True)

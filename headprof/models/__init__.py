@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_tokenizer": "loading",
     "model_info": "loading",
     "pick_dtype": "loading",
+    "quiet_transformers": "loading",
     "ALIASES": "spec",
     "DEFAULT_MODEL": "spec",
     "ModelInfo": "spec",

@@ -43,6 +43,14 @@ class LoadedModel:
         return self.model.get_input_embeddings().weight.device
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' warnings and progress bars: the CLI's stderr carries only its own progress and notices."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def model_info(name: str) -> ModelInfo:
     """Architecture numbers without loading weights: known table, cached dequantized config, or AutoConfig."""
     spec = resolve_model(name)

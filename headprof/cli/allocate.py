@@ -1,0 +1,59 @@
+"""`headprof allocate`: per-head KV budgets from head scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headprof.cli import render
+from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, Policy, ScoreMethod, choice
+
+
+def allocate(
+    budget: Annotated[int, typer.Option(help="Mean KV entries per head, window included.")],
+    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the default model's.")] = None,
+    policy: Annotated[
+        Policy, choice(Policy, "unknown policy '{value}' ({choices})", "How budgets are distributed.")
+    ] = Policy.headkv,
+    beta: Annotated[
+        float | None, typer.Option(help="headkv: pool share M = N / beta (default 1.2); pyramid: slope (default 20).")
+    ] = None,
+    temp: Annotated[float, typer.Option(help="headkv: score temperature.")] = 1.0,
+    window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    gqa: Annotated[
+        Gqa, choice(Gqa, GQA_MESSAGE, "kv: per KV head (memory-honest); query: per query head (HeadKV paper).")
+    ] = Gqa.kv,
+    score_method: Annotated[
+        ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Which score drives headkv.", "--score-method")
+    ] = ScoreMethod.r2,
+    context: Annotated[
+        int | None, typer.Option(help="Context length for the KV bytes summary; default: model window.")
+    ] = None,
+    bytes_per_value: Annotated[int, typer.Option(help="Bytes per cached value for the summary (2 = bf16).")] = 2,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Default: next to the scores, alloc-b<B>-<policy>.safetensors.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn head scores into per-head KV budgets (HeadKV S·M·N pool, uniform/SnapKV, PyramidKV)."""
+    from headprof import workspace
+    from headprof.allocation import AllocConfig, allocate_artifact, summarize_budgets
+    from headprof.artifacts import load_scores, save_alloc
+    from headprof.errors import HeadprofError
+    from headprof.models.spec import DEFAULT_MODEL
+
+    if bytes_per_value < 1 or (context is not None and context < 1):
+        raise HeadprofError("--bytes-per-value and --context must be positive")
+    source = scores or workspace.scores_file(DEFAULT_MODEL)
+    art = load_scores(source)
+    config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value)
+    alloc = allocate_artifact(art, config, score_method.value, source)
+    target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value)
+    save_alloc(target, alloc)
+    summary = summarize_budgets(alloc.budgets, config, art.model, context or art.model.max_context, bytes_per_value)
+    if as_json:
+        render.emit({"artifact": str(target), **summary.payload()})
+    else:
+        render.budgets_written(target, summary)

@@ -1,0 +1,33 @@
+"""Steps several commands share: loading a model behind a spinner, warning about foreign probes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from headprof.cli import render
+
+if TYPE_CHECKING:
+    from headprof.models import LoadedModel
+    from headprof.probes import Probe
+
+
+def load(model: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> LoadedModel:
+    """Load a model quietly (no transformers warnings or bars), with a spinner on stderr."""
+    from headprof.models.loading import load_model, quiet_transformers
+
+    quiet_transformers()
+    with render.status(f"loading {model} ..."):
+        return load_model(model, dtype=dtype, device=device, device_map=device_map)
+
+
+def warn_foreign_probes(probe_list: Sequence[Probe], model: str) -> None:
+    """Probe lengths and chat templates belong to the tokenizer that built them: say so when it is another's."""
+    from headprof.probes import foreign_tokenizers
+
+    others = foreign_tokenizers(probe_list, model)
+    if others:
+        render.notice(
+            f"probes were built with the tokenizer of {', '.join(others)}, "
+            f"not {model}: their lengths and chat template are those of that model"
+        )

@@ -1,0 +1,164 @@
+"""`headprof eval` and `headprof ablate`: what compression costs, and whether head scores mean anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headprof.cli import common, render
+from headprof.cli.options import (
+    GQA_MESSAGE,
+    SCORE_METHOD_MESSAGE,
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    Gqa,
+    JsonOpt,
+    KernelOpt,
+    ModelOpt,
+    Pooling,
+    PoolingOpt,
+    ScoreMethod,
+    choice,
+    numbers,
+)
+from headprof.runtime.methods import METHODS
+
+ALL_METHODS = ",".join(METHODS)  # registry order: the full cache first
+
+
+def eval_(
+    model: ModelOpt = "smollm2-135m",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = ALL_METHODS,
+    budgets: Annotated[
+        str, typer.Option(help="Comma-separated per-head budgets (each above the window).")
+    ] = "64,128,256,512",
+    probes: Annotated[list[Path] | None, typer.Option(help="Evaluation probe JSONL (repeatable).")] = None,
+    task: Annotated[Path | None, typer.Option(help="LongBench-layout JSONL: context, input, answers.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's.")] = None,
+    gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")] = Gqa.kv,
+    window: Annotated[
+        int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
+    ] = 32,
+    kernel: KernelOpt = 7,
+    pooling: PoolingOpt = Pooling.max,
+    max_new_tokens: int = 32,
+    cache_file: Annotated[
+        Path | None, typer.Option("--cache", help="Results cache; default artifacts/<model>/eval-cache.jsonl.")
+    ] = None,
+    png: Annotated[Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    dtype: DtypeOpt = Dtype.auto,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy against budget and KV bytes, for every method x budget on probes or a task file."""
+    from headprof import evaluation as E, workspace
+    from headprof.artifacts import load_scores
+    from headprof.errors import HeadprofError
+    from headprof.fileio import write_text_atomic
+
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    budget_list = tuple(numbers(budgets, "--budgets"))
+    config = E.EvalConfig(method_list, budget_list, gqa.value, window, max_new_tokens, kernel, pooling.value)
+    config.validate()
+    if not probes and not task:
+        raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
+    probe_list = E.read_inputs(probes, task)
+    default_scores = workspace.scores_file(model)
+    scores_path = scores or (default_scores if "headkv" in method_list or default_scores.is_file() else None)
+    scores_art = load_scores(scores_path) if scores_path else None
+    loaded = common.load(model, dtype.value, device)
+    common.warn_foreign_probes(probe_list, loaded.spec.name)
+    items = E.collect_items(loaded, probe_list, task, scores_art, max_new_tokens)
+    total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
+    with render.progress_bar() as bar:
+        job = bar.add_task("evaluating", total=total)
+        records = E.evaluate(
+            loaded,
+            items,
+            config,
+            scores_art,
+            cache_file or workspace.eval_cache_file(model),
+            on_result=lambda _r: bar.advance(job),
+        )
+    results = E.summarize(records)
+    payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
+    if png:
+        payload["png"] = [str(png), str(E.write_figures(records, results, png, loaded.info.model_id))]
+    if report:
+        write_text_atomic(report, json.dumps(payload, indent=1) + "\n")
+    if as_json:
+        render.emit(payload)
+        return
+    cells = E.result_cells(
+        results, method_list, budget_list, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"
+    )
+    render.accuracy_table(len(items), budget_list, cells)
+
+
+def ablate(
+    model: ModelOpt = "smollm2-135m",
+    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the model's.")] = None,
+    probes: Annotated[list[Path] | None, typer.Option(help="Probe JSONL to measure retrieval on (repeatable).")] = None,
+    top: Annotated[str, typer.Option(help="Heads to mask: a percent of all heads (5%) or a count.")] = "5%",
+    random_trials: Annotated[int, typer.Option(help="Random head sets to mask.")] = 5,
+    method: Annotated[
+        ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score that ranks heads.")
+    ] = ScoreMethod.r2,
+    compare: Annotated[
+        Path | None, typer.Option(help="Another score artifact (e.g. from another haystack) to rank-correlate with.")
+    ] = None,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    dtype: DtypeOpt = Dtype.auto,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Mask the top-k heads by score, and k random heads, and compare retrieval accuracy."""
+    from headprof import evaluation as E, workspace
+    from headprof.artifacts import check_model, load_scores
+    from headprof.errors import HeadprofError
+
+    if not probes:
+        raise HeadprofError("give --probes FILE (repeatable) to measure retrieval on")
+    if random_trials < 1 or max_new_tokens < 1:
+        raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
+    probe_list = E.read_inputs(probes)
+    score_art = load_scores(scores or workspace.scores_file(model))
+    if method.value not in score_art.per_probe:
+        raise HeadprofError(f"the score artifact has no '{method.value}' scores ({', '.join(score_art.methods)})")
+    k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
+    loaded = common.load(model, dtype.value, device)
+    check_model(score_art.model, loaded.info, "score artifact")
+    common.warn_foreign_probes(probe_list, loaded.spec.name)
+    items = [
+        i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"
+    ]
+    if not items:
+        raise HeadprofError("no retrieval probes to measure")
+    with render.progress_bar() as bar:
+        job = bar.add_task("ablating", total=len(items) * (2 + random_trials))
+        result = E.ablate(
+            loaded,
+            score_art,
+            items,
+            k,
+            method.value,
+            random_trials,
+            seed,
+            max_new_tokens,
+            on_item=lambda: bar.advance(job),
+        )
+    result["split_half"] = E.split_half_agreement(score_art, method.value)
+    if compare:
+        other = load_scores(compare)
+        check_model(other.model, score_art.model, "comparison artifact")
+        result["vs_compare"] = E.rank_agreement(score_art.scores(method.value), other.scores(method.value))
+    if as_json:
+        render.emit(result)
+    else:
+        render.ablation(result, method.value, random_trials, compare)

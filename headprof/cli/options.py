@@ -1,0 +1,136 @@
+"""Option types shared by the commands. Choices are `str` Enums, so `--help` lists them; a value outside
+them is one `error:` line naming the choices (exit code 1), as every other bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from headprof.errors import HeadprofError
+from headprof.runtime.methods import METHODS
+
+
+class Kind(str, Enum):
+    """Which needles a probe set is built from."""
+
+    retrieval = "retrieval"
+    reasoning = "reasoning"
+    both = "both"
+
+
+class ScoreMethods(str, Enum):
+    """Which head scores `score` computes (both come from the same captured rows)."""
+
+    retrieval = "retrieval"
+    r2 = "r2"
+    both = "both"
+
+
+class ScoreMethod(str, Enum):
+    """One head score: Retrieval-head's copy score or HeadKV's retrieval-reasoning score."""
+
+    retrieval = "retrieval"
+    r2 = "r2"
+
+
+class Mode(str, Enum):
+    """How answers are produced while scoring: forced gold sentence, or the model's own greedy answer."""
+
+    teacher = "teacher"
+    generate = "generate"
+
+
+class Criterion(str, Enum):
+    """When a generated answer counts as right."""
+
+    recall = "recall"
+    f1 = "f1"
+
+
+class Policy(str, Enum):
+    """How budgets are distributed over heads."""
+
+    headkv = "headkv"
+    uniform = "uniform"
+    pyramid = "pyramid"
+
+
+class Gqa(str, Enum):
+    """Budget and cache layout: per KV head (the bytes a GQA model stores) or per query head (HeadKV paper)."""
+
+    kv = "kv"
+    query = "query"
+
+
+class Dtype(str, Enum):
+    """Weights' dtype; auto = bfloat16 on CUDA, float32 on CPU."""
+
+    auto = "auto"
+    float32 = "float32"
+    fp32 = "fp32"
+    bfloat16 = "bfloat16"
+    bf16 = "bf16"
+    float16 = "float16"
+    fp16 = "fp16"
+
+
+class Pooling(str, Enum):
+    """Pooling of SnapKV-family scores over neighbouring positions."""
+
+    max = "max"
+    avg = "avg"
+
+
+class Format(str, Enum):
+    """Export formats."""
+
+    headkv_json = "headkv-json"
+
+
+# The registered KV-compression methods, in name order (read from the registry, not imported).
+MethodName = Enum("MethodName", {name: name for name in sorted(METHODS)}, type=str)  # type: ignore[misc]
+
+
+def _parser(choices: type[Enum], message: str) -> Callable[[Any], Enum]:
+    """Parse a choice; outside the choices, `message` (with {value} and {choices}) is the error line."""
+
+    def parse(value: Any) -> Enum:
+        if isinstance(value, choices):
+            return value
+        try:
+            return choices(value)
+        except ValueError:
+            names = ", ".join(member.value for member in choices)
+            raise HeadprofError(message.format(value=value, choices=names)) from None
+
+    return parse
+
+
+def choice(choices: type[Enum], message: str, help: str, *names: str) -> Any:
+    """A typer option for a choice enum (`names`: its flags, default from the parameter name)."""
+    return typer.Option(*names, help=help, parser=_parser(choices, message))
+
+
+GQA_MESSAGE = "--gqa must be kv or query, got '{value}'"
+SCORE_METHOD_MESSAGE = "unknown scoring method '{value}' ({choices})"
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, hub id, local directory or .gguf file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+DtypeOpt = Annotated[Dtype, choice(Dtype, "unknown dtype '{value}' ({choices})", "auto: bf16 on CUDA, fp32 on CPU.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")]
+DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", help="'auto' shards a large model (accelerate).")]
+KernelOpt = Annotated[int, typer.Option(help="Pooling kernel over positions for SnapKV-family scores (odd).")]
+PoolingOpt = Annotated[
+    Pooling, choice(Pooling, "unknown pooling '{value}' ({choices})", "Pooling of SnapKV-family scores.")
+]
+
+
+def numbers(text: str, what: str, kind: type = int) -> list:
+    """Comma-separated numbers (`--lengths 1024,2048`); a bad entry is an error line naming the option."""
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HeadprofError(f"{what} must be comma-separated {kind.__name__}s, got '{text}'") from None

@@ -1,0 +1,215 @@
+"""Everything the commands print, in one place and without logic: consoles, JSON, tables, progress bars.
+
+Results go to stdout (one JSON object with `--json`); progress, notices and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import torch
+
+    from headprof.allocation import BudgetSummary
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+INTERRUPTED = "[yellow]interrupted[/yellow]: finished probes are checkpointed; rerun the same command to resume"
+
+
+def emit(payload: dict[str, Any]) -> None:
+    """The `--json` output: exactly one JSON object on one stdout line."""
+    sys.stdout.write(json.dumps(payload) + "\n")
+
+
+def error(message: str) -> None:
+    """The one-line error every failure ends with."""
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """A warning that does not stop the command."""
+    err.print(f"[yellow]notice:[/yellow] {message}", soft_wrap=True)
+
+
+def interrupted() -> None:
+    """Ctrl-C: what was kept and how to resume."""
+    err.print(INTERRUPTED)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner on stderr for a step without progress (loading a model)."""
+    with err.status(message):
+        yield
+
+
+def progress_bar() -> Progress:
+    """A transient progress bar on stderr (count, elapsed, eta)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def line(text: str) -> None:
+    """One line of plain output."""
+    out.print(text)
+
+
+def mib(n: float) -> str:
+    """Bytes as MiB with two decimals."""
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], justify: str = "left", **kw: Any) -> None:
+    table = Table(title=title, **kw)
+    for column in columns:
+        table.add_column(column, justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+# ---------------------------------------------------------------- per command
+
+
+def probes_built(target: Path, count: int, counts: dict[str, int], sizes: list[int]) -> None:
+    """`probes build`: what was written."""
+    per_kind = ", ".join(f"{v} {k}" for k, v in counts.items())
+    out.print(f"wrote {count} probes ({per_kind}) to {target}; prompt lengths {sizes[0]}-{sizes[-1]} tokens")
+
+
+def scores_written(
+    mode: str | None, counts: dict[str, dict[str, int]], method: str, top: list[list[float]], target: Path, seconds: float
+) -> None:
+    """`score` and friends: probes counted per kind, the top heads, where the artifact went."""
+    rows = [(kind, str(c["total"]), str(c["counted"])) for kind, c in counts.items()]
+    _table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows)
+    out.print(f"top {method} heads (layer, head, score): " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in top))
+    out.print(f"wrote {target} in {seconds:.1f} s")
+
+
+def budgets_written(target: Path, summary: BudgetSummary) -> None:
+    """`allocate`: per-layer budgets, how many heads sit at the floor, KV bytes against the alternatives."""
+    s = summary
+    rows = [(str(layer), str(low), str(mid), str(high)) for layer, (low, mid, high) in enumerate(s.layers)]
+    title = f"{s.policy} budgets (B={s.budget}, w={s.window}, gqa={s.gqa})"
+    _table(title, ("layer", "min", "median", "max"), rows, justify="right")
+    layout_other = "query-head" if s.gqa == "kv" else "KV-head"
+    out.print(f"total {s.total} entries ({s.heads} heads x {s.budget}); {s.at_floor:.0%} of heads at the floor ({s.floor})")
+    out.print(
+        f"KV bytes at {s.context} tokens ({s.bytes_per_value} B/value): {mib(s.kv_bytes)} this layout, "
+        f"{mib(s.kv_bytes_other_layout)} with {layout_other} budgets of {s.budget}, {mib(s.kv_bytes_full)} full cache "
+        f"({s.kv_bytes / s.kv_bytes_full:.1%} of full; stored entries {s.stored})"
+    )
+    out.print(f"wrote {target}")
+
+
+def head_table(
+    artifact: Path,
+    label: str,
+    model_id: str,
+    values: torch.Tensor,
+    counts: dict[str, dict[str, int]] | None,
+    mode: str | None,
+    k: int,
+    top: list[list[float]],
+    layers: list[dict[str, Any]],
+    png: Path | None,
+) -> None:
+    """`show`: the top heads, then a heatmap of all heads with each layer's mean and max."""
+    out.print(f"[bold]{artifact}[/bold]: {label} of {model_id} ({values.shape[0]} layers x {values.shape[1]} heads)")
+    if counts is not None:
+        summary = ", ".join(f"{k} {c['counted']}/{c['total']} counted" for k, c in counts.items())
+        out.print(f"probes: {summary} ({mode} mode)")
+    rows = [(str(rank), str(layer), str(head), f"{value:.4f}") for rank, (layer, head, value) in enumerate(top, 1)]
+    _table(f"top {k} heads", ("rank", "layer", "head", "value"), rows, justify="right")
+    out.print(_heatmap(values, layers))
+    if png:
+        out.print(f"wrote {png}")
+
+
+def _heatmap(values: torch.Tensor, layers: list[dict[str, Any]]) -> Table:
+    """One coloured cell per head, darker = lower; the last columns summarise the layer."""
+    low, high = float(values.min()), float(values.max())
+    span = (high - low) or 1.0
+    table = Table(title="heatmap (rows: layers, columns: heads)", box=None, pad_edge=False, padding=(0, 0))
+    table.add_column("layer", justify="right")
+    for head in range(values.shape[1]):
+        table.add_column(f"{head:>2}", justify="center")
+    table.add_column(" mean / max", justify="left")
+    for layer, row in enumerate(values):
+        cells = []
+        for value in row.tolist():
+            level = int(round((value - low) / span * 255))
+            cells.append(f"[on rgb({level},{int(level * 0.6)},{255 - level})]  [/]")
+        table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}")
+    return table
+
+
+def answer(title: str, payload: dict[str, Any]) -> None:
+    """`run`: the answer and what it cost, one row per field."""
+    table = Table(title=title, show_header=False)
+    for key, value in payload.items():
+        table.add_row(key, f"{mib(value)} ({value} B)" if key.startswith("kv_bytes") else str(value))
+    out.print(table)
+
+
+def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence[str]]) -> None:
+    """`eval`: accuracy / KV MiB per method (rows) and budget (columns)."""
+    title = f"accuracy (exact match) / KV MiB, {n_items} items"
+    table = Table(title=title)
+    table.add_column("method")
+    for budget in budgets:
+        table.add_column(f"B={budget}", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def ablation(result: dict[str, Any], method: str, trials: int, compare: Path | None) -> None:
+    """`ablate`: accuracy with no heads, the top heads and random heads masked; score agreement."""
+    k = result["k"]
+    rows = [
+        ("none", f"{result['no_mask']:.2f}"),
+        (f"top {k} by {method}", f"{result['top_masked']:.2f}"),
+        (f"random {k} ({trials} seeds)", f"{result['random_masked_mean']:.2f} ± {result['random_masked_std']:.2f}"),
+    ]
+    title = f"retrieval accuracy, {result['n_items']} probes, {k} of {result['heads_total']} heads masked"
+    table = Table(title=title)
+    table.add_column("heads masked")
+    table.add_column("accuracy", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    half = result["split_half"]
+    out.print(
+        f"split-half agreement of {method} scores: Spearman {half['spearman']:.3f}, "
+        f"top-10 overlap {half['top10_overlap']:.0%}"
+    )
+    if compare:
+        other = result["vs_compare"]
+        out.print(f"vs {compare}: Spearman {other['spearman']:.3f}, top-10 overlap {other['top10_overlap']:.0%}")
+
+
+def agreement_table(title: str, rows: Sequence[dict[str, Any]]) -> None:
+    """`compare`: top-k overlap per k, Spearman over all heads."""
+    cells = [(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}") for r in rows]
+    _table(title, ("top-k", "overlap", "Spearman (all heads)"), cells, justify="right")

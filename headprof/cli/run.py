@@ -1,0 +1,108 @@
+"""`headprof run`: answer a question about a long context with a compressed KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headprof.cli import common, render
+from headprof.cli.options import (
+    GQA_MESSAGE,
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    Gqa,
+    JsonOpt,
+    KernelOpt,
+    MethodName,
+    ModelOpt,
+    Pooling,
+    PoolingOpt,
+    choice,
+)
+
+
+def run(
+    question: Annotated[str, typer.Option(help="The question about the context.")],
+    context_file: Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")] = None,
+    context: Annotated[str | None, typer.Option(help="The context as a string (instead of --context-file).")] = None,
+    model: ModelOpt = "smollm2-135m",
+    method: Annotated[
+        MethodName | None,
+        choice(MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."),
+    ] = None,
+    budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
+    alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Score artifact: allocate HeadKV budgets on the fly.")] = None,
+    gqa: Annotated[
+        Gqa | None,
+        choice(Gqa, GQA_MESSAGE, "kv: one selection per KV head; query: per query head (default: the allocation's, else kv)."),
+    ] = None,
+    window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    kernel: KernelOpt = 7,
+    pooling: PoolingOpt = Pooling.max,
+    max_new_tokens: int = 64,
+    dtype: DtypeOpt = Dtype.auto,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question about a long context with a compressed KV cache."""
+    from headprof.artifacts import load_alloc, load_scores
+    from headprof.errors import HeadprofError
+    from headprof.runtime import Press, build_method, default_method, plan_budgets
+    from headprof.runtime.generation import answer_question
+
+    text = _read_context(context_file, context)
+    if not question.strip():
+        raise HeadprofError("empty question")
+    allocation = load_alloc(alloc) if alloc else None
+    score_art = load_scores(scores) if scores and not alloc else None
+    name = method.value if method else default_method(allocation is not None or score_art is not None)
+    compressor = build_method(name, kernel=kernel, pooling=pooling.value)
+    if allocation is not None and gqa is not None and gqa.value != allocation.gqa:
+        render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
+    loaded = common.load(model, dtype.value, device)
+    plan = plan_budgets(
+        compressor,
+        loaded.info,
+        budget,
+        allocation=allocation,
+        scores=score_art,
+        gqa=(gqa or Gqa.kv).value,
+        window=window,
+    )
+    press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
+    result = answer_question(loaded, press, text, question, max_new_tokens)
+    payload = {
+        "answer": result.answer,
+        "kv_bytes": result.kv_bytes,
+        "kv_bytes_full": result.kv_bytes_full,
+        "prompt_tokens": result.prompt_tokens,
+        "prefill_s": round(result.prefill_s, 4),
+        "compress_s": round(result.compress_s, 4),
+        "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
+        "method": name,
+        "compressed": result.compressed,
+    }
+    if as_json:
+        render.emit(payload)
+        return
+    if compressor.compresses and not result.compressed:
+        render.notice(f"every head's budget covers the {result.prompt_tokens}-token prompt: no compression")
+    render.answer(f"{name} ({'budgets from ' + str(alloc) if alloc else f'budget {budget}'})", payload)
+
+
+def _read_context(context_file: Path | None, context: str | None) -> str:
+    from headprof.errors import HeadprofError
+
+    if (context_file is None) == (context is None):
+        raise HeadprofError("give exactly one of --context-file and --context")
+    if context_file is not None:
+        if not context_file.is_file():
+            raise HeadprofError(f"context file {context_file} not found")
+        context = context_file.read_text(encoding="utf-8", errors="replace")
+    if not context or not context.strip():
+        raise HeadprofError("empty context")
+    return context

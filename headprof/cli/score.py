@@ -1,0 +1,113 @@
+"""`headprof score`: per-head scores from attention captured on the probes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from headprof.cli import common, render
+from headprof.cli.options import (
+    SCORE_METHOD_MESSAGE,
+    Criterion,
+    DeviceMapOpt,
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    JsonOpt,
+    Mode,
+    ModelOpt,
+    ScoreMethods,
+    choice,
+)
+
+if TYPE_CHECKING:
+    from headprof.artifacts import ScoreArtifact
+
+
+def score(
+    model: ModelOpt = "smollm2-135m",
+    probes: Annotated[Path | None, typer.Option(help="Probe JSONL; default: probes/probes-<model>.jsonl.")] = None,
+    method: Annotated[
+        ScoreMethods, choice(ScoreMethods, SCORE_METHOD_MESSAGE, "Which head scores (both: one pass for the two).")
+    ] = ScoreMethods.both,
+    mode: Annotated[
+        Mode,
+        choice(Mode, "unknown mode '{value}' ({choices})", "teacher: gold answer forced, all count; generate: own."),
+    ] = Mode.teacher,
+    max_new_tokens: Annotated[int, typer.Option(help="generate mode: answer length cap.")] = 48,
+    criterion: Annotated[
+        Criterion,
+        choice(Criterion, "unknown correctness criterion '{value}' ({choices})", "generate mode: when an answer counts."),
+    ] = Criterion.recall,
+    dtype: DtypeOpt = Dtype.auto,
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: score only every N-th probe from i (merge later).")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Default: artifacts/<model>/scores.safetensors.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the model on the probes with attention capture and write per-head scores."""
+    from headprof import distributed, probes as P, scoring, workspace
+    from headprof.artifacts import save_scores
+    from headprof.fileio import check_writable
+
+    methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
+    config = scoring.ScoreConfig(methods, mode.value, max_new_tokens, criterion.value)
+    config.validate()
+    probe_list = P.load_probes(probes or workspace.probe_file(model))
+    select, shard_meta = distributed.shard_indices(len(probe_list), shard)
+    target = out_file or workspace.scores_file(model, mode.value, shard_meta.get("shard"))
+    check_writable(target)
+    world = distributed.World.from_env()
+    wanted, select = select, world.split(select)
+    loaded = common.load(model, dtype.value, world.device(device), device_map)
+    common.warn_foreign_probes(probe_list, loaded.spec.name)
+    started = time.time()
+    with render.progress_bar() as bar:
+        task = bar.add_task(f"scoring {loaded.spec.name}", total=len(select))
+        art = scoring.score_probes(
+            loaded,
+            probe_list,
+            config,
+            select=select,
+            checkpoint=world.checkpoint(target),
+            on_probe=lambda _r: bar.advance(task),
+            extra_meta=shard_meta,
+        )
+    art = world.gather(art, wanted)
+    seconds = time.time() - started
+    world.close()
+    if not world.is_main:
+        return
+    save_scores(target, art)
+    scoring.remove_checkpoints(target)
+    _report(art, target, seconds, as_json)
+
+
+def _report(art: ScoreArtifact, target: Path, seconds: float, as_json: bool) -> None:
+    """Probes counted per kind and the top heads of the main score."""
+    from headprof.heads import top_heads
+
+    counts = art.counts()
+    method = art.default_method
+    top = top_heads(art.scores(method), 10)
+    if not as_json:
+        render.scores_written(art.meta.get("mode"), counts, method, top, target, seconds)
+        return
+    render.emit(
+        {
+            "artifact": str(target),
+            "probes_total": sum(c["total"] for c in counts.values()),
+            "probes_counted": sum(c["counted"] for c in counts.values()),
+            "per_kind": counts,
+            "mode": art.meta.get("mode"),
+            "seconds": round(seconds, 2),
+            "method": method,
+            "top_heads": top,
+        }
+    )
