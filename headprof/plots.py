@@ -1,4 +1,8 @@
-"""PNG figures (matplotlib, headless): head-score heatmaps, accuracy against KV bytes, needle heatmaps."""
+"""PNG figures: head-score heatmaps, accuracy against KV bytes, needle heatmaps.
+
+Figures are `matplotlib.figure.Figure` objects saved with `savefig` (Agg picks itself for PNG):
+no pyplot, no global backend switch, nothing left open in a notebook's figure manager.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from headprof.fileio import atomic_path
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
+def _save(fig: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    _pyplot().close(fig)
 
 
 def score_heatmap(scores: torch.Tensor, path: str | Path, title: str) -> None:
     """Layers (rows, bottom layer first) x heads (columns)."""
-    plt = _pyplot()
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(max(4, n_heads * 0.45 + 2), max(4, n_layers * 0.22 + 1)))
+    fig = Figure(figsize=(max(4, n_heads * 0.45 + 2), max(4, n_layers * 0.22 + 1)))
+    ax = fig.subplots()
     image = ax.imshow(scores.numpy(), aspect="auto", origin="lower", cmap="viridis")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
@@ -38,11 +33,12 @@ def score_heatmap(scores: torch.Tensor, path: str | Path, title: str) -> None:
     _save(fig, path)
 
 
-def accuracy_vs_bytes(curves: Mapping[str, Sequence[tuple[float, float]]], full: tuple[float, float] | None,
-                      path: str | Path, title: str) -> None:
+def accuracy_vs_bytes(
+    curves: Mapping[str, Sequence[tuple[float, float]]], full: tuple[float, float] | None, path: str | Path, title: str
+) -> None:
     """One line per method: (KV bytes, accuracy) points; the full cache as a horizontal reference line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for method, points in sorted(curves.items()):
         points = sorted(points)
         ax.plot([p[0] / 2**20 for p in points], [p[1] for p in points], marker="o", label=method)
@@ -58,15 +54,16 @@ def accuracy_vs_bytes(curves: Mapping[str, Sequence[tuple[float, float]]], full:
     _save(fig, path)
 
 
-def needle_grids(grids: Mapping[str, torch.Tensor], lengths: Sequence[int], depths: Sequence[float],
-                 path: str | Path, title: str) -> None:
+def needle_grids(
+    grids: Mapping[str, torch.Tensor], lengths: Sequence[int], depths: Sequence[float], path: str | Path, title: str
+) -> None:
     """One panel per method: accuracy by context length (columns) x needle depth (rows)."""
-    plt = _pyplot()
     names = sorted(grids)
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
-    for ax in axes.flat[len(names):]:
+    fig = Figure(figsize=(2.6 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
         ax.imshow(grids[name].numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
