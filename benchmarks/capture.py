@@ -97,10 +97,25 @@ def main() -> None:
         for mode in ("sdpa", "headprof", "eager"):
             if mode == "eager" and length > args.eager_max:
                 matrices = 30 * 9 * length**2 * 4 / 2**20
-                print(f"{length:>7} {mode:>8} {'skipped':>8} {'':>7} {f'>{matrices:.0f}':>9}  (attention matrices alone)")
+                print(
+                    f"{length:>7} {mode:>8} {'skipped':>8} {'':>7} {f'>{matrices:.0f}':>9}  (attention matrices alone)"
+                )
                 continue
-            proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(length), "--repeats",
-                                   str(args.repeats), "--device", args.device], capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    mode,
+                    str(length),
+                    "--repeats",
+                    str(args.repeats),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 print(f"{length:>7} {mode:>8} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue

@@ -20,12 +20,13 @@ import json
 import time
 from pathlib import Path
 
-from headprof import evaluation as E, plots, workspace
+from headprof import evaluation as E
+from headprof import plots, workspace
 from headprof.artifacts import load_scores
 from headprof.fileio import write_text_atomic
+from headprof.heads import rank_agreement
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
-from headprof.heads import rank_agreement
 from headprof.scoring import ScoreConfig, score_probes
 
 MODEL = "smollm2-135m"
@@ -55,8 +56,12 @@ def main() -> None:
     reference = load_scores(REFERENCE)
     if not EVAL_PROBES.is_file():
         needles = load_needles(workspace.eval_needle_file("retrieval"))[:8]
-        write_probes(EVAL_PROBES, build_probes(needles, loaded.tokenizer, lengths=(1024, 2048), depths=(25, 75),
-                                               tokenizer_name="smollm2-135m"))
+        write_probes(
+            EVAL_PROBES,
+            build_probes(
+                needles, loaded.tokenizer, lengths=(1024, 2048), depths=(25, 75), tokenizer_name="smollm2-135m"
+            ),
+        )
     probes = load_probes(EVAL_PROBES)
     E.check_disjoint(probes, reference)
     items = E.items_from_probes(loaded.tokenizer, probes)
@@ -64,11 +69,17 @@ def main() -> None:
     config = E.EvalConfig(METHODS, tuple(budgets), gqa="kv", window=args.window, max_new_tokens=24)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     results = E.summarize(records)
-    E.write_figures(records, results, "docs/accuracy.png",
-                    f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}", 128)
+    E.write_figures(
+        records,
+        results,
+        "docs/accuracy.png",
+        f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}",
+        128,
+    )
     small_budgets = [int(b) for b in args.small_window_budgets.split(",")]
-    small = E.summarize(E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24),
-                                   reference, EVAL_CACHE))
+    small = E.summarize(
+        E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24), reference, EVAL_CACHE)
+    )
 
     k = E.head_count("5%", loaded.info.n_layers * loaded.info.n_heads)
     ablation = E.ablate(loaded, reference, items, k, "r2", args.trials, 0, 24)
@@ -80,17 +91,35 @@ def main() -> None:
         hay_probes = build_probes(needles, loaded.tokenizer, lengths=(1024,), depths=(50,), haystack=source)
         haystack_scores[name] = score_probes(loaded, hay_probes, ScoreConfig()).scores("r2")
     haystack = rank_agreement(haystack_scores["builtin"], haystack_scores["other"])
-    plots.score_heatmap(reference.scores("r2"), "docs/heads-r2.png",
-                        "SmolLM2-135M-Instruct: HeadKV r2 head scores (168 teacher-forced probes)")
+    plots.score_heatmap(
+        reference.scores("r2"),
+        "docs/heads-r2.png",
+        "SmolLM2-135M-Instruct: HeadKV r2 head scores (168 teacher-forced probes)",
+    )
 
-    payload = {"results": results, "results_window8": small, "ablation": ablation, "split_half": halves, "haystack": haystack,
-               "window": args.window, "n_items": len(items), "minutes": round((time.time() - started) / 60, 1)}
+    payload = {
+        "results": results,
+        "results_window8": small,
+        "ablation": ablation,
+        "split_half": halves,
+        "haystack": haystack,
+        "window": args.window,
+        "n_items": len(items),
+        "minutes": round((time.time() - started) / 60, 1),
+    }
     write_text_atomic("benchmarks/results.json", json.dumps(payload, indent=1) + "\n")
-    write_text_atomic("benchmarks/RESULTS.md", f"""# Results on the embedded model
+    random_masked = f"{ablation['random_masked_mean']:.2f} ± {ablation['random_masked_std']:.2f}"
+    agreement = {
+        name: f"{row['spearman']:.3f} | {row['top10_overlap']:.0%}"
+        for name, row in (("r2", halves["r2"]), ("retrieval", halves["retrieval"]), ("haystack", haystack))
+    }
+    write_text_atomic(
+        "benchmarks/RESULTS.md",
+        f"""# Results on the embedded model
 
 SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), CPU. Regenerate everything here with
 `python benchmarks/results.py` (cached per method x budget x probe in
-`artifacts/smollm2-135m/eval-cache.jsonl`; {payload['minutes']} min for this run).
+`artifacts/smollm2-135m/eval-cache.jsonl`; {payload["minutes"]} min for this run).
 
 ## Accuracy against KV budget
 
@@ -116,25 +145,26 @@ reconstructing the context), does not depend on the window.
 
 ## Do the scores mean anything?
 
-Masking the top {k} of {ablation['heads_total']} heads by r2 score (attention output zeroed) vs
+Masking the top {k} of {ablation["heads_total"]} heads by r2 score (attention output zeroed) vs
 {args.trials} random sets of {k} heads, on the same {len(items)} probes, no compression:
 
 | heads masked | retrieval accuracy |
 |---|---|
-| none | {ablation['no_mask']:.2f} |
-| top {k} by r2 | {ablation['top_masked']:.2f} |
-| random {k} (mean ± sd of {args.trials}) | {ablation['random_masked_mean']:.2f} ± {ablation['random_masked_std']:.2f} |
+| none | {ablation["no_mask"]:.2f} |
+| top {k} by r2 | {ablation["top_masked"]:.2f} |
+| random {k} (mean ± sd of {args.trials}) | {random_masked} |
 
-Rank agreement of head scores (Spearman over all {ablation['heads_total']} heads, top-10 overlap):
+Rank agreement of head scores (Spearman over all {ablation["heads_total"]} heads, top-10 overlap):
 
 | comparison | Spearman | top-10 overlap |
 |---|---|---|
-| r2, two disjoint halves of the scoring needles | {halves['r2']['spearman']:.3f} | {halves['r2']['top10_overlap']:.0%} |
-| retrieval, two disjoint halves | {halves['retrieval']['spearman']:.3f} | {halves['retrieval']['top10_overlap']:.0%} |
-| r2, built-in haystack vs {args.haystack} (28 needles, 1024 tokens) | {haystack['spearman']:.3f} | {haystack['top10_overlap']:.0%} |
+| r2, two disjoint halves of the scoring needles | {agreement["r2"]} |
+| retrieval, two disjoint halves | {agreement["retrieval"]} |
+| r2, built-in haystack vs {args.haystack} (28 needles, 1024 tokens) | {agreement["haystack"]} |
 
 ![r2 head scores](../docs/heads-r2.png)
-""")
+""",
+    )
     print(Path("benchmarks/RESULTS.md").read_text())
 
 

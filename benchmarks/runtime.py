@@ -37,15 +37,19 @@ def main() -> None:
     needles = load_needles(workspace.eval_needle_file("retrieval"))
     methods = [m for m in args.methods.split(",") if m in METHODS]
     print(f"budget {args.budget}, window 32, gqa kv, fp32, {args.max_new_tokens} new tokens, CPU")
-    print(f"{'tokens':>6} {'method':>12} {'correct':>8} {'KV MiB':>7} {'/full':>6} {'ms/token':>9} {'vs full':>8} "
-          f"{'prefill s':>9} {'compress':>9} {'padding B':>9}")
-    for length, count in zip((int(x) for x in args.lengths.split(",")),
-                             (int(x) for x in args.probes_per_length.split(","))):
+    print(
+        f"{'tokens':>6} {'method':>12} {'correct':>8} {'KV MiB':>7} {'/full':>6} {'ms/token':>9} {'vs full':>8} "
+        f"{'prefill s':>9} {'compress':>9} {'padding B':>9}"
+    )
+    for length, count in zip(
+        (int(x) for x in args.lengths.split(",")), (int(x) for x in args.probes_per_length.split(","))
+    ):
         probes = build_probes(needles[:count], loaded.tokenizer, lengths=(length,), depths=(50,))
         rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for method in methods:
-            press = compressed(loaded.model, method, args.budget, scores=scores, tokenizer=loaded.tokenizer,
-                               info=loaded.info)
+            press = compressed(
+                loaded.model, method, args.budget, scores=scores, tokenizer=loaded.tokenizer, info=loaded.info
+            )
             for probe, item in zip(probes, items_from_probes(loaded.tokenizer, probes)):
                 result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, args.max_new_tokens)
                 row = rows[method]
@@ -61,9 +65,11 @@ def main() -> None:
         for method in methods:
             row = rows[method]
             speed = f"{row['ms'] / full_ms:.2f}x" if full_ms else "-"
-            print(f"{int(row['tokens']):>6} {method:>12} {int(row['correct']):>4}/{len(probes):<3} "
-                  f"{row['kv'] / 2**20:>7.2f} {row['ratio']:>6.3f} {row['ms']:>9.1f} {speed:>8} "
-                  f"{row['prefill']:>9.2f} {row['compress']:>8.1%} {int(row['padding']):>9}")
+            print(
+                f"{int(row['tokens']):>6} {method:>12} {int(row['correct']):>4}/{len(probes):<3} "
+                f"{row['kv'] / 2**20:>7.2f} {row['ratio']:>6.3f} {row['ms']:>9.1f} {speed:>8} "
+                f"{row['prefill']:>9.2f} {row['compress']:>8.1%} {int(row['padding']):>9}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ GQA_LAYOUTS = ("query", "kv")
 
 @dataclass(frozen=True)
 class AllocConfig:
+    """Parameters of one allocation: mean budget `B`, policy, window `w`, policy knobs, GQA layout."""
+
     budget: int
     policy: str = "headkv"
     window: int = 32
@@ -70,6 +72,7 @@ def largest_remainder(raw: torch.Tensor, total: int) -> torch.Tensor:
 
 
 def uniform(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
+    """SnapKV's budgets: every head keeps `B`."""
     return torch.full(shape, config.budget, dtype=torch.long)
 
 
@@ -128,6 +131,7 @@ def kv_bytes(budgets: torch.Tensor, head_dim: int, bytes_per_value: int, context
 
 
 def full_kv_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: int, context: int) -> int:
+    """Bytes of the uncompressed cache at `context` tokens: the baseline every budget is compared to."""
     return 2 * n_layers * n_kv_heads * context * head_dim * bytes_per_value
 
 
@@ -175,8 +179,18 @@ class BudgetSummary:
 
     def payload(self) -> dict[str, Any]:
         """The `allocate --json` fields."""
-        keys = ("policy", "gqa", "total", "min", "max", "at_floor", "kv_bytes", "kv_bytes_other_layout",
-                "kv_bytes_full", "context")
+        keys = (
+            "policy",
+            "gqa",
+            "total",
+            "min",
+            "max",
+            "at_floor",
+            "kv_bytes",
+            "kv_bytes_other_layout",
+            "kv_bytes_full",
+            "context",
+        )
         return {key: getattr(self, key) for key in keys}
 
 
@@ -199,7 +213,11 @@ def summarize_budgets(
         at_floor=round(float((budgets <= floor).float().mean()), 4),
         stored=int(budgets.clamp(max=context).sum()),
         kv_bytes=kv_bytes(budgets, model.head_dim, bytes_per_value, context),
-        kv_bytes_other_layout=2 * model.head_dim * bytes_per_value * model.n_layers * other_heads
+        kv_bytes_other_layout=2
+        * model.head_dim
+        * bytes_per_value
+        * model.n_layers
+        * other_heads
         * min(config.budget, context),
         kv_bytes_full=full_kv_bytes(model.n_layers, model.n_kv_heads, model.head_dim, bytes_per_value, context),
         context=context,

@@ -73,8 +73,12 @@ class ScoreArtifact:
     def subset(self, keep: list[int]) -> ScoreArtifact:
         index = torch.tensor(keep, dtype=torch.long)
         return ScoreArtifact(
-            self.model, [self.probe_ids[i] for i in keep], [self.probe_kinds[i] for i in keep],
-            self.counted[index], {m: t[index] for m, t in self.per_probe.items()}, dict(self.meta),
+            self.model,
+            [self.probe_ids[i] for i in keep],
+            [self.probe_kinds[i] for i in keep],
+            self.counted[index],
+            {m: t[index] for m, t in self.per_probe.items()},
+            dict(self.meta),
         )
 
 
@@ -142,8 +146,13 @@ def check_model(artifact_model: ModelInfo, model: ModelInfo, what: str = "artifa
 
 
 def _header(kind: str, model: ModelInfo, meta: dict[str, Any]) -> dict[str, str]:
-    payload = {"format": kind, "model": model.to_dict(), "version": __version__,
-               "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+    payload = {
+        "format": kind,
+        "model": model.to_dict(),
+        "version": __version__,
+        "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **meta,
+    }
     return {"headprof": json.dumps(payload, sort_keys=True)}
 
 
@@ -176,12 +185,15 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def save_scores(path: str | Path, art: ScoreArtifact) -> None:
+    """Write a score artifact atomically, checking its shapes (means are stored next to the per-probe rows)."""
     n_probes = len(art.probe_ids)
     tensors = {"counted": art.counted.to(torch.uint8).contiguous()}
     for method, rows in art.per_probe.items():
         if rows.shape != (n_probes, art.model.n_layers, art.model.n_heads):
-            raise HeadprofError(f"per-probe {method} scores have shape {tuple(rows.shape)}, "
-                                f"expected {(n_probes, art.model.n_layers, art.model.n_heads)}")
+            raise HeadprofError(
+                f"per-probe {method} scores have shape {tuple(rows.shape)}, "
+                f"expected {(n_probes, art.model.n_layers, art.model.n_heads)}"
+            )
         tensors[f"per_probe.{method}"] = rows.float().contiguous()
         tensors[method] = art.scores(method).float().contiguous()
     meta = dict(art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, counts=art.counts())
@@ -190,6 +202,7 @@ def save_scores(path: str | Path, art: ScoreArtifact) -> None:
 
 
 def load_scores(path: str | Path) -> ScoreArtifact:
+    """Read and check a score artifact; its file hash goes into `meta['sha256']` so allocations can cite it."""
     tensors, meta = _read(path, SCORES_FORMAT)
     try:
         model = ModelInfo(**meta.pop("model"))
@@ -210,16 +223,21 @@ def load_scores(path: str | Path) -> ScoreArtifact:
 
 
 def save_alloc(path: str | Path, art: AllocArtifact) -> None:
+    """Write an allocation artifact atomically; the budgets' shape must match its GQA layout."""
     heads = art.model.n_kv_heads if art.gqa == "kv" else art.model.n_heads
     if tuple(art.budgets.shape) != (art.model.n_layers, heads):
         raise HeadprofError(f"budgets have shape {tuple(art.budgets.shape)}, expected {(art.model.n_layers, heads)}")
     meta = dict(art.meta, total=int(art.budgets.sum()))
     with atomic_path(path) as tmp:
-        save_file({"budgets": art.budgets.to(torch.int32).contiguous()}, str(tmp),
-                  metadata=_header(ALLOC_FORMAT, art.model, meta))
+        save_file(
+            {"budgets": art.budgets.to(torch.int32).contiguous()},
+            str(tmp),
+            metadata=_header(ALLOC_FORMAT, art.model, meta),
+        )
 
 
 def load_alloc(path: str | Path) -> AllocArtifact:
+    """Read an allocation artifact, refusing budgets that disagree with its metadata."""
     tensors, meta = _read(path, ALLOC_FORMAT)
     try:
         model = ModelInfo(**meta.pop("model"))
@@ -257,14 +275,21 @@ def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) 
     wanted = sorted(expected) if expected is not None else list(range(first.meta.get("probe_set_size", len(rows))))
     missing = sorted(set(wanted) - set(rows))
     if missing or len(rows) != len(wanted):
-        raise HeadprofError(f"shards are incomplete: {len(missing)} of {len(wanted)} probes missing"
-                            + (f" (first index {missing[0]})" if missing else " or extra probes present"))
+        raise HeadprofError(
+            f"shards are incomplete: {len(missing)} of {len(wanted)} probes missing"
+            + (f" (first index {missing[0]})" if missing else " or extra probes present")
+        )
     order = [rows[i] for i in wanted]
     per_probe = {m: torch.stack([p.per_probe[m][pos] for p, pos in order]) for m in first.per_probe}
     meta = {k: v for k, v in first.meta.items() if k not in ("shard", "sha256")}
     if len({p.meta.get("shard") for p in parts}) == 1 and first.meta.get("shard"):
         meta["shard"] = first.meta["shard"]
     meta.update(answers=[p.meta["answers"][pos] for p, pos in order], probe_indices=wanted)
-    return ScoreArtifact(first.model, [p.probe_ids[pos] for p, pos in order],
-                         [p.probe_kinds[pos] for p, pos in order],
-                         torch.stack([p.counted[pos] for p, pos in order]), per_probe, meta)
+    return ScoreArtifact(
+        first.model,
+        [p.probe_ids[pos] for p, pos in order],
+        [p.probe_kinds[pos] for p, pos in order],
+        torch.stack([p.counted[pos] for p, pos in order]),
+        per_probe,
+        meta,
+    )

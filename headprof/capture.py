@@ -12,15 +12,18 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headprof.attention import attention_rows
 from headprof.models.spec import check_supported
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 CAPTURE_IMPL = "headprof_capture"
 RowsCallback = Callable[[int, torch.Tensor], None]
@@ -35,8 +38,14 @@ class _Request:
 _ACTIVE: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("headprof_capture", default=None)
 
 
-def _capture_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _capture_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
     request = _ACTIVE.get()
     if request is not None:
@@ -53,7 +62,7 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS
 class AttentionCapture:
     """Switch a model to the capturing attention for a `with` block; `rows()` arms one forward."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: PreTrainedModel):
         check_supported(model.config, getattr(model, "name_or_path", "") or type(model).__name__)
         self.model = model
         self._previous: str | None = None
@@ -83,8 +92,14 @@ ABLATE_IMPL = "headprof_ablate"
 _MASK: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("headprof_head_mask", default=None)
 
 
-def _ablating_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _ablating_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
     mask = _MASK.get()
     if mask is not None and bool(mask[module.layer_idx].any()):
@@ -98,7 +113,7 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ABLATE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS[
 
 
 @contextlib.contextmanager
-def masked_heads(model: Any, mask: torch.Tensor) -> Iterator[None]:
+def masked_heads(model: PreTrainedModel, mask: torch.Tensor) -> Iterator[None]:
     """Zero the attention output of the heads where `mask[layer, head]` is True, for a `with` block."""
     previous = model.config._attn_implementation
     model.set_attn_implementation(ABLATE_IMPL)

@@ -18,20 +18,23 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from headprof.artifacts import ScoreArtifact
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
+from headprof.heads import rank_agreement, ranked_heads
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, encode_text, load_probes, render_prompt
 from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
 from headprof.runtime.generation import context_prefix_length, generate_answer
-from headprof.heads import rank_agreement, ranked_heads
 from headprof.scoring import needle_hashes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ RESULTS_REVISION = 1
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """One evaluation run: methods x budgets, cache layout, window, answer length and SnapKV-family options."""
+
     methods: tuple[str, ...]
     budgets: tuple[int, ...]
     gqa: str = "kv"
@@ -86,6 +91,8 @@ class EvalConfig:
 
 @dataclass
 class EvalRecord:
+    """One answer under one method and budget, scored, with the KV bytes it needed: a results-cache row."""
+
     method: str
     budget: int | None
     item: str
@@ -99,7 +106,7 @@ class EvalRecord:
     kv_bytes_full: int
 
 
-def _context_span(tokenizer: Any, prompt: str, question: str) -> tuple[int, int]:
+def _context_span(tokenizer: PreTrainedTokenizerBase, prompt: str, question: str) -> tuple[int, int]:
     """Where the context sits in a rendered prompt: render a placeholder context and diff."""
     marker = "\u2063HEADPROF\u2063"
     template, _ = render_prompt(tokenizer, marker, question)
@@ -113,18 +120,29 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def items_from_probes(tokenizer: Any, probes: Iterable[Probe]) -> list[EvalItem]:
+def items_from_probes(tokenizer: PreTrainedTokenizerBase, probes: Iterable[Probe]) -> list[EvalItem]:
+    """Evaluation items from probes, with the context prefix a query-agnostic method compresses alone."""
     items = []
     for probe in probes:
         ids = encode_text(tokenizer, probe.prompt, probe.templated)["input_ids"]
         start, end = _context_span(tokenizer, probe.prompt, probe.question)
         prefix = context_prefix_length(tokenizer, probe.prompt, probe.templated, probe.prompt[start:end])
-        items.append(EvalItem(probe.id, probe.kind, list(ids), prefix, [probe.answer], probe.length, probe.depth,
-                              _key(probe.prompt, probe.answer)))
+        items.append(
+            EvalItem(
+                probe.id,
+                probe.kind,
+                list(ids),
+                prefix,
+                [probe.answer],
+                probe.length,
+                probe.depth,
+                _key(probe.prompt, probe.answer),
+            )
+        )
     return items
 
 
-def items_from_task(tokenizer: Any, path: str | Path, max_tokens: int) -> list[EvalItem]:
+def items_from_task(tokenizer: PreTrainedTokenizerBase, path: str | Path, max_tokens: int) -> list[EvalItem]:
     """LongBench JSONL rows (`context`, `input`, `answers`); over-long contexts lose their middle, as LongBench does."""
     path = Path(path)
     if not path.is_file():
@@ -152,17 +170,27 @@ def items_from_task(tokenizer: Any, path: str | Path, max_tokens: int) -> list[E
             prompt, templated = render_prompt(tokenizer, context, question)
             ids = encode_text(tokenizer, prompt, templated)["input_ids"]
         prefix = context_prefix_length(tokenizer, prompt, templated, context)
-        items.append(EvalItem(str(row.get("_id", f"{path.stem}-{lineno}")), "task", list(ids), prefix, answers,
-                              len(ids), None, _key(prompt, answers)))
+        items.append(
+            EvalItem(
+                str(row.get("_id", f"{path.stem}-{lineno}")),
+                "task",
+                list(ids),
+                prefix,
+                answers,
+                len(ids),
+                None,
+                _key(prompt, answers),
+            )
+        )
     if not items:
         raise HeadprofError(f"task file {path} has no rows")
     return items
 
 
-def _truncate_middle(tokenizer: Any, text: str, drop: int) -> str:
+def _truncate_middle(tokenizer: PreTrainedTokenizerBase, text: str, drop: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = max(0, len(ids) - drop - 8)
-    return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2):])
+    return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
 
 
 def read_inputs(probe_files: Sequence[Path] | None, task: Path | None = None) -> list[Probe]:
@@ -172,8 +200,9 @@ def read_inputs(probe_files: Sequence[Path] | None, task: Path | None = None) ->
     return [p for path in probe_files or [] for p in load_probes(path)]
 
 
-def collect_items(loaded: LoadedModel, probes: Sequence[Probe], task: Path | None, scores: ScoreArtifact | None,
-                  max_new_tokens: int) -> list[EvalItem]:
+def collect_items(
+    loaded: LoadedModel, probes: Sequence[Probe], task: Path | None, scores: ScoreArtifact | None, max_new_tokens: int
+) -> list[EvalItem]:
     """Evaluation items from probes (refused if they share needles with the scoring probes) and a task file."""
     items = []
     if probes:
@@ -195,8 +224,10 @@ def check_disjoint(probes: Sequence[Probe], scores: ScoreArtifact) -> None:
         shared = {pid.split("@")[0] for pid in scores.probe_ids} & {p.needle_id for p in probes}
         names = sorted(shared)
     if shared:
-        raise HeadprofError(f"evaluation probes share {len(shared)} needle(s) with the scoring probes "
-                            f"({', '.join(names[:3])}{'...' if len(names) > 3 else ''}); use disjoint needles")
+        raise HeadprofError(
+            f"evaluation probes share {len(shared)} needle(s) with the scoring probes "
+            f"({', '.join(names[:3])}{'...' if len(names) > 3 else ''}); use disjoint needles"
+        )
 
 
 # ---------------------------------------------------------------- results cache
@@ -229,9 +260,15 @@ class ResultCache:
                 fh.write(json.dumps({"key": key, "record": asdict(record)}) + "\n")
 
 
-def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig, scores: ScoreArtifact | None = None,
-             cache_path: str | Path | None = None, on_result: Callable[[EvalRecord], None] | None = None
-             ) -> list[EvalRecord]:
+def evaluate(
+    loaded: LoadedModel,
+    items: Sequence[EvalItem],
+    config: EvalConfig,
+    scores: ScoreArtifact | None = None,
+    cache_path: str | Path | None = None,
+    on_result: Callable[[EvalRecord], None] | None = None,
+) -> list[EvalRecord]:
+    """Answer every item under every method x budget, reusing cached results; records in run order."""
     cache = ResultCache.open(cache_path)
     records = []
     scores_id = scores.meta.get("sha256", "") if scores else ""
@@ -241,23 +278,40 @@ def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig,
         for budget in budgets:
             press = None
             for item in items:
-                key = _key(RESULTS_REVISION, loaded.info.fingerprint, method, budget, config.gqa, config.window,
-                           asdict(compressor.options), scores_id if method == "headkv" else "",
-                           config.max_new_tokens, item.key)
+                key = _key(
+                    RESULTS_REVISION,
+                    loaded.info.fingerprint,
+                    method,
+                    budget,
+                    config.gqa,
+                    config.window,
+                    asdict(compressor.options),
+                    scores_id if method == "headkv" else "",
+                    config.max_new_tokens,
+                    item.key,
+                )
                 if key in cache.rows:
                     record = EvalRecord(**cache.rows[key])
                 else:
                     if press is None:
-                        plan = plan_budgets(compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa,
-                                            window=config.window)
+                        plan = plan_budgets(
+                            compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
+                        )
                         press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
-                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens,
-                                             config.max_new_tokens)
+                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, config.max_new_tokens)
                     record = EvalRecord(
-                        method, budget, item.id, item.kind, item.length, item.depth, result.answer,
+                        method,
+                        budget,
+                        item.id,
+                        item.kind,
+                        item.length,
+                        item.depth,
+                        result.answer,
                         any(exact_match(result.answer, gold) for gold in item.answers),
                         max(token_f1(result.answer, gold) for gold in item.answers),
-                        result.kv_bytes, result.kv_bytes_full)
+                        result.kv_bytes,
+                        result.kv_bytes_full,
+                    )
                     cache.add(key, record)
                 records.append(record)
                 if on_result:
@@ -266,20 +320,33 @@ def evaluate(loaded: LoadedModel, items: Sequence[EvalItem], config: EvalConfig,
 
 
 def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
+    """Accuracy, F1 and mean KV bytes per method and budget."""
     groups: dict[tuple[str, int | None], list[EvalRecord]] = defaultdict(list)
     for record in records:
         groups[(record.method, record.budget)].append(record)
     out = []
     for (method, budget), rows in groups.items():
         n = len(rows)
-        out.append({"method": method, "budget": budget, "accuracy": sum(r.exact for r in rows) / n,
-                    "f1": sum(r.f1 for r in rows) / n, "kv_bytes": round(sum(r.kv_bytes for r in rows) / n),
-                    "kv_bytes_full": round(sum(r.kv_bytes_full for r in rows) / n), "n": n})
+        out.append(
+            {
+                "method": method,
+                "budget": budget,
+                "accuracy": sum(r.exact for r in rows) / n,
+                "f1": sum(r.f1 for r in rows) / n,
+                "kv_bytes": round(sum(r.kv_bytes for r in rows) / n),
+                "kv_bytes_full": round(sum(r.kv_bytes_full for r in rows) / n),
+                "n": n,
+            }
+        )
     return out
 
 
-def result_cells(results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int],
-                 cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
+def result_cells(
+    results: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    cell: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
     """Rows `[method, cell(B1), cell(B2), ...]`; the full cache has one result, shown under every budget."""
     by = {(r["method"], r["budget"]): r for r in results}
     rows = []
@@ -289,8 +356,13 @@ def result_cells(results: Sequence[dict[str, Any]], methods: Sequence[str], budg
     return rows
 
 
-def write_figures(records: Sequence[EvalRecord], results: Sequence[dict[str, Any]], png: str | Path, title: str,
-                  grid_budget: int | None = None) -> Path:
+def write_figures(
+    records: Sequence[EvalRecord],
+    results: Sequence[dict[str, Any]],
+    png: str | Path,
+    title: str,
+    grid_budget: int | None = None,
+) -> Path:
     """Accuracy vs KV bytes (one line per method, full cache as reference) at `png`, and a length x depth
     needle heatmap per method at `<png>-needles.png` (at `grid_budget`, default the middle budget)."""
     from headprof import plots
@@ -334,8 +406,13 @@ def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], 
 # ---------------------------------------------------------------- ablation and score agreement
 
 
-def greedy_accuracy(loaded: LoadedModel, items: Sequence[EvalItem], max_new_tokens: int = 32,
-                    mask: torch.Tensor | None = None, on_item: Callable[[], None] | None = None) -> float:
+def greedy_accuracy(
+    loaded: LoadedModel,
+    items: Sequence[EvalItem],
+    max_new_tokens: int = 32,
+    mask: torch.Tensor | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> float:
     """Share of items whose greedy answer (full cache) contains a gold answer, optionally with heads masked out."""
     full = build_method("full")
     press = Press(loaded.model, full, plan_budgets(full, loaded.info))
@@ -362,9 +439,18 @@ def head_count(top: str, n_heads_total: int) -> int:
     return k
 
 
-def ablate(loaded: LoadedModel, scores: ScoreArtifact, items: Sequence[EvalItem], k: int, method: str = "r2",
-           trials: int = 5, seed: int = 0, max_new_tokens: int = 32,
-           on_item: Callable[[], None] | None = None) -> dict[str, Any]:
+def ablate(
+    loaded: LoadedModel,
+    scores: ScoreArtifact,
+    items: Sequence[EvalItem],
+    k: int,
+    method: str = "r2",
+    trials: int = 5,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    on_item: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Accuracy with no heads, the top-k heads by score and k random heads masked (the scores' causal test)."""
     n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
     order = ranked_heads(scores.scores(method))
     top = torch.zeros(n_layers * n_heads, dtype=torch.bool)
@@ -379,9 +465,17 @@ def ablate(loaded: LoadedModel, scores: ScoreArtifact, items: Sequence[EvalItem]
         randoms.append(greedy_accuracy(loaded, items, max_new_tokens, mask.view(n_layers, n_heads), on_item))
     mean = sum(randoms) / len(randoms) if randoms else float("nan")
     spread = (sum((r - mean) ** 2 for r in randoms) / max(1, len(randoms) - 1)) ** 0.5 if len(randoms) > 1 else 0.0
-    return {"k": k, "heads_total": n_layers * n_heads, "n_items": len(items), "no_mask": baseline,
-            "top_masked": top_acc, "random_masked_mean": mean, "random_masked_std": spread,
-            "random_masked": randoms, "top_heads": [[i // n_heads, i % n_heads] for i in order[:k]]}
+    return {
+        "k": k,
+        "heads_total": n_layers * n_heads,
+        "n_items": len(items),
+        "no_mask": baseline,
+        "top_masked": top_acc,
+        "random_masked_mean": mean,
+        "random_masked_std": spread,
+        "random_masked": randoms,
+        "top_heads": [[i // n_heads, i % n_heads] for i in order[:k]],
+    }
 
 
 def split_half_agreement(scores: ScoreArtifact, method: str = "r2", k: int = 10) -> dict[str, float]:

@@ -44,11 +44,13 @@ def check_writable(target: str | Path) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through `atomic_path`: readers never see a half-written file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Content hash of a file, read in chunks (artifacts cite their sources by it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

@@ -50,21 +50,37 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
             raise HeadprofError(f"score file {path}: key '{key}' is not 'layer-head'")
         layer, head = int(match[1]), int(match[2])
         if layer >= model.n_layers or head >= model.n_heads:
-            raise HeadprofError(f"score file {path} has head {key}, outside {model.model_id} "
-                                f"({model.n_layers} layers x {model.n_heads} heads)")
+            raise HeadprofError(
+                f"score file {path} has head {key}, outside {model.model_id} "
+                f"({model.n_layers} layers x {model.n_heads} heads)"
+            )
         try:
             rows[:, layer, head] = torch.tensor([float(v) for v in values])
         except (TypeError, ValueError):
             raise HeadprofError(f"score file {path}: head {key} has non-numeric scores") from None
         seen.add((layer, head))
     if len(seen) != model.n_layers * model.n_heads:
-        raise HeadprofError(f"score file {path} covers {len(seen)} heads; {model.model_id} has "
-                            f"{model.n_layers * model.n_heads}")
-    meta = {"mode": "imported", "methods": [method], "source": path.name, "source_sha256": sha256_file(path),
-            "probe_indices": list(range(n_probes)), "probe_set_size": n_probes, "answers": [""] * n_probes,
-            "gqa_reduce": "sum"}
-    return ScoreArtifact(model, [f"{path.stem}#{i}" for i in range(n_probes)], ["imported"] * n_probes,
-                         torch.ones(n_probes, dtype=torch.bool), {method: rows}, meta)
+        raise HeadprofError(
+            f"score file {path} covers {len(seen)} heads; {model.model_id} has {model.n_layers * model.n_heads}"
+        )
+    meta = {
+        "mode": "imported",
+        "methods": [method],
+        "source": path.name,
+        "source_sha256": sha256_file(path),
+        "probe_indices": list(range(n_probes)),
+        "probe_set_size": n_probes,
+        "answers": [""] * n_probes,
+        "gqa_reduce": "sum",
+    }
+    return ScoreArtifact(
+        model,
+        [f"{path.stem}#{i}" for i in range(n_probes)],
+        ["imported"] * n_probes,
+        torch.ones(n_probes, dtype=torch.bool),
+        {method: rows},
+        meta,
+    )
 
 
 def export_scores(art: ScoreArtifact, path: str | Path, method: str) -> None:
@@ -72,6 +88,9 @@ def export_scores(art: ScoreArtifact, path: str | Path, method: str) -> None:
     rows = art.per_probe[method][art.counted] if method in art.per_probe else None
     if rows is None:
         raise HeadprofError(f"artifact has no '{method}' scores (it has: {', '.join(art.methods)})")
-    payload = {f"{layer}-{head}": rows[:, layer, head].tolist()
-               for layer in range(art.model.n_layers) for head in range(art.model.n_heads)}
+    payload = {
+        f"{layer}-{head}": rows[:, layer, head].tolist()
+        for layer in range(art.model.n_layers)
+        for head in range(art.model.n_heads)
+    }
     write_text_atomic(path, json.dumps(payload))

@@ -17,11 +17,13 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
+    """SQuAD/LongBench normalisation: lower-case, no punctuation or articles, single spaces."""
     text = _PUNCT.sub("", text.lower())
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def answer_tokens(text: str) -> list[str]:
+    """Tokens of the normalised answer, for F1 and recall."""
     return normalize_answer(text).split()
 
 

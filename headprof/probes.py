@@ -14,11 +14,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path
 from headprof.models.spec import resolve_model
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 KINDS = ("retrieval", "reasoning")
 DEFAULT_LENGTHS = (1024, 2048)
@@ -30,6 +33,8 @@ _NEEDLE_FIELDS = ("needle", "question", "answer", "kind")
 
 @dataclass(frozen=True)
 class Needle:
+    """One fact to hide: its text, the question and answer, and the span whose attention is scored."""
+
     id: str
     kind: str
     needle: str
@@ -70,8 +75,12 @@ class Probe:
                 raise ValueError(f"field '{key}' must be a string")
         for key in ("needle_chars", "span_chars"):
             span = data.get(key)
-            if (not isinstance(span, list) or len(span) != 2 or not all(type(x) is int for x in span)
-                    or not 0 <= span[0] < span[1] <= len(data.get("prompt", ""))):
+            if (
+                not isinstance(span, list)
+                or len(span) != 2
+                or not all(type(x) is int for x in span)
+                or not 0 <= span[0] < span[1] <= len(data.get("prompt", ""))
+            ):
                 raise ValueError(f"field '{key}' must be [start, end] inside the prompt")
             data[key] = tuple(span)
         if data.get("kind") not in KINDS:
@@ -135,8 +144,16 @@ def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
         if needle_id in seen:
             raise HeadprofError(f"{where}: duplicate needle id '{needle_id}'")
         seen.add(needle_id)
-        needles.append(Needle(needle_id, row["kind"], row["needle"].strip(), row["question"].strip(),
-                              row["answer"].strip(), span.strip()))
+        needles.append(
+            Needle(
+                needle_id,
+                row["kind"],
+                row["needle"].strip(),
+                row["question"].strip(),
+                row["answer"].strip(),
+                span.strip(),
+            )
+        )
     if not needles:
         raise HeadprofError(f"needle file {path} has no needles")
     if kind is not None:
@@ -220,7 +237,7 @@ def load_haystack(source: str = "builtin") -> list[str]:
 # ---------------------------------------------------------------- prompts
 
 
-def render_prompt(tokenizer: Any, context: str, question: str) -> tuple[str, bool]:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, context: str, question: str) -> tuple[str, bool]:
     """The model's chat template when it has one, plain text otherwise; returns (prompt, templated)."""
     user = f"{context}\n\nQuestion: {question}\n{INSTRUCTION}"
     if getattr(tokenizer, "chat_template", None):
@@ -231,7 +248,7 @@ def render_prompt(tokenizer: Any, context: str, question: str) -> tuple[str, boo
     return f"{user}\nAnswer:", False
 
 
-def encode_text(tokenizer: Any, text: str, templated: bool, offsets: bool = False) -> Any:
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, templated: bool, offsets: bool = False) -> BatchEncoding:
     """Templated prompts already contain their special tokens; plain prompts get the tokenizer's (BOS)."""
     return tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=offsets)
 
@@ -242,15 +259,23 @@ def _stable_rng(*parts: object) -> random.Random:
 
 
 def build_probe(
-    needle: Needle, tokenizer: Any, sentences: Sequence[str], sentence_tokens: Sequence[int],
-    length: int, depth: float, seed: int, tokenizer_name: str = "",
+    needle: Needle,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: Sequence[str],
+    sentence_tokens: Sequence[int],
+    length: int,
+    depth: float,
+    seed: int,
+    tokenizer_name: str = "",
 ) -> Probe:
     """Fill the prompt to at most `length` tokens with haystack sentences, needle at `depth`% (sentence boundary)."""
     probe_id = f"{needle.id}@{length}@{depth:g}"
     overhead = len(encode_text(tokenizer, *render_prompt(tokenizer, needle.needle, needle.question))["input_ids"])
     if overhead >= length:
-        raise HeadprofError(f"probe {probe_id}: the needle and question alone take {overhead} tokens, "
-                            f"more than the context length {length}")
+        raise HeadprofError(
+            f"probe {probe_id}: the needle and question alone take {overhead} tokens, "
+            f"more than the context length {length}"
+        )
     rng = _stable_rng(seed, needle.id, length, float(depth))  # 50 and 50.0 must give the same probe
     start = rng.randrange(len(sentences))
     chosen: list[int] = []
@@ -273,20 +298,34 @@ def build_probe(
         drop = max(1, excess // max(1, round(sum(sentence_tokens[i] for i in chosen) / len(chosen))))
         chosen = chosen[:-drop] if drop < len(chosen) else []
     if n_tokens < 0.5 * length:  # a haystack too short for this length
-        raise HeadprofError(f"probe {probe_id}: the haystack fills only {n_tokens} of {length} tokens "
-                            "(give a longer haystack or smaller --lengths)")
+        raise HeadprofError(
+            f"probe {probe_id}: the haystack fills only {n_tokens} of {length} tokens "
+            "(give a longer haystack or smaller --lengths)"
+        )
     if prompt.count(needle.needle) != 1:
-        raise HeadprofError(f"probe {probe_id}: the needle text occurs {prompt.count(needle.needle)} times "
-                            "in the prompt (the template changed it, or the haystack contains it)")
+        raise HeadprofError(
+            f"probe {probe_id}: the needle text occurs {prompt.count(needle.needle)} times "
+            "in the prompt (the template changed it, or the haystack contains it)"
+        )
     n_start = prompt.index(needle.needle)
     s_start = n_start + needle.needle.index(needle.span)
     target = needle.span if templated else " " + needle.span
     return Probe(
-        id=probe_id, needle_id=needle.id, kind=needle.kind, prompt=prompt, templated=templated,
+        id=probe_id,
+        needle_id=needle.id,
+        kind=needle.kind,
+        prompt=prompt,
+        templated=templated,
         needle_chars=(n_start, n_start + len(needle.needle)),
         span_chars=(s_start, s_start + len(needle.span)),
-        question=needle.question, answer=needle.answer, target=target, length=length, n_tokens=n_tokens,
-        depth=float(depth), seed=seed, tokenizer=tokenizer_name,
+        question=needle.question,
+        answer=needle.answer,
+        target=target,
+        length=length,
+        n_tokens=n_tokens,
+        depth=float(depth),
+        seed=seed,
+        tokenizer=tokenizer_name,
     )
 
 
@@ -303,9 +342,14 @@ def _depth_index(token_counts: Sequence[int], depth: float) -> int:
 
 
 def build_probes(
-    needles: Iterable[Needle], tokenizer: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
-    depths: Sequence[float] = DEFAULT_DEPTHS, seed: int = DEFAULT_SEED, haystack: str = "builtin",
-    max_context: int = 0, tokenizer_name: str = "",
+    needles: Iterable[Needle],
+    tokenizer: PreTrainedTokenizerBase,
+    lengths: Sequence[int] = DEFAULT_LENGTHS,
+    depths: Sequence[float] = DEFAULT_DEPTHS,
+    seed: int = DEFAULT_SEED,
+    haystack: str = "builtin",
+    max_context: int = 0,
+    tokenizer_name: str = "",
 ) -> list[Probe]:
     """Every needle x length x depth, deterministic under `seed`."""
     needles = list(needles)
@@ -329,7 +373,9 @@ def build_probes(
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
     return [
         build_probe(needle, tokenizer, sentences, sentence_tokens, length, depth, seed, tokenizer_name)
-        for needle in needles for length in lengths for depth in depths
+        for needle in needles
+        for length in lengths
+        for depth in depths
     ]
 
 
@@ -337,6 +383,7 @@ def build_probes(
 
 
 def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
+    """Write probes as JSONL (sorted keys, one per line), atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for probe in probes:
@@ -344,6 +391,7 @@ def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
 
 
 def load_probes(path: str | Path) -> list[Probe]:
+    """Read and validate a probe file; every problem names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise HeadprofError(f"probe file {path} not found (build one with: headprof probes build)")
@@ -393,7 +441,7 @@ def char_span_to_tokens(offsets: Sequence[tuple[int, int]], chars: tuple[int, in
     return hits[0], hits[-1] + 1
 
 
-def encode_probe(tokenizer: Any, probe: Probe) -> EncodedProbe:
+def encode_probe(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> EncodedProbe:
     """Tokenize the prompt and map the needle and scoring span to token ranges, exactly, from offsets."""
     enc = encode_text(tokenizer, probe.prompt, probe.templated, offsets=True)
     offsets = [tuple(o) for o in enc["offset_mapping"]]

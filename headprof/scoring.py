@@ -37,6 +37,8 @@ MODES = ("teacher", "generate")
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    """What to score and how answers are produced and counted (mode, criterion, threshold)."""
+
     methods: tuple[str, ...] = METHODS
     mode: str = "teacher"
     max_new_tokens: int = 48
@@ -57,6 +59,8 @@ class ScoreConfig:
 
 @dataclass
 class ProbeResult:
+    """One probe's head scores (zeros when not counted) and the answer they were measured on."""
+
     probe_id: str
     kind: str
     counted: bool
@@ -80,8 +84,9 @@ def step_stats(rows: torch.Tensor, span: tuple[int, int]) -> tuple[torch.Tensor,
     return index[..., 0], mass
 
 
-def retrieval_scores(argmax: torch.Tensor, answer_ids: torch.Tensor, context_ids: torch.Tensor,
-                     span: tuple[int, int]) -> torch.Tensor:
+def retrieval_scores(
+    argmax: torch.Tensor, answer_ids: torch.Tensor, context_ids: torch.Tensor, span: tuple[int, int]
+) -> torch.Tensor:
     """Copy score per head: steps whose argmax lies in the span on the token being produced, / |span|.
 
     argmax `[..., n]` positions, answer_ids `[n]` the tokens y_t, context_ids the sequence positions index.
@@ -118,13 +123,15 @@ class _Recorder:
 # ---------------------------------------------------------------- one probe
 
 
-def _probe_scores(recorder: _Recorder, enc: EncodedProbe, answer_ids: list[int],
-                  methods: Sequence[str]) -> dict[str, torch.Tensor]:
+def _probe_scores(
+    recorder: _Recorder, enc: EncodedProbe, answer_ids: list[int], methods: Sequence[str]
+) -> dict[str, torch.Tensor]:
     n = len(answer_ids)
     out: dict[str, torch.Tensor] = {}
     if "retrieval" in methods:
-        out["retrieval"] = retrieval_scores(recorder.argmax[..., :n], torch.tensor(answer_ids),
-                                            torch.tensor(enc.prompt_ids + answer_ids), enc.span)
+        out["retrieval"] = retrieval_scores(
+            recorder.argmax[..., :n], torch.tensor(answer_ids), torch.tensor(enc.prompt_ids + answer_ids), enc.span
+        )
     if "r2" in methods:
         out["r2"] = r2_scores(recorder.mass[..., :n])
     return out
@@ -141,19 +148,34 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         recorder = _Recorder(info.n_layers, info.n_heads, len(answer_ids), enc.span)
         with AttentionCapture.rows(len(answer_ids), recorder):
             model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
-        return ProbeResult(probe.id, probe.kind, True, _probe_scores(recorder, enc, answer_ids, config.methods),
-                           loaded.tokenizer.decode(answer_ids, skip_special_tokens=True))
+        return ProbeResult(
+            probe.id,
+            probe.kind,
+            True,
+            _probe_scores(recorder, enc, answer_ids, config.methods),
+            loaded.tokenizer.decode(answer_ids, skip_special_tokens=True),
+        )
     recorder = _Recorder(info.n_layers, info.n_heads, config.max_new_tokens, enc.span)
     inputs = torch.tensor([enc.prompt_ids], device=device)
     with AttentionCapture.rows(1, recorder):
-        generated = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                   max_new_tokens=config.max_new_tokens, pad_token_id=_eos_ids(loaded)[0],
-                                   temperature=None, top_p=None, top_k=None)
-    answer_ids = _strip_eos(generated[0, inputs.shape[1]:].tolist(), _eos_ids(loaded))
+        generated = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            do_sample=False,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=_eos_ids(loaded)[0],
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    answer_ids = _strip_eos(generated[0, inputs.shape[1] :].tolist(), _eos_ids(loaded))
     answer = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
     counted = bool(answer_ids) and CRITERIA[config.criterion](answer, probe.answer) > config.threshold
-    scores = _probe_scores(recorder, enc, answer_ids, config.methods) if counted else {
-        m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
+    scores = (
+        _probe_scores(recorder, enc, answer_ids, config.methods)
+        if counted
+        else {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
+    )
     return ProbeResult(probe.id, probe.kind, counted, scores, answer)
 
 
@@ -186,19 +208,37 @@ def run_key(loaded: LoadedModel, probe_set_sha256: str, config: ScoreConfig) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _artifact(loaded: LoadedModel, results: Sequence[ProbeResult], indices: Sequence[int], config: ScoreConfig,
-              meta: dict[str, Any]) -> ScoreArtifact:
+def _artifact(
+    loaded: LoadedModel,
+    results: Sequence[ProbeResult],
+    indices: Sequence[int],
+    config: ScoreConfig,
+    meta: dict[str, Any],
+) -> ScoreArtifact:
     info = loaded.info
     empty = torch.zeros(0, info.n_layers, info.n_heads)
     per_probe = {m: torch.stack([r.scores[m] for r in results]) if results else empty for m in config.methods}
     meta = {
-        "mode": config.mode, "methods": list(config.methods), "gqa_reduce": "sum",
-        "params": {"max_new_tokens": config.max_new_tokens, "criterion": config.criterion,
-                   "threshold": config.threshold},
-        "answers": [r.answer for r in results], "probe_indices": list(indices), **meta,
+        "mode": config.mode,
+        "methods": list(config.methods),
+        "gqa_reduce": "sum",
+        "params": {
+            "max_new_tokens": config.max_new_tokens,
+            "criterion": config.criterion,
+            "threshold": config.threshold,
+        },
+        "answers": [r.answer for r in results],
+        "probe_indices": list(indices),
+        **meta,
     }
-    return ScoreArtifact(info, [r.probe_id for r in results], [r.kind for r in results],
-                         torch.tensor([r.counted for r in results], dtype=torch.bool), per_probe, meta)
+    return ScoreArtifact(
+        info,
+        [r.probe_id for r in results],
+        [r.kind for r in results],
+        torch.tensor([r.counted for r in results], dtype=torch.bool),
+        per_probe,
+        meta,
+    )
 
 
 def _load_checkpoint(path: Path | None, key: str) -> dict[str, ProbeResult]:
@@ -211,16 +251,22 @@ def _load_checkpoint(path: Path | None, key: str) -> dict[str, ProbeResult]:
     if art.meta.get("run_key") != key:
         return {}
     return {
-        pid: ProbeResult(pid, kind, bool(art.counted[i]), {m: t[i] for m, t in art.per_probe.items()},
-                         art.meta["answers"][i])
+        pid: ProbeResult(
+            pid, kind, bool(art.counted[i]), {m: t[i] for m, t in art.per_probe.items()}, art.meta["answers"][i]
+        )
         for i, (pid, kind) in enumerate(zip(art.probe_ids, art.probe_kinds))
     }
 
 
 def score_probes(
-    loaded: LoadedModel, probes: Sequence[Probe], config: ScoreConfig = ScoreConfig(), *,
-    select: Sequence[int] | None = None, checkpoint: str | Path | None = None,
-    on_probe: Callable[[ProbeResult], None] | None = None, extra_meta: dict[str, Any] | None = None,
+    loaded: LoadedModel,
+    probes: Sequence[Probe],
+    config: ScoreConfig = ScoreConfig(),
+    *,
+    select: Sequence[int] | None = None,
+    checkpoint: str | Path | None = None,
+    on_probe: Callable[[ProbeResult], None] | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> ScoreArtifact:
     """Score the probes (or the `select`ed indices), resuming from and updating `checkpoint` after each probe.
 
@@ -230,8 +276,13 @@ def score_probes(
     config.validate()
     indices = list(range(len(probes))) if select is None else sorted(select)
     probe_sha = probes_sha256(probes)
-    meta = dict(extra_meta or {}, run_key=run_key(loaded, probe_sha, config), probe_set_sha256=probe_sha,
-                probe_set_size=len(probes), needle_sha256=needle_hashes(probes))
+    meta = dict(
+        extra_meta or {},
+        run_key=run_key(loaded, probe_sha, config),
+        probe_set_sha256=probe_sha,
+        probe_set_size=len(probes),
+        needle_sha256=needle_hashes(probes),
+    )
     ckpt = Path(checkpoint) if checkpoint else None
     done = _load_checkpoint(ckpt, meta["run_key"])
     # Check every probe of the set, not only ours: under torchrun all ranks must fail alike, not hang.
@@ -240,8 +291,10 @@ def score_probes(
     for i, enc in encoded.items():
         answer = len(enc.target_ids) if config.mode == "teacher" else config.max_new_tokens
         if limit and len(enc.prompt_ids) + answer > limit:
-            raise HeadprofError(f"probe {probes[i].id} needs {len(enc.prompt_ids) + answer} tokens, "
-                                f"beyond the model's {limit}-token window")
+            raise HeadprofError(
+                f"probe {probes[i].id} needs {len(enc.prompt_ids) + answer} tokens, "
+                f"beyond the model's {limit}-token window"
+            )
     results: dict[int, ProbeResult] = {}
     with AttentionCapture(loaded.model):
         for i in indices:
@@ -249,12 +302,13 @@ def score_probes(
             results[i] = result
             if ckpt is not None and probes[i].id not in done:
                 done_idx = sorted(results)
-                save_scores(ckpt, _artifact(loaded, [results[j] for j in done_idx], done_idx, config,
-                                            dict(meta, complete=False)))
+                save_scores(
+                    ckpt,
+                    _artifact(loaded, [results[j] for j in done_idx], done_idx, config, dict(meta, complete=False)),
+                )
             if on_probe:
                 on_probe(result)
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
-
 
 
 def remove_checkpoints(target: Path) -> None:

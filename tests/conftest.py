@@ -38,8 +38,10 @@ def tokenizer(loaded):
 def needles():
     from headprof.probes import load_needles
 
-    return (load_needles(REPO / "probes/needles-retrieval.jsonl")[:2]
-            + load_needles(REPO / "probes/needles-reasoning.jsonl")[:2])
+    return (
+        load_needles(REPO / "probes/needles-retrieval.jsonl")[:2]
+        + load_needles(REPO / "probes/needles-reasoning.jsonl")[:2]
+    )
 
 
 @pytest.fixture(scope="session")

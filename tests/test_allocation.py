@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PUBLISHED
 
 from headprof.allocation import AllocConfig, allocate, floor_of, headkv, largest_remainder, pyramid
 from headprof.errors import HeadprofError
 from headprof.interop import import_scores
 from headprof.models import model_info
-
-from conftest import PUBLISHED
 
 
 def test_headkv_matches_the_formula_by_hand():
@@ -64,8 +63,8 @@ def test_headkv_temperature_sharpens_the_allocation():
 def test_pyramid_shape():
     budgets = pyramid((32, 4), AllocConfig(128, "pyramid", window=32))
     per_layer = budgets[:, 0]
-    assert bool((budgets == per_layer[:, None]).all())         # every head of a layer is equal
-    assert bool((per_layer.diff() <= 0).all())                  # non-increasing with depth
+    assert bool((budgets == per_layer[:, None]).all())  # every head of a layer is equal
+    assert bool((per_layer.diff() <= 0).all())  # non-increasing with depth
     assert int(per_layer[0]) > 2 * int(per_layer[-1])
     # bottom k_0 = 2K/L - k_top with K = L (B - w), k_top = K / (20 L): 192 - 4.8 = 187.2 -> ~187 + w
     assert abs(int(per_layer[0]) - (187.2 + 32)) <= 1 and abs(int(per_layer[-1]) - (4.8 + 32)) <= 1
@@ -75,13 +74,16 @@ def test_pyramid_on_a_single_layer_is_uniform():
     assert pyramid((1, 4), AllocConfig(64, "pyramid")).tolist() == [[64, 64, 64, 64]]
 
 
-@pytest.mark.parametrize("config, message", [
-    (AllocConfig(32, "headkv", window=32), "must be larger than the window"),
-    (AllocConfig(20, "headkv", window=32), "must be larger than the window"),
-    (AllocConfig(128, "snapkv"), "unknown policy"),
-    (AllocConfig(128, "headkv", beta=0.5), "beta must be >= 1"),
-    (AllocConfig(128, "headkv", gqa="group"), "unknown --gqa"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (AllocConfig(32, "headkv", window=32), "must be larger than the window"),
+        (AllocConfig(20, "headkv", window=32), "must be larger than the window"),
+        (AllocConfig(128, "snapkv"), "unknown policy"),
+        (AllocConfig(128, "headkv", beta=0.5), "beta must be >= 1"),
+        (AllocConfig(128, "headkv", gqa="group"), "unknown --gqa"),
+    ],
+)
 def test_bad_configs(config, message):
     with pytest.raises(HeadprofError, match=message):
         allocate(torch.rand(4, 4), config, n_kv_heads=2)
@@ -92,11 +94,14 @@ def test_budget_larger_than_any_context():
         AllocConfig(10_000, "headkv").validate(max_context=8192)
 
 
-@pytest.mark.parametrize("name, model, method", [
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b", "r2"),
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.means.json", "llama3-8b", "retrieval"),
-    ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b", "retrieval"),
-])
+@pytest.mark.parametrize(
+    "name, model, method",
+    [
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b", "r2"),
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.means.json", "llama3-8b", "retrieval"),
+        ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b", "retrieval"),
+    ],
+)
 def test_published_scores_allocate(name, model, method):
     path = PUBLISHED / name
     art = import_scores(path, model_info(model))
@@ -111,4 +116,6 @@ def test_published_scores_allocate(name, model, method):
     top = scores.flatten().topk(10).indices
     assert bool((budgets.flatten()[top] > 128).all())  # the strongest retrieval heads gain budget
     top_tenth = scores.flatten().argsort(descending=True)[: scores.numel() // 10]
-    assert float(budgets.flatten()[top_tenth].sum()) > 0.35 * float(budgets.sum())  # budget follows the few strong heads
+    assert float(budgets.flatten()[top_tenth].sum()) > 0.35 * float(
+        budgets.sum()
+    )  # budget follows the few strong heads

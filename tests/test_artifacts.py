@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import PUBLISHED
 
 from headprof import artifacts as A
 from headprof.errors import HeadprofError
 from headprof.interop import export_scores, import_scores
 from headprof.models import ModelInfo, model_info
-
-from conftest import PUBLISHED
 
 SMALL = ModelInfo("toy/model", n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, max_context=512, fingerprint="abc")
 
@@ -22,10 +21,23 @@ def _scores(n: int = 5, seed: int = 0, model: ModelInfo = SMALL) -> A.ScoreArtif
     torch.manual_seed(seed)
     counted = torch.tensor([True, False, True, True, False][:n])
     per_probe = {m: torch.rand(n, model.n_layers, model.n_heads) for m in A.METHODS}
-    meta = {"mode": "teacher", "methods": list(A.METHODS), "params": {}, "probe_set_sha256": "p" * 8,
-            "answers": [""] * n, "probe_indices": list(range(n)), "probe_set_size": n}
-    return A.ScoreArtifact(model, [f"p{i}" for i in range(n)], ["retrieval", "reasoning"] * (n // 2) + ["retrieval"],
-                           counted, per_probe, meta)
+    meta = {
+        "mode": "teacher",
+        "methods": list(A.METHODS),
+        "params": {},
+        "probe_set_sha256": "p" * 8,
+        "answers": [""] * n,
+        "probe_indices": list(range(n)),
+        "probe_set_size": n,
+    }
+    return A.ScoreArtifact(
+        model,
+        [f"p{i}" for i in range(n)],
+        ["retrieval", "reasoning"] * (n // 2) + ["retrieval"],
+        counted,
+        per_probe,
+        meta,
+    )
 
 
 def test_score_round_trip_and_means_over_counted_probes(tmp_path):
@@ -50,12 +62,15 @@ def test_alloc_round_trip(tmp_path):
     assert back.gqa == "kv" and back.meta["total"] == 384 and torch.equal(back.budgets, budgets)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"n_layers": 4}, "was made for toy/model"),
-    ({"head_dim": 16}, "was made for toy/model"),
-    ({"fingerprint": "zzz"}, "weights abc"),
-    ({"model_id": "other/model", "fingerprint": ""}, "was made for toy/model, not other/model"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_layers": 4}, "was made for toy/model"),
+        ({"head_dim": 16}, "was made for toy/model"),
+        ({"fingerprint": "zzz"}, "weights abc"),
+        ({"model_id": "other/model", "fingerprint": ""}, "was made for toy/model, not other/model"),
+    ],
+)
 def test_refuses_another_models_artifact(change, message):
     with pytest.raises(HeadprofError, match=message):
         A.check_model(SMALL, dataclasses.replace(SMALL, **change))
@@ -115,16 +130,19 @@ def test_merge_checks_and_equals_the_whole(tmp_path):
         A.merge_scores([parts[0], other])
 
 
-@pytest.mark.parametrize("name, model", [
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b"),
-    ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b"),
-])
+@pytest.mark.parametrize(
+    "name, model",
+    [
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b"),
+        ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b"),
+    ],
+)
 def test_import_export_round_trip_is_exact(tmp_path, name, model):
     path = PUBLISHED / name
     first = import_scores(path, model_info(model))
     method = first.methods[0]
     published = json.loads(path.read_text())
-    expected = torch.tensor([published[f"{l}-{h}"][0] for l in range(32) for h in range(32)]).view(32, 32)
+    expected = torch.tensor([published[f"{layer}-{head}"][0] for layer in range(32) for head in range(32)]).view(32, 32)
     torch.testing.assert_close(first.scores(method), expected)
     export_scores(first, tmp_path / "out.json", method)
     second = import_scores(tmp_path / "out.json", model_info(model), method)

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 import torch
+from conftest import PUBLISHED, REPO
 
 from headprof.artifacts import load_scores
 from headprof.probes import write_probes
-
-from conftest import PUBLISHED, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -49,9 +48,28 @@ def test_torchrun_two_ranks_equal_one_process(cli, workdir, probe_file):
     assert cli("score", "--probes", probe_file, "--out", "single.safetensors", cwd=workdir).code == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "headprof", "score", "--probes", str(probe_file), "--out", "ranks.safetensors", "--json"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "headprof",
+            "score",
+            "--probes",
+            str(probe_file),
+            "--out",
+            "ranks.safetensors",
+            "--json",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
     assert report["probes_total"] == 4

@@ -25,8 +25,7 @@ def _needle_file(workdir, n_each: int = 1):
 
 def test_pipeline_through_the_cli(cli, workdir, loaded):
     needles = _needle_file(workdir)
-    built = cli("probes", "build", "--lengths", "400", "--depths", "20,80", "--needles", needles, "--json",
-                cwd=workdir)
+    built = cli("probes", "build", "--lengths", "400", "--depths", "20,80", "--needles", needles, "--json", cwd=workdir)
     assert built.code == 0, built.stderr
     info = built.json()
     assert info["count"] == 4 and info["per_kind"] == {"retrieval": 2, "reasoning": 2}
@@ -80,8 +79,9 @@ def test_interrupted_scoring_resumes_to_the_same_artifact(loaded, tiny_probes, t
         scoring.score_probes(loaded, tiny_probes, config, checkpoint=ckpt, on_probe=stop_after_two)
     assert load_scores(ckpt).probe_ids == [p.id for p in tiny_probes[:2]]
     recomputed = []
-    resumed = scoring.score_probes(loaded, tiny_probes, config, checkpoint=ckpt,
-                                   on_probe=lambda r: recomputed.append(r.probe_id))
+    resumed = scoring.score_probes(
+        loaded, tiny_probes, config, checkpoint=ckpt, on_probe=lambda r: recomputed.append(r.probe_id)
+    )
     assert resumed.probe_ids == whole.probe_ids
     for method in config.methods:
         assert torch.equal(resumed.per_probe[method], whole.per_probe[method])

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
 
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
-from headprof.evaluation import check_disjoint, head_count, items_from_probes, items_from_task
+from headprof.evaluation import check_disjoint, head_count, items_from_task
 from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
-
-from conftest import REPO
 
 
 def test_normalisation_and_exact_match():
@@ -33,9 +32,15 @@ def test_token_f1_and_recall():
 
 
 def test_task_file_items(tmp_path, tokenizer):
-    rows = [{"context": "Alpha beta gamma. " * 30 + "The river is named Ostwick.", "input": "Name the river.",
-             "answers": ["Ostwick"], "_id": "a"},
-            {"context": "Long text about trains. " * 400, "input": "What is it about?", "answers": "trains"}]
+    rows = [
+        {
+            "context": "Alpha beta gamma. " * 30 + "The river is named Ostwick.",
+            "input": "Name the river.",
+            "answers": ["Ostwick"],
+            "_id": "a",
+        },
+        {"context": "Long text about trains. " * 400, "input": "What is it about?", "answers": "trains"},
+    ]
     path = tmp_path / "task.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     items = items_from_task(tokenizer, path, max_tokens=600)
@@ -93,14 +98,31 @@ def eval_probes(workdir, tokenizer):
 
 @pytest.mark.e2e
 def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
-    args = ["eval", "--methods", "full,snapkv,headkv,kvzip", "--budgets", "48,96", "--probes", eval_probes,
-            "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", "--max-new-tokens", "20"]
+    args = [
+        "eval",
+        "--methods",
+        "full,snapkv,headkv,kvzip",
+        "--budgets",
+        "48,96",
+        "--probes",
+        eval_probes,
+        "--scores",
+        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        "--max-new-tokens",
+        "20",
+    ]
     first = cli(*args, "--json", "--png", "acc.png", cwd=workdir)
     assert first.code == 0, first.stderr
     results = first.json()["results"]
-    assert {(r["method"], r["budget"]) for r in results} == {("full", None), ("snapkv", 48), ("snapkv", 96),
-                                                             ("headkv", 48), ("headkv", 96), ("kvzip", 48),
-                                                             ("kvzip", 96)}
+    assert {(r["method"], r["budget"]) for r in results} == {
+        ("full", None),
+        ("snapkv", 48),
+        ("snapkv", 96),
+        ("headkv", 48),
+        ("headkv", 96),
+        ("kvzip", 48),
+        ("kvzip", 96),
+    }
     by = {(r["method"], r["budget"]): r for r in results}
     assert all(r["n"] == 4 and 0 <= r["accuracy"] <= 1 and 0 <= r["f1"] <= 1 for r in results)
     assert by[("full", None)]["accuracy"] >= 0.5  # the embedded model retrieves at 400 tokens
@@ -120,8 +142,18 @@ def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
 def test_eval_refuses_scoring_needles_and_bad_budgets(cli, workdir):
     scoring = workdir / "scoring.jsonl"
     write_probes(scoring, load_probes(REPO / "probes/probes-smollm2-135m.jsonl")[:1])
-    result = cli("eval", "--probes", scoring, "--methods", "snapkv", "--budgets", "64",
-                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", cwd=workdir)
+    result = cli(
+        "eval",
+        "--probes",
+        scoring,
+        "--methods",
+        "snapkv",
+        "--budgets",
+        "64",
+        "--scores",
+        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        cwd=workdir,
+    )
     assert result.code == 1 and "share 1 needle(s)" in result.stderr
     result = cli("eval", "--probes", scoring, "--methods", "snapkv", "--budgets", "16")
     assert result.code == 1 and "larger than the window" in result.stderr
@@ -131,9 +163,23 @@ def test_eval_refuses_scoring_needles_and_bad_budgets(cli, workdir):
 
 @pytest.mark.e2e
 def test_ablate_cli(cli, workdir, eval_probes):
-    result = cli("ablate", "--probes", eval_probes, "--top", "5%", "--random-trials", "2", "--max-new-tokens", "20",
-                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors",
-                 "--compare", REPO / "artifacts/smollm2-135m/scores.safetensors", "--json", cwd=workdir)
+    result = cli(
+        "ablate",
+        "--probes",
+        eval_probes,
+        "--top",
+        "5%",
+        "--random-trials",
+        "2",
+        "--max-new-tokens",
+        "20",
+        "--scores",
+        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        "--compare",
+        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        "--json",
+        cwd=workdir,
+    )
     assert result.code == 0, result.stderr
     report = result.json()
     assert report["k"] == 14 and report["n_items"] == 4 and len(report["random_masked"]) == 2
@@ -146,17 +192,49 @@ def test_ablate_cli(cli, workdir, eval_probes):
 @pytest.mark.e2e
 def test_run_cli(cli, workdir, tiny_probes):
     probe = tiny_probes[0]
-    context = probe.prompt[probe.prompt.index("user\n") + 5: probe.prompt.index("\n\nQuestion:")]
+    context = probe.prompt[probe.prompt.index("user\n") + 5 : probe.prompt.index("\n\nQuestion:")]
     (workdir / "doc.txt").write_text(context)
-    result = cli("run", "--context-file", "doc.txt", "--question", probe.question, "--method", "snapkv",
-                 "--budget", "64", "--max-new-tokens", "20", "--json", cwd=workdir)
+    result = cli(
+        "run",
+        "--context-file",
+        "doc.txt",
+        "--question",
+        probe.question,
+        "--method",
+        "snapkv",
+        "--budget",
+        "64",
+        "--max-new-tokens",
+        "20",
+        "--json",
+        cwd=workdir,
+    )
     assert result.code == 0, result.stderr
     payload = result.json()
-    assert set(payload) >= {"answer", "kv_bytes", "kv_bytes_full", "prompt_tokens", "prefill_s", "compress_s",
-                            "decode_tokens_per_s"}
+    assert set(payload) >= {
+        "answer",
+        "kv_bytes",
+        "kv_bytes_full",
+        "prompt_tokens",
+        "prefill_s",
+        "compress_s",
+        "decode_tokens_per_s",
+    }
     assert payload["kv_bytes"] < payload["kv_bytes_full"] / 4 and payload["prompt_tokens"] == probe.n_tokens
-    headkv = cli("run", "--context-file", "doc.txt", "--question", probe.question, "--max-new-tokens", "20",
-                 "--scores", REPO / "artifacts/smollm2-135m/scores.safetensors", "--budget", "64", "--json")
+    headkv = cli(
+        "run",
+        "--context-file",
+        "doc.txt",
+        "--question",
+        probe.question,
+        "--max-new-tokens",
+        "20",
+        "--scores",
+        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        "--budget",
+        "64",
+        "--json",
+    )
     assert headkv.code == 0 and headkv.json()["method"] == "headkv" and headkv.json()["compressed"]
     nothing = cli("run", "--context", "Short text about a red-9 key.", "--question", "Which key?", "--budget", "512")
     assert nothing.code == 0 and "no compression" in nothing.stderr
@@ -170,10 +248,15 @@ def test_run_cli_errors(cli, workdir):
     def fails(result, fragment):
         assert result.code == 1 and "Traceback" not in result.stderr and fragment in result.stderr, result.stderr
 
-    fails(cli("run", "--context-file", "missing.txt", "--question", "q", cwd=workdir), "context file missing.txt not found")
+    fails(
+        cli("run", "--context-file", "missing.txt", "--question", "q", cwd=workdir),
+        "context file missing.txt not found",
+    )
     fails(cli("run", "--context", "  ", "--question", "q"), "empty context")
     fails(cli("run", "--context", "text", "--question", "q", "--method", "gzip"), "unknown method 'gzip'")
     other = ModelInfo("meta-llama/Meta-Llama-3-8B-Instruct", 32, 32, 8, 128, 8192, "")
     save_alloc(workdir / "llama.safetensors", AllocArtifact(other, torch.full((32, 32), 128), {"gqa": "query"}))
-    fails(cli("run", "--context", "some text here.", "--question", "q", "--alloc", "llama.safetensors"),
-          "allocation was made for meta-llama/Meta-Llama-3-8B-Instruct")
+    fails(
+        cli("run", "--context", "some text here.", "--question", "q", "--alloc", "llama.safetensors"),
+        "allocation was made for meta-llama/Meta-Llama-3-8B-Instruct",
+    )

@@ -8,7 +8,14 @@ import pytest
 
 from headprof.errors import HeadprofError
 from headprof.models import (
-    ALIASES, check_supported, dequantized_dir, embedded_gguf_path, load_model, model_info, resolve_model, weights_fingerprint,
+    ALIASES,
+    check_supported,
+    dequantized_dir,
+    embedded_gguf_path,
+    load_model,
+    model_info,
+    resolve_model,
+    weights_fingerprint,
 )
 
 
@@ -50,7 +57,10 @@ def test_unknown_or_unreachable_models_are_one_line_errors(tmp_path, monkeypatch
     with pytest.raises(HeadprofError, match="has no config.json"):
         resolve_model(str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HeadprofError, match=r"cannot load model 'someone/missing-model' .*hub unreachable and not in the local HF cache"):
+    with pytest.raises(
+        HeadprofError,
+        match=r"cannot load model 'someone/missing-model' .*hub unreachable and not in the local HF cache",
+    ):
         load_model("someone/missing-model", device="cpu")
 
 

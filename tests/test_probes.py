@@ -9,28 +9,37 @@ import pytest
 
 from headprof.errors import HeadprofError
 from headprof.probes import (
-    build_probes, clean_haystack, encode_probe, load_haystack, load_needles, load_probes,
-    probes_sha256, write_probes,
+    build_probes,
+    clean_haystack,
+    encode_probe,
+    load_haystack,
+    load_needles,
+    load_probes,
+    probes_sha256,
+    write_probes,
 )
 
 
 @pytest.fixture(scope="module")
 def unigram_tokenizer():
     """A SentencePiece-style Unigram tokenizer (Llama-2/Mistral family: Metaspace, BOS), trained here, offline."""
+    from conftest import REPO
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from headprof.probes import load_needles
 
-    from conftest import REPO
-
-    texts = load_haystack()[:1500] + [n.needle + " " + n.question for f in ("retrieval", "reasoning")
-                                      for n in load_needles(REPO / f"probes/needles-{f}.jsonl")]
+    texts = load_haystack()[:1500] + [
+        n.needle + " " + n.question
+        for f in ("retrieval", "reasoning")
+        for n in load_needles(REPO / f"probes/needles-{f}.jsonl")
+    ]
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=3000, unk_token="<unk>",
-                                                           special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=3000, unk_token="<unk>", special_tokens=["<unk>", "<s>", "</s>"])
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
@@ -41,9 +50,9 @@ def test_span_tokens_are_exactly_the_span(family, tokenizer, unigram_tokenizer, 
     probes = build_probes(needles, tok, lengths=(400,), depths=(0, 35, 100), seed=3)
     for probe in probes:
         enc = encode_probe(tok, probe)
-        span_text = tok.decode(enc.prompt_ids[enc.span[0]:enc.span[1]]).strip()
+        span_text = tok.decode(enc.prompt_ids[enc.span[0] : enc.span[1]]).strip()
         assert span_text == probe.prompt[slice(*probe.span_chars)]
-        needle_text = tok.decode(enc.prompt_ids[enc.needle[0]:enc.needle[1]]).strip()
+        needle_text = tok.decode(enc.prompt_ids[enc.needle[0] : enc.needle[1]]).strip()
         assert needle_text == probe.prompt[slice(*probe.needle_chars)]
         assert enc.needle[0] <= enc.span[0] < enc.span[1] <= enc.needle[1]
         if probe.kind == "reasoning":  # the span is one sentence of the four, not the whole needle
@@ -73,7 +82,7 @@ def test_lengths_and_depth_placement(tokenizer, needles):
         else:
             assert abs(relative - 0.5) < 0.1, relative
         # sentence boundary: the needle is preceded by a sentence end (or starts the context)
-        before = probe.prompt[context_start:probe.needle_chars[0]].rstrip()
+        before = probe.prompt[context_start : probe.needle_chars[0]].rstrip()
         assert before == "" or before[-1] in ".!?"
 
 
@@ -96,7 +105,8 @@ def test_probe_file_round_trip_and_datasets(tmp_path, tokenizer, needles):
     ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == len(probes)
     assert {"prompt", "needle_chars", "span_chars", "question", "answer", "kind", "length", "depth", "seed"} <= set(
-        ds.column_names)
+        ds.column_names
+    )
     assert ds[0]["span_chars"] == list(probes[0].span_chars)
 
 
@@ -117,14 +127,22 @@ def test_unlocatable_span_names_the_probe(tokenizer, needles):
         encode_probe(tokenizer, broken)
 
 
-@pytest.mark.parametrize("row, message", [
-    ("not json", "line 1: not valid JSON"),
-    (json.dumps({"needle": "A b c.", "question": "Q?", "kind": "retrieval"}), "missing or empty field 'answer'"),
-    (json.dumps({"needle": "A b c.", "question": "Q?", "answer": "b", "kind": "maths"}), "kind must be one of"),
-    (json.dumps({"needle": "A b c.", "question": "Q?", "answer": "b", "kind": "retrieval", "span": "zzz"}),
-     "span is not a substring"),
-    (json.dumps({"needle": "A b c.", "question": "Q?", "answer": "q", "kind": "retrieval"}), "does not occur in the span"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("not json", "line 1: not valid JSON"),
+        (json.dumps({"needle": "A b c.", "question": "Q?", "kind": "retrieval"}), "missing or empty field 'answer'"),
+        (json.dumps({"needle": "A b c.", "question": "Q?", "answer": "b", "kind": "maths"}), "kind must be one of"),
+        (
+            json.dumps({"needle": "A b c.", "question": "Q?", "answer": "b", "kind": "retrieval", "span": "zzz"}),
+            "span is not a substring",
+        ),
+        (
+            json.dumps({"needle": "A b c.", "question": "Q?", "answer": "q", "kind": "retrieval"}),
+            "does not occur in the span",
+        ),
+    ],
+)
 def test_needle_file_validation(tmp_path, row, message):
     path = tmp_path / "n.jsonl"
     path.write_text(row + "\n")
@@ -148,8 +166,9 @@ def test_committed_needle_sets_are_valid_and_disjoint():
     from conftest import REPO
 
     scoring = {n.id: n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/needles-{k}.jsonl")}
-    evaluation = {n.id: n for k in ("retrieval", "reasoning")
-                  for n in load_needles(REPO / f"probes/eval-needles-{k}.jsonl")}
+    evaluation = {
+        n.id: n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/eval-needles-{k}.jsonl")
+    }
     assert sum(n.kind == "retrieval" for n in scoring.values()) >= 10
     assert sum(n.kind == "reasoning" for n in scoring.values()) >= 10
     assert not {n.needle for n in scoring.values()} & {n.needle for n in evaluation.values()}
@@ -173,4 +192,3 @@ def test_haystack_cleaning_and_sources(tmp_path):
         load_haystack(str(tmp_path / "empty.txt"))
     with pytest.raises(HeadprofError, match="not found"):
         load_haystack(str(tmp_path / "missing"))
-

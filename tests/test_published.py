@@ -7,19 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from headprof.interop import import_scores
-from headprof.models import model_info
-from headprof.heads import kv_view, rank_agreement
-
 from conftest import PUBLISHED, SHARED_PUBLISHED
 
+from headprof.heads import kv_view, rank_agreement
+from headprof.interop import import_scores
+from headprof.models import model_info
 
-@pytest.mark.parametrize("name", [
-    "headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.json",
-    "headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json",
-    "retrieval-head-Mistral-7B-v0.2-hf.json",
-])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "headkv-Meta-Llama-3-8B-Instruct_retrieval_heads.json",
+        "headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json",
+        "retrieval-head-Mistral-7B-v0.2-hf.json",
+    ],
+)
 def test_fixtures_match_the_published_files(name):
     original = SHARED_PUBLISHED / name
     if not original.is_file():
@@ -35,16 +37,20 @@ def test_retrieval_heads_agree_with_duoattention_gates():
     """Retrieval-head scores of Mistral-7B (summed per KV head) vs DuoAttention's trained full-attention
     gates: two methods, two papers, same heads. Measured Spearman 0.51 over the 256 KV heads."""
     scores = import_scores(PUBLISHED / "retrieval-head-Mistral-7B-v0.2-hf.means.json", model_info("mistral-7b"))
-    gates = torch.tensor(np.loadtxt(PUBLISHED / "duo-attention-Mistral-7B-Instruct-v0.2_full_attention_heads.tsv"),
-                         dtype=torch.float32)
+    gates = torch.tensor(
+        np.loadtxt(PUBLISHED / "duo-attention-Mistral-7B-Instruct-v0.2_full_attention_heads.tsv"), dtype=torch.float32
+    )
     agreement = rank_agreement(kv_view(scores.scores("retrieval"), 8), gates)
     assert gates.shape == (32, 8) and agreement["spearman"] > 0.4
 
 
-@pytest.mark.parametrize("name,model", [
-    ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b"),
-    ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b"),
-])
+@pytest.mark.parametrize(
+    "name,model",
+    [
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b"),
+        ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b"),
+    ],
+)
 def test_published_per_probe_files_import_and_round_trip(name, model, tmp_path):
     """The original files (one score per probe and head), not the derived means: rows import exactly."""
     from headprof.interop import export_scores
@@ -58,7 +64,8 @@ def test_published_per_probe_files_import_and_round_trip(name, model, tmp_path):
     assert art.per_probe[method].shape == (len(published["0-0"]), 32, 32)
     layer, head = 13, 7
     assert float(art.scores(method)[layer, head]) == pytest.approx(
-        float(np.mean(published[f"{layer}-{head}"])), rel=1e-5, abs=1e-7)
+        float(np.mean(published[f"{layer}-{head}"])), rel=1e-5, abs=1e-7
+    )
     export_scores(art, tmp_path / "again.json", method)
     again = import_scores(tmp_path / "again.json", model_info(model), method)
     assert torch.equal(again.per_probe[method], art.per_probe[method])

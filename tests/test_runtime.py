@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REPO
 
 from headprof.artifacts import AllocArtifact
 from headprof.errors import HeadprofError
@@ -14,9 +15,6 @@ from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods.snapkv import SnapKVOptions
 from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
 
-from conftest import REPO
-
-
 # ---------------------------------------------------------------- selection on hand-built scores
 
 
@@ -26,8 +24,7 @@ def _kept(selection, row):
 
 
 def test_top_k_keeps_window_then_best_scores():
-    scores = torch.tensor([[[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.0, 0.0],
-                            [0.5, 0.1, 0.7, 0.2, 0.6, 0.4, 0.0, 0.0]]])
+    scores = torch.tensor([[[0.1, 0.9, 0.2, 0.8, 0.3, 0.0, 0.0, 0.0], [0.5, 0.1, 0.7, 0.2, 0.6, 0.4, 0.0, 0.0]]])
     sel = top_k_with_window(scores, torch.tensor([3, 5]), window=2)
     assert _kept(sel, 0) == [1, 6, 7]
     assert _kept(sel, 1) == [0, 2, 4, 6, 7]
@@ -42,18 +39,18 @@ def test_adakv_pools_a_layer_with_per_head_floors():
     budgets = torch.tensor([12, 12, 12])
     sel = pooled_top_k(scores, budgets, window=2, floor=0.2)
     lengths = sel.lengths.tolist()
-    assert sum(lengths) == 36                      # the layer's pool is conserved
-    assert min(lengths) >= 2 + 2                   # window + floor(0.2 * 10)
-    assert lengths[0] > 12 > lengths[1]            # budget moves to the head that needs it
+    assert sum(lengths) == 36  # the layer's pool is conserved
+    assert min(lengths) >= 2 + 2  # window + floor(0.2 * 10)
+    assert lengths[0] > 12 > lengths[1]  # budget moves to the head that needs it
 
 
 def test_accumulated_scores_equal_the_full_matrix():
     torch.manual_seed(0)
     q, k = torch.randn(1, 4, 50, 8), torch.randn(1, 2, 50, 8)
-    full = q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 8 ** -0.5
+    full = q @ k.repeat_interleave(2, 1).transpose(-1, -2) * 8**-0.5
     causal = torch.ones(50, 50, dtype=torch.bool).triu(1)
     expected = full.masked_fill(causal, float("-inf")).softmax(-1).sum(2)
-    torch.testing.assert_close(accumulated_scores(q, k, 8 ** -0.5, block=16), expected)
+    torch.testing.assert_close(accumulated_scores(q, k, 8**-0.5, block=16), expected)
 
 
 def test_streamingllm_keeps_sinks_and_recent():
@@ -80,8 +77,12 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
     n_stored = n_kv if layout == "kv" else n_heads
     budgets = torch.tensor([6, 9, 12, 30][:n_stored])
     plan = LayerPlan(METHODS["snapkv"](SnapKVOptions(kernel=1)), budgets, window=3)
-    layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim ** -0.5
-    keys, values, query = torch.randn(1, n_kv, total, dim), torch.randn(1, n_kv, total, dim), torch.randn(1, n_heads, total, dim)
+    layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim**-0.5
+    keys, values, query = (
+        torch.randn(1, n_kv, total, dim),
+        torch.randn(1, n_kv, total, dim),
+        torch.randn(1, n_heads, total, dim),
+    )
     layer.update(keys, values)
     layer.attend(module, query, scaling)  # prefill: exact attention, then compression
     assert layer.phase == "compressed" and layer.get_seq_length() == total
@@ -97,7 +98,7 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
         logits = new_q[0, head] @ k_all.T * scaling
         n_old = len(kept[stored])
         for i in range(3):  # new token i sees the kept entries and new tokens 0..i
-            logits[i, n_old + i + 1:] = float("-inf")
+            logits[i, n_old + i + 1 :] = float("-inf")
         torch.testing.assert_close(out[0, :, head], logits.softmax(-1) @ v_all, atol=1e-5, rtol=1e-5)
 
 
@@ -119,8 +120,9 @@ def scores_artifact():
 
 
 def _generate(model, ids, **kwargs):
-    return model.generate(ids, max_new_tokens=8, do_sample=False, return_dict_in_generate=True,
-                          output_logits=True, **kwargs)
+    return model.generate(
+        ids, max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,16 +173,21 @@ def test_manual_loop_equals_generate_and_rope_continues_from_true_length(loaded,
             for _ in range(5):
                 step_out = model(torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True)
                 tokens.append(int(step_out.logits[0, -1].argmax()))
-    assert generated[0, ids.shape[1]:].tolist() == tokens
+    assert generated[0, ids.shape[1] :].tolist() == tokens
     # explicit true positions give the same logits as the defaults the cache implies
     with compressed(model, "snapkv", 64), torch.no_grad():
         cache = model(ids, use_cache=True).cache
         implicit = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True).logits
-        explicit = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True,
-                         position_ids=torch.tensor([[ids.shape[1]]])).logits
+        explicit = model(
+            torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True, position_ids=torch.tensor([[ids.shape[1]]])
+        ).logits
         compressed_len = int(cache.layers[0].flat_keys.shape[0] / cache.layers[0].n_stored)
-        wrong = model(torch.tensor([[tokens[0]]]), cache=cache.fork(), use_cache=True,
-                      position_ids=torch.tensor([[compressed_len]])).logits
+        wrong = model(
+            torch.tensor([[tokens[0]]]),
+            cache=cache.fork(),
+            use_cache=True,
+            position_ids=torch.tensor([[compressed_len]]),
+        ).logits
     torch.testing.assert_close(implicit, explicit)
     assert not torch.allclose(implicit, wrong, atol=1e-3)
 
@@ -220,8 +227,11 @@ def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
         batch = model.generate(ids.repeat(2, 1), max_new_tokens=5, do_sample=False)
     assert sampled.shape[1] == ids.shape[1] + 5 and torch.equal(batch[0], batch[1])
     with pytest.raises(HeadprofError, match="padded batches"), compressed(model, "snapkv", 96):
-        model.generate(ids.repeat(2, 1), attention_mask=torch.ones(2, ids.shape[1]).index_fill_(1, torch.tensor([0]), 0),
-                       max_new_tokens=2)
+        model.generate(
+            ids.repeat(2, 1),
+            attention_mask=torch.ones(2, ids.shape[1]).index_fill_(1, torch.tensor([0]), 0),
+            max_new_tokens=2,
+        )
     # kvzip: compress the context once, then ask two questions of forks of the same cache
     probe = prompt[0]
     split = probe.prompt.index("\n\nQuestion:")
@@ -233,9 +243,10 @@ def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
     with press:
         for tail in tails:
             tail_ids = tokenizer(tail, add_special_tokens=False, return_tensors="pt").input_ids
-            out = model.generate(torch.cat([context_ids, tail_ids], 1), cache=cache.fork(), max_new_tokens=16,
-                                 do_sample=False)
-            assert probe.answer in tokenizer.decode(out[0, context_ids.shape[1] + tail_ids.shape[1]:])
+            out = model.generate(
+                torch.cat([context_ids, tail_ids], 1), cache=cache.fork(), max_new_tokens=16, do_sample=False
+            )
+            assert probe.answer in tokenizer.decode(out[0, context_ids.shape[1] + tail_ids.shape[1] :])
     assert cache.get_seq_length() == context_ids.shape[1]  # forks leave the compressed context untouched
 
 

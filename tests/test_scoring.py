@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from headprof.capture import AttentionCapture, attention_rows
-from headprof.probes import encode_probe
 from headprof.heads import kv_view
+from headprof.probes import encode_probe
 from headprof.scoring import ScoreConfig, r2_scores, retrieval_scores, score_probe, step_stats
 
 
@@ -26,11 +26,14 @@ def test_retrieval_score_counts_only_copies_inside_the_span():
     context = torch.tensor([1, 2, 3, 9, 40, 50, 60, 7, 8, 9])
     answer = torch.tensor([40, 50, 60])
     span = (4, 7)
-    rows = _rows([
-        [{4: 0.9, 0: 0.1}, {5: 0.8, 1: 0.2}, {6: 0.7, 2: 0.3}],   # copies all three
-        [{4: 0.9, 0: 0.1}, {4: 0.6, 5: 0.4}, {0: 0.9, 6: 0.1}],   # right token once, wrong token, outside
-        [{9: 0.9, 4: 0.1}, {9: 1.0}, {9: 1.0}],                   # token 9 at position 9: outside the span
-    ], 10)
+    rows = _rows(
+        [
+            [{4: 0.9, 0: 0.1}, {5: 0.8, 1: 0.2}, {6: 0.7, 2: 0.3}],  # copies all three
+            [{4: 0.9, 0: 0.1}, {4: 0.6, 5: 0.4}, {0: 0.9, 6: 0.1}],  # right token once, wrong token, outside
+            [{9: 0.9, 4: 0.1}, {9: 1.0}, {9: 1.0}],  # token 9 at position 9: outside the span
+        ],
+        10,
+    )
     argmax, _ = step_stats(rows, span)
     scores = retrieval_scores(argmax, answer, context, span)
     assert scores.tolist() == pytest.approx([1.0, 1 / 3, 0.0])
@@ -38,11 +41,14 @@ def test_retrieval_score_counts_only_copies_inside_the_span():
 
 def test_r2_score_adds_top_k_mass_inside_the_span():
     span = (4, 7)  # k = 3
-    rows = _rows([
-        [{4: 0.5, 5: 0.2, 0: 0.1, 8: 0.1, 9: 0.1}],   # top-3 = 4 (.5), 5 (.2), then a .1 outside -> (.5+.2)/3
-        [{0: 0.4, 1: 0.3, 2: 0.2, 5: 0.1}],           # 5 (.1) is not in the top 3 -> 0
-        [{4: 0.3, 5: 0.3, 6: 0.3, 0: 0.1}],           # all three inside -> .9/3
-    ], 10)
+    rows = _rows(
+        [
+            [{4: 0.5, 5: 0.2, 0: 0.1, 8: 0.1, 9: 0.1}],  # top-3 = 4 (.5), 5 (.2), then a .1 outside -> (.5+.2)/3
+            [{0: 0.4, 1: 0.3, 2: 0.2, 5: 0.1}],  # 5 (.1) is not in the top 3 -> 0
+            [{4: 0.3, 5: 0.3, 6: 0.3, 0: 0.1}],  # all three inside -> .9/3
+        ],
+        10,
+    )
     _, mass = step_stats(rows, span)
     assert r2_scores(mass).tolist() == pytest.approx([0.7 / 3, 0.0, 0.3])
     two_steps = torch.cat([rows, rows], dim=1)
@@ -55,7 +61,7 @@ def test_attention_rows_match_eager_softmax_with_gqa():
     batch, n_kv, group, total, dim, n_rows = 1, 2, 3, 12, 8, 4
     query = torch.randn(batch, n_kv * group, total, dim)
     key = torch.randn(batch, n_kv, total, dim)
-    scaling = dim ** -0.5
+    scaling = dim**-0.5
     rows = attention_rows(query[:, :, -n_rows:], key, scaling)
     full_key = key.repeat_interleave(group, dim=1)  # query head h reads KV head h // group
     logits = query @ full_key.transpose(-1, -2) * scaling
@@ -105,8 +111,9 @@ def test_teacher_scores_equal_scores_from_eager_attention(loaded, tiny_probes):
     rows = torch.stack([a[0, :, -n:].float() for a in attentions])  # [L, H, n, T]
     argmax, mass = step_stats(rows, enc.span)
     expected_r2 = r2_scores(mass)
-    expected_ret = retrieval_scores(argmax, torch.tensor(enc.target_ids),
-                                    torch.tensor(enc.prompt_ids + enc.target_ids), enc.span)
+    expected_ret = retrieval_scores(
+        argmax, torch.tensor(enc.target_ids), torch.tensor(enc.prompt_ids + enc.target_ids), enc.span
+    )
     torch.testing.assert_close(result.scores["r2"], expected_r2, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(result.scores["retrieval"], expected_ret)
     assert result.counted and result.scores["r2"].max() > 0.1
@@ -114,8 +121,10 @@ def test_teacher_scores_equal_scores_from_eager_attention(loaded, tiny_probes):
 
 def test_generate_mode_counts_only_right_answers(loaded, tiny_probes):
     with AttentionCapture(loaded.model):
-        results = [score_probe(loaded, encode_probe(loaded.tokenizer, p), ScoreConfig(mode="generate"))
-                   for p in tiny_probes[:2]]
+        results = [
+            score_probe(loaded, encode_probe(loaded.tokenizer, p), ScoreConfig(mode="generate"))
+            for p in tiny_probes[:2]
+        ]
     for probe, result in zip(tiny_probes, results):
         assert result.counted == (probe.answer.lower() in result.answer.lower())
         if not result.counted:

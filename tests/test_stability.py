@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REPO
 
 from headprof.artifacts import load_scores
-from headprof.probes import load_needles, load_probes, build_probes, probes_sha256
 from headprof.heads import rank_agreement
+from headprof.probes import build_probes, load_needles, load_probes, probes_sha256
 from headprof.scoring import ScoreConfig, score_probes
-
-from conftest import REPO
 
 pytestmark = pytest.mark.e2e
 REFERENCE = REPO / "artifacts/smollm2-135m/scores.safetensors"
 PROBES = REPO / "probes/probes-smollm2-135m.jsonl"
 SUBSET = [
-    "r-orion-vault-code@1024@50", "r-quenby-new-city@1024@10", "r-vexmoor-archive-password@1024@90",
-    "q-mira-tomas-younger@1024@50", "q-ansel-bettina-taller@1024@10", "q-wexford-larchmere-founded@1024@90",
+    "r-orion-vault-code@1024@50",
+    "r-quenby-new-city@1024@10",
+    "r-vexmoor-archive-password@1024@90",
+    "q-mira-tomas-younger@1024@50",
+    "q-ansel-bettina-taller@1024@10",
+    "q-wexford-larchmere-founded@1024@90",
 ]
 
 
@@ -39,8 +42,9 @@ def test_rescoring_reproduces_the_reference(loaded):
     probes = load_probes(PROBES)
     index = {p.id: i for i, p in enumerate(probes)}
     fresh = score_probes(loaded, probes, ScoreConfig(mode=reference.meta["mode"]), select=[index[i] for i in SUBSET])
-    ref_rows = {m: reference.per_probe[m][[reference.probe_ids.index(i) for i in fresh.probe_ids]]
-                for m in reference.methods}
+    ref_rows = {
+        m: reference.per_probe[m][[reference.probe_ids.index(i) for i in fresh.probe_ids]] for m in reference.methods
+    }
     torch.testing.assert_close(fresh.per_probe["r2"], ref_rows["r2"], atol=1e-3, rtol=1e-3)
     r2 = rank_agreement(fresh.scores("r2"), ref_rows["r2"].mean(0))
     assert r2["spearman"] >= 0.99 and r2["top10_overlap"] >= 0.9, r2

@@ -49,14 +49,17 @@ def eval_(
     cache_file: Annotated[
         Path | None, typer.Option("--cache", help="Results cache; default artifacts/<model>/eval-cache.jsonl.")
     ] = None,
-    png: Annotated[Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy against budget and KV bytes, for every method x budget on probes or a task file."""
-    from headprof import evaluation as E, workspace
+    from headprof import evaluation as E
+    from headprof import workspace
     from headprof.artifacts import load_scores
     from headprof.errors import HeadprofError
     from headprof.fileio import write_text_atomic
@@ -119,7 +122,8 @@ def ablate(
     as_json: JsonOpt = False,
 ) -> None:
     """Mask the top-k heads by score, and k random heads, and compare retrieval accuracy."""
-    from headprof import evaluation as E, workspace
+    from headprof import evaluation as E
+    from headprof import workspace
     from headprof.artifacts import check_model, load_scores
     from headprof.errors import HeadprofError
 
@@ -135,9 +139,7 @@ def ablate(
     loaded = common.load(model, dtype.value, device)
     check_model(score_art.model, loaded.info, "score artifact")
     common.warn_foreign_probes(probe_list, loaded.spec.name)
-    items = [
-        i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"
-    ]
+    items = [i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"]
     if not items:
         raise HeadprofError("no retrieval probes to measure")
     with render.progress_bar() as bar:

@@ -66,9 +66,7 @@ def export(
     fmt: Annotated[
         Format, choice(Format, "unknown format '{value}' ({choices})", "Output layout.", "--format")
     ] = Format.headkv_json,
-    method: Annotated[
-        ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Default: r2 if present.")
-    ] = None,
+    method: Annotated[ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Default: r2 if present.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write scores in the HeadKV / Retrieval-head JSON layout, to use them in those codebases."""

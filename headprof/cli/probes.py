@@ -26,7 +26,8 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a probe set: every needle x length x depth, written as JSONL."""
-    from headprof import probes as P, workspace
+    from headprof import probes as P
+    from headprof import workspace
     from headprof.models.loading import load_tokenizer, quiet_transformers
 
     kinds = P.KINDS if kind is Kind.both else (kind.value,)

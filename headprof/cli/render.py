@@ -97,12 +97,18 @@ def probes_built(target: Path, count: int, counts: dict[str, int], sizes: list[i
 
 
 def scores_written(
-    mode: str | None, counts: dict[str, dict[str, int]], method: str, top: list[list[float]], target: Path, seconds: float
+    mode: str | None,
+    counts: dict[str, dict[str, int]],
+    method: str,
+    top: list[list[float]],
+    target: Path,
+    seconds: float,
 ) -> None:
     """`score` and friends: probes counted per kind, the top heads, where the artifact went."""
     rows = [(kind, str(c["total"]), str(c["counted"])) for kind, c in counts.items()]
     _table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows)
-    out.print(f"top {method} heads (layer, head, score): " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in top))
+    best = ", ".join(f"L{layer}H{head} {value:.3f}" for layer, head, value in top)
+    out.print(f"top {method} heads (layer, head, score): {best}")
     out.print(f"wrote {target} in {seconds:.1f} s")
 
 
@@ -113,7 +119,9 @@ def budgets_written(target: Path, summary: BudgetSummary) -> None:
     title = f"{s.policy} budgets (B={s.budget}, w={s.window}, gqa={s.gqa})"
     _table(title, ("layer", "min", "median", "max"), rows, justify="right")
     layout_other = "query-head" if s.gqa == "kv" else "KV-head"
-    out.print(f"total {s.total} entries ({s.heads} heads x {s.budget}); {s.at_floor:.0%} of heads at the floor ({s.floor})")
+    out.print(
+        f"total {s.total} entries ({s.heads} heads x {s.budget}); {s.at_floor:.0%} of heads at the floor ({s.floor})"
+    )
     out.print(
         f"KV bytes at {s.context} tokens ({s.bytes_per_value} B/value): {mib(s.kv_bytes)} this layout, "
         f"{mib(s.kv_bytes_other_layout)} with {layout_other} budgets of {s.budget}, {mib(s.kv_bytes_full)} full cache "

@@ -31,14 +31,20 @@ def run(
     model: ModelOpt = "smollm2-135m",
     method: Annotated[
         MethodName | None,
-        choice(MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."),
+        choice(
+            MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."
+        ),
     ] = None,
     budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
     alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
     scores: Annotated[Path | None, typer.Option(help="Score artifact: allocate HeadKV budgets on the fly.")] = None,
     gqa: Annotated[
         Gqa | None,
-        choice(Gqa, GQA_MESSAGE, "kv: one selection per KV head; query: per query head (default: the allocation's, else kv)."),
+        choice(
+            Gqa,
+            GQA_MESSAGE,
+            "kv: one selection per KV head; query: per query head (default: the allocation's, else kv).",
+        ),
     ] = None,
     window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
     kernel: KernelOpt = 7,

@@ -40,7 +40,9 @@ def score(
     max_new_tokens: Annotated[int, typer.Option(help="generate mode: answer length cap.")] = 48,
     criterion: Annotated[
         Criterion,
-        choice(Criterion, "unknown correctness criterion '{value}' ({choices})", "generate mode: when an answer counts."),
+        choice(
+            Criterion, "unknown correctness criterion '{value}' ({choices})", "generate mode: when an answer counts."
+        ),
     ] = Criterion.recall,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
@@ -52,7 +54,8 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on the probes with attention capture and write per-head scores."""
-    from headprof import distributed, probes as P, scoring, workspace
+    from headprof import distributed, scoring, workspace
+    from headprof import probes as P
     from headprof.artifacts import save_scores
     from headprof.fileio import check_writable
 

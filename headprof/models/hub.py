@@ -34,7 +34,7 @@ def offline() -> bool:
     return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hub_problem(repo_id: str, endpoint: str) -> str | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError

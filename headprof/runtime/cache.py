@@ -44,15 +44,18 @@ class CacheStats:
     compressed_heads: int = 0
 
 
-def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    scaling: float) -> torch.Tensor:
+def dense_attention(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """Exact causal SDPA where the queries are the last `q` of `k` positions (bottom-right aligned)."""
     q_len, k_len = query.shape[2], key.shape[2]
     mask = None
     if q_len != k_len:
         offset = k_len - q_len
-        mask = (torch.arange(k_len, device=query.device)[None, :]
-                <= torch.arange(q_len, device=query.device)[:, None] + offset)[None, None]
+        mask = (
+            torch.arange(k_len, device=query.device)[None, :]
+            <= torch.arange(q_len, device=query.device)[:, None] + offset
+        )[None, None]
     output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, mask, scaling=scaling)
     return output
 
@@ -151,8 +154,9 @@ class CompressedLayer(CacheLayerMixin):
         recent_v = self.recent_values.reshape(batch * n_stored, -1, dim)
         n_recent = recent_k.shape[1]
         logits_recent = grouped @ recent_k.transpose(-1, -2)
-        future = (torch.arange(n_recent, device=query.device)[None, :]
-                  > torch.arange(q_len, device=query.device)[:, None] + (n_recent - q_len))
+        future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
+            :, None
+        ] + (n_recent - q_len)
         logits_recent = logits_recent.masked_fill(future.repeat(per, 1)[None], float("-inf"))
         probs = (torch.cat([logits_flat, logits_recent], dim=-1).float() * scaling).softmax(dim=-1)
         probs = probs.to(self.flat_values.dtype)
@@ -183,8 +187,7 @@ class CompressedLayer(CacheLayerMixin):
             scores = method.score(query, self.keys, scaling, self.plan.window)
         stored = reduce_groups(scores, self.n_stored, method.group_reduce)
         selection = method.select(stored, self.plan.budgets, self.plan.window)
-        rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device),
-                                       selection.lengths)
+        rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device), selection.lengths)
         # row r = b * S + s stores KV head s // (S / Hkv) of batch element b
         kv_rows = (rows // self.n_stored) * n_kv + (rows % self.n_stored) // (self.n_stored // n_kv)
         flat_index = kv_rows * total + selection.positions
@@ -205,8 +208,11 @@ class CompressedLayer(CacheLayerMixin):
 
     def storage_bytes(self) -> tuple[int, int, int]:
         """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes)."""
-        tensors = [t for t in (self.flat_keys, self.flat_values, self.recent_keys, self.recent_values, self.keys,
-                               self.values) if t is not None]
+        tensors = [
+            t
+            for t in (self.flat_keys, self.flat_values, self.recent_keys, self.recent_values, self.keys, self.values)
+            if t is not None
+        ]
         allocated = sum(t.untyped_storage().nbytes() for t in tensors)
         needed = sum(t.numel() * t.element_size() for t in tensors)
         index = sum(t.numel() * t.element_size() for t in (self.offsets, self.positions) if t is not None)
@@ -226,8 +232,12 @@ class CompressedCache(Cache):
 
     def kv_bytes(self) -> dict[str, int]:
         allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
-        return {"kv_bytes": allocated, "kv_bytes_needed": needed, "padding_bytes": allocated - needed,
-                "index_bytes": index}
+        return {
+            "kv_bytes": allocated,
+            "kv_bytes_needed": needed,
+            "padding_bytes": allocated - needed,
+            "index_bytes": index,
+        }
 
     def defer(self) -> None:
         """Keep the prompt dense at its end: the press compresses it after an extra pass (`compress_prefix`)."""
@@ -263,8 +273,15 @@ class CompressedCache(Cache):
         return twin
 
 
-def _headprof_attention(module: torch.nn.Module, query: torch.Tensor, key: Any, value: Any,
-                        attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any):
+def _headprof_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: Any,
+    value: Any,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs: Any,
+):
     """Registered attention: a `CompressedLayer` in the key slot runs our attention, anything else SDPA."""
     scaling = scaling or query.shape[-1] ** -0.5
     if isinstance(key, CompressedLayer):

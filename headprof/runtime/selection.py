@@ -30,8 +30,9 @@ class Selection:
         return self.offsets.diff()
 
 
-def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, kernel: int,
-                  pooling: str = "max") -> torch.Tensor:
+def window_scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, kernel: int, pooling: str = "max"
+) -> torch.Tensor:
     """SnapKV: mean attention of the last `window` queries over each position, smoothed by a 1-D pool.
 
     query `[B, Hq, T, d]`, key `[B, Hkv, T, d]` -> `[B, Hq, T]`.
@@ -44,7 +45,7 @@ def window_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, window
     # Pool the candidates only (as SnapKV does), so the window's own heavy columns don't bleed into its neighbours;
     # the window itself is always kept by the selection core.
     candidates = pool(votes[..., : total - window], kernel, pooling)
-    return torch.cat([candidates, votes[..., total - window:]], dim=-1)
+    return torch.cat([candidates, votes[..., total - window :]], dim=-1)
 
 
 def pool(scores: torch.Tensor, kernel: int, pooling: str = "max") -> torch.Tensor:
@@ -107,7 +108,7 @@ def top_k_with_window(scores: torch.Tensor, budgets: torch.Tensor, window: int) 
     # Rank: +inf scores (StreamingLLM's sinks) first, then the window newest first, then the other scores.
     finite_top = flat.masked_fill(torch.isinf(flat), float("-inf")).amax(dim=1, keepdim=True).clamp(min=0)
     boosted = flat.clone()
-    boosted[:, total - window:] = finite_top + 1 + torch.arange(window, device=flat.device, dtype=flat.dtype)
+    boosted[:, total - window :] = finite_top + 1 + torch.arange(window, device=flat.device, dtype=flat.dtype)
     order = boosted.argsort(dim=1, descending=True, stable=True)
     return _gather_ranked(order, counts)
 

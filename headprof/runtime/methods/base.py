@@ -55,6 +55,8 @@ class Method:
         """Kept positions per stored head from `[B, S, T]` scores and `[S]` budgets (window included)."""
         return top_k_with_window(scores, budgets, window)
 
-    def extra_pass(self, prompt_ids: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase | None) -> torch.Tensor | None:
+    def extra_pass(
+        self, prompt_ids: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase | None
+    ) -> torch.Tensor | None:
         """Token ids `[B, n]` of a forward pass run right after the prompt, on its cache, to score it; None: no pass."""
         return None
