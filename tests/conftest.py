@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = REPO / "tests" / "fixtures" / "published"  # head means derived from ../shared (see its README)
-SHARED_PUBLISHED = REPO.parent / "shared" / "fixtures" / "published-head-scores"
+from helpers import REPO
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PUBLISHED
 
 from headprof.allocation import AllocConfig, allocate, floor_of, headkv, largest_remainder, pyramid
 from headprof.errors import HeadprofError
 from headprof.interop import import_scores
 from headprof.models import model_info
+
+from helpers import PUBLISHED
 
 
 def test_headkv_matches_the_formula_by_hand():

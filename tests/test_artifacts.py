@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import PUBLISHED
 
 from headprof import artifacts as A
 from headprof.errors import HeadprofError
 from headprof.interop import export_scores, import_scores
 from headprof.models import ModelInfo, model_info
+
+from helpers import PUBLISHED
 
 SMALL = ModelInfo("toy/model", n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, max_context=512, fingerprint="abc")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
 
 from headprof.probes import write_probes
+
+from helpers import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import PUBLISHED, REPO
 
 from headprof.artifacts import load_scores
 from headprof.probes import write_probes
+
+from helpers import PUBLISHED, REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
 
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
 from headprof.evaluation import check_disjoint, head_count, items_from_task
 from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
+
+from helpers import REPO
 
 
 def test_normalisation_and_exact_match():

@@ -23,11 +23,12 @@ from headprof.probes import (
 @pytest.fixture(scope="module")
 def unigram_tokenizer():
     """A SentencePiece-style Unigram tokenizer (Llama-2/Mistral family: Metaspace, BOS), trained here, offline."""
-    from conftest import REPO
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from headprof.probes import load_needles
+
+    from helpers import REPO
 
     texts = load_haystack()[:1500] + [
         n.needle + " " + n.question
@@ -163,7 +164,7 @@ def test_needle_file_missing_duplicate_and_empty(tmp_path):
 
 
 def test_committed_needle_sets_are_valid_and_disjoint():
-    from conftest import REPO
+    from helpers import REPO
 
     scoring = {n.id: n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/needles-{k}.jsonl")}
     evaluation = {

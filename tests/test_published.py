@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import PUBLISHED, SHARED_PUBLISHED
 
 from headprof.heads import kv_view, rank_agreement
 from headprof.interop import import_scores
 from headprof.models import model_info
+
+from helpers import PUBLISHED, SHARED_PUBLISHED
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
 
 from headprof.artifacts import AllocArtifact
 from headprof.errors import HeadprofError
@@ -14,6 +13,8 @@ from headprof.runtime import METHODS, cache_bytes, compressed
 from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods.snapkv import SnapKVOptions
 from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
+
+from helpers import REPO
 
 # ---------------------------------------------------------------- selection on hand-built scores
 

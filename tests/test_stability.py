@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
 
 from headprof.artifacts import load_scores
 from headprof.heads import rank_agreement
 from headprof.probes import build_probes, load_needles, load_probes, probes_sha256
 from headprof.scoring import ScoreConfig, score_probes
+
+from helpers import REPO
 
 pytestmark = pytest.mark.e2e
 REFERENCE = REPO / "artifacts/smollm2-135m/scores.safetensors"

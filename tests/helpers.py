@@ -1,0 +1,7 @@
+"""Paths the tests share (imported by name; fixtures live in conftest.py)."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = REPO / "tests" / "fixtures" / "published"  # head means derived from ../shared (see its README)
+SHARED_PUBLISHED = REPO.parent / "shared" / "fixtures" / "published-head-scores"
