@@ -55,8 +55,13 @@ def _capture_attention(
     return output, None
 
 
-AttentionInterface.register(CAPTURE_IMPL, _capture_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+def _register(name: str, attention: Callable[..., tuple[torch.Tensor, None]]) -> None:
+    """Register an SDPA-based attention function, and SDPA's mask builder under the same name."""
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+_register(CAPTURE_IMPL, _capture_attention)
 
 
 class AttentionCapture:
@@ -108,8 +113,7 @@ def _ablating_attention(
     return output, None
 
 
-AttentionInterface.register(ABLATE_IMPL, _ablating_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ABLATE_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+_register(ABLATE_IMPL, _ablating_attention)
 
 
 @contextlib.contextmanager

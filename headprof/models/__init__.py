@@ -4,37 +4,33 @@
 Names are imported on first use: `headprof.models.spec` stays a light import (no torch, no transformers).
 """
 
-import importlib
-from typing import Any
+from headprof.lazy import lazy_exports
 
 _EXPORTS = {
-    "weights_fingerprint": "fingerprint",
-    "cache_dir": "gguf",
-    "dequantized_dir": "gguf",
-    "local_weights": "gguf",
-    "LoadedModel": "loading",
-    "check_device": "loading",
-    "load_model": "loading",
-    "load_tokenizer": "loading",
-    "model_info": "loading",
-    "pick_dtype": "loading",
-    "quiet_transformers": "loading",
-    "ALIASES": "spec",
-    "DEFAULT_MODEL": "spec",
-    "ModelInfo": "spec",
-    "ModelSpec": "spec",
-    "check_supported": "spec",
-    "embedded_gguf_path": "spec",
-    "info_from_config": "spec",
-    "resolve_model": "spec",
-    "slugify": "spec",
+    "weights_fingerprint": "headprof.models.fingerprint",
+    "cache_dir": "headprof.models.gguf",
+    "dequantized_dir": "headprof.models.gguf",
+    "local_weights": "headprof.models.gguf",
+    "LoadedModel": "headprof.models.loading",
+    "check_device": "headprof.models.loading",
+    "load_model": "headprof.models.loading",
+    "load_tokenizer": "headprof.models.loading",
+    "model_info": "headprof.models.loading",
+    "pick_dtype": "headprof.models.loading",
+    "quiet_transformers": "headprof.models.loading",
+    "ALIASES": "headprof.models.spec",
+    "DEFAULT_MODEL": "headprof.models.spec",
+    "ModelInfo": "headprof.models.spec",
+    "ModelSpec": "headprof.models.spec",
+    "check_supported": "headprof.models.spec",
+    "embedded_gguf_path": "headprof.models.spec",
+    "info_from_config": "headprof.models.spec",
+    "resolve_model": "headprof.models.spec",
+    "slugify": "headprof.models.spec",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -8,8 +8,7 @@ Names are imported on first use, so that `headprof.runtime.methods` (the registr
 and `headprof.runtime.selection` (pure tensor code) don't import transformers.
 """
 
-import importlib
-from typing import Any
+from headprof.lazy import lazy_exports
 
 _EXPORTS = {
     "BudgetPlan": "headprof.runtime.budgets",
@@ -25,10 +24,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
