@@ -2,8 +2,9 @@
 
     python benchmarks/results.py            # about 1.5 hours on 2 CPU cores; results are cached
 
-1. the evaluation probe set probes/eval-smollm2-135m.jsonl (8 evaluation needles, disjoint from
-   the scoring needles, x 1024/2048 tokens x depths 25/75), built if missing;
+1. the evaluation probe set headprof/data/reference/smollm2-135m/eval-probes.jsonl (8 evaluation
+   needles, disjoint from the scoring needles, x 1024/2048 tokens x depths 25/75), built if missing
+   (run from a checkout: it writes into the package's reference folder, which is committed);
 2. every method x budget 64/128/256/512 (window 32), exact match and KV bytes -> table,
    docs/accuracy.png, docs/accuracy-needles.png; and every method again with window 8 at
    32/64/128/256, to show what a window that no longer reaches the question does;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,8 +32,8 @@ from headprof.probes import build_probes, load_needles, load_probes, write_probe
 from headprof.scoring import ScoreConfig, score_probes
 
 MODEL = "smollm2-135m"
-REFERENCE = workspace.scores_file(MODEL)
-EVAL_PROBES = workspace.eval_probe_file(MODEL)
+REFERENCE = workspace.reference_file(MODEL, "scores.safetensors")
+EVAL_PROBES = workspace.reference_file(MODEL, "eval-probes.jsonl")
 EVAL_CACHE = workspace.eval_cache_file(MODEL)
 METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip")
 
@@ -119,15 +121,15 @@ def main() -> None:
 
 SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), CPU. Regenerate everything here with
 `python benchmarks/results.py` (cached per method x budget x probe in
-`artifacts/smollm2-135m/eval-cache.jsonl`; {payload["minutes"]} min for this run).
+`{EVAL_CACHE}`; {payload["minutes"]} min for this run).
 
 ## Accuracy against KV budget
 
-{len(items)} retrieval probes from `{EVAL_PROBES}` (evaluation needles, disjoint from the scoring
+{len(items)} retrieval probes from `{os.path.relpath(EVAL_PROBES)}` (evaluation needles, disjoint from the scoring
 needles; 1024 and 2048 tokens, needle at 25% and 75% depth). Exact match: the normalised gold
 answer occurs in the greedy answer (24 new tokens). Cells: accuracy (mean KV cache at the end of
 generation). Window {args.window}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV
-budgets from `{REFERENCE}` (r2, beta 1.2).
+budgets from `{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
 
 {_table(results, budgets)}
 

@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
     loaded = load_model("smollm2-135m", device="cpu")
-    scores = load_scores(workspace.scores_file("smollm2-135m"))
+    scores = load_scores(workspace.reference_file("smollm2-135m", "scores.safetensors"))
     needles = load_needles(workspace.eval_needle_file("retrieval"))
     methods = [m for m in args.methods.split(",") if m in METHODS]
     print(f"budget {args.budget}, window 32, gqa kv, fp32, {args.max_new_tokens} new tokens, CPU")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,8 +350,9 @@ def build_probes(
     haystack: str = "builtin",
     max_context: int = 0,
     tokenizer_name: str = "",
+    on_probe: Callable[[Probe], None] | None = None,
 ) -> list[Probe]:
-    """Every needle x length x depth, deterministic under `seed`."""
+    """Every needle x length x depth, deterministic under `seed`; `on_probe` sees each probe as it is built."""
     needles = list(needles)
     if not needles:
         raise HeadprofError("no needles to build probes from")
@@ -371,12 +372,15 @@ def build_probes(
         raise HeadprofError("repeated context lengths or depths would build the same probe twice")
     sentences = load_haystack(haystack)
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
-    return [
-        build_probe(needle, tokenizer, sentences, sentence_tokens, length, depth, seed, tokenizer_name)
-        for needle in needles
-        for length in lengths
-        for depth in depths
-    ]
+    probes = []
+    for needle in needles:
+        for length in lengths:
+            for depth in depths:
+                probe = build_probe(needle, tokenizer, sentences, sentence_tokens, length, depth, seed, tokenizer_name)
+                probes.append(probe)
+                if on_probe is not None:
+                    on_probe(probe)
+    return probes
 
 
 # ---------------------------------------------------------------- files

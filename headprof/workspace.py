@@ -1,64 +1,143 @@
-"""Every default path in one place: needle files, probe sets and artifacts, relative to the working directory.
+"""Every default path in one place: what headprof ships (read-only package data) and where it writes.
 
-headprof's commands read and write a small project layout (the repository's own, or any folder with
-a `probes/` directory): `probes/needles-<kind>.jsonl`, `probes/probes-<model>.jsonl`,
-`artifacts/<model>/scores.safetensors` and so on. Changing where these live (package data, a
-`--workdir` option) is a change to this module only.
+Inputs that ship with the package (`importlib.resources`, so they are found from any working directory
+after a wheel install): the needle files and, for the embedded model, the committed reference — the
+probe sets and the score artifacts built from them — under `headprof/data/reference/<model>/`.
+
+Outputs go to a workspace, never into the installed package: `--workdir DIR`, else `$HEADPROF_WORKDIR`,
+else `./headprof-out`, with one folder per model (`<workspace>/<model-slug>/`) holding
+
+    probes.jsonl, eval-probes.jsonl          probe sets (`probes build`, `probes build --eval`)
+    scores.safetensors, scores-<mode>...     score artifacts (`score`, `import`, shards)
+    alloc-b<B>-<policy>[-query].safetensors  allocations (`allocate`)
+    eval-cache.jsonl                         evaluation results (`eval`)
+
+A packaged reference folder has the same file names, so a command that reads a model's default file
+takes the workspace's copy when there is one and the packaged reference otherwise (`find_input`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from headprof.models.spec import resolve_model
 
-PROBES_DIR = Path("probes")
-ARTIFACTS_DIR = Path("artifacts")
+DEFAULT_ROOT = Path("headprof-out")
+ROOT_ENV = "HEADPROF_WORKDIR"
+
+_root_override: Path | None = None
+_resources = contextlib.ExitStack()  # keeps packaged files materialised (a no-op for an unpacked wheel)
+atexit.register(_resources.close)
 
 
-def needle_file(kind: str) -> Path:
-    """The scoring needles of one kind (`retrieval`, `reasoning`)."""
-    return PROBES_DIR / f"needles-{kind}.jsonl"
+# ---------------------------------------------------------------- the workspace
 
 
-def eval_needle_file(kind: str) -> Path:
-    """The evaluation needles of one kind, disjoint from the scoring needles."""
-    return PROBES_DIR / f"eval-needles-{kind}.jsonl"
+def set_root(path: Path | None) -> None:
+    """The CLI's `--workdir` (None: back to `$HEADPROF_WORKDIR` / `./headprof-out`)."""
+    global _root_override
+    _root_override = path
+
+
+def root() -> Path:
+    """Where outputs go: `--workdir`, else `$HEADPROF_WORKDIR`, else `./headprof-out` (relative paths stay relative)."""
+    if _root_override is not None:
+        return _root_override
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def model_dir(model: str) -> Path:
+    """The workspace folder of one model: its probes, scores, allocations and results cache."""
+    return root() / resolve_model(model).slug
 
 
 def probe_file(model: str) -> Path:
     """The scoring probe set built with `model`'s tokenizer."""
-    return PROBES_DIR / f"probes-{resolve_model(model).slug}.jsonl"
+    return model_dir(model) / "probes.jsonl"
 
 
 def eval_probe_file(model: str) -> Path:
-    """The evaluation probe set built with `model`'s tokenizer."""
-    return PROBES_DIR / f"eval-{resolve_model(model).slug}.jsonl"
-
-
-def artifact_dir(model: str) -> Path:
-    """The folder of `model`'s score and allocation artifacts and its results cache."""
-    return ARTIFACTS_DIR / resolve_model(model).slug
+    """The evaluation probe set (evaluation needles) built with `model`'s tokenizer."""
+    return model_dir(model) / "eval-probes.jsonl"
 
 
 def scores_file(model: str, mode: str = "teacher", shard: str | None = None) -> Path:
     """`scores.safetensors`, `scores-<mode>.safetensors` for other modes, `.shard<i>of<N>` for a shard."""
     name = "scores" + ("" if mode == "teacher" else f"-{mode}")
     name += f".shard{shard.replace('/', 'of')}" if shard else ""
-    return artifact_dir(model) / f"{name}.safetensors"
+    return model_dir(model) / f"{name}.safetensors"
 
 
 def imported_scores_file(model: str, method: str) -> Path:
     """Where `headprof import` puts a published score file."""
-    return artifact_dir(model) / f"scores-imported-{method}.safetensors"
+    return model_dir(model) / f"scores-imported-{method}.safetensors"
 
 
-def alloc_file(scores: Path, budget: int, policy: str, gqa: str) -> Path:
-    """`alloc-b<B>-<policy>[-query].safetensors`, next to the score artifact it was allocated from."""
+def alloc_file(scores: Path, budget: int, policy: str, gqa: str, model: str) -> Path:
+    """`alloc-b<B>-<policy>[-query].safetensors` next to its scores, or in `model`'s workspace folder when the
+    scores are packaged data (never write into the installed package)."""
     suffix = "-query" if gqa == "query" else ""
-    return scores.parent / f"alloc-b{budget}-{policy}{suffix}.safetensors"
+    folder = model_dir(model) if is_packaged(scores) else scores.parent
+    return folder / f"alloc-b{budget}-{policy}{suffix}.safetensors"
 
 
 def eval_cache_file(model: str) -> Path:
     """The evaluation results cache (one JSONL row per method x budget x item)."""
-    return artifact_dir(model) / "eval-cache.jsonl"
+    return model_dir(model) / "eval-cache.jsonl"
+
+
+# ---------------------------------------------------------------- package data (read-only)
+
+
+def _packaged(*parts: str) -> Path:
+    """A file or folder shipped inside the package, as a real path."""
+    return _resources.enter_context(as_file(files("headprof").joinpath("data", *parts)))
+
+
+def data_dir() -> Path:
+    """The package's data folder (needles, references); nothing is ever written under it."""
+    return _packaged()
+
+
+def is_packaged(path: Path) -> bool:
+    """Whether `path` lies inside the package's data folder."""
+    return Path(path).resolve().is_relative_to(data_dir().resolve())
+
+
+def needle_file(kind: str) -> Path:
+    """The scoring needles of one kind (`retrieval`, `reasoning`)."""
+    return _packaged("needles", f"needles-{kind}.jsonl")
+
+
+def eval_needle_file(kind: str) -> Path:
+    """The evaluation needles of one kind, disjoint from the scoring needles."""
+    return _packaged("needles", f"eval-needles-{kind}.jsonl")
+
+
+def reference_file(model: str, name: str) -> Path:
+    """A file of `model`'s packaged reference (it exists only for the embedded model)."""
+    return _packaged("reference", resolve_model(model).slug, name)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A default input: the workspace's file, or the packaged reference when the workspace has none."""
+
+    path: Path
+    packaged: bool
+
+
+def find_input(model: str, workspace_path: Path) -> Input:
+    """`workspace_path` if it exists, else the packaged reference file of the same name, else `workspace_path`
+    (so that the error names where the file was expected)."""
+    if workspace_path.exists():
+        return Input(workspace_path, False)
+    reference = reference_file(model, workspace_path.name)
+    if reference.is_file():
+        return Input(reference, True)
+    return Input(workspace_path, False)

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import NEEDLES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(scope="session")
-def repo() -> Path:
-    """The repository root (committed probes, needles and reference artifacts live under it)."""
-    return REPO
+os.environ.pop("HEADPROF_WORKDIR", None)  # outputs go to ./headprof-out of each test's folder
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +32,7 @@ def tokenizer(loaded):
 def needles():
     from headprof.probes import load_needles
 
-    return (
-        load_needles(REPO / "probes/needles-retrieval.jsonl")[:2]
-        + load_needles(REPO / "probes/needles-reasoning.jsonl")[:2]
-    )
+    return load_needles(NEEDLES / "needles-retrieval.jsonl")[:2] + load_needles(NEEDLES / "needles-reasoning.jsonl")[:2]
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +77,5 @@ def cli(capsys, monkeypatch):
 
 @pytest.fixture
 def workdir(tmp_path):
-    """A working directory with the repository's needle files under probes/."""
-    (tmp_path / "probes").mkdir()
-    for path in (REPO / "probes").glob("*needles*.jsonl"):
-        (tmp_path / "probes" / path.name).write_text(path.read_text())
+    """An empty working directory (commands write to its headprof-out/)."""
     return tmp_path

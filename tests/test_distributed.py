@@ -13,7 +13,7 @@ import torch
 from headprof.artifacts import load_scores
 from headprof.probes import write_probes
 
-from helpers import PUBLISHED, REPO
+from helpers import PUBLISHED, REFERENCE, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -97,5 +97,5 @@ def test_import_allocate_export_round_trip_cli(cli, workdir):
     assert compared.code == 0 and compared.json()["spearman"] == pytest.approx(1.0)
     wrong = cli("import", source, "--model", "smollm2-135m", "--out", "x.safetensors")
     assert wrong.code == 1 and "outside" in wrong.stderr
-    mismatch = cli("compare", "llama.safetensors", REPO / "artifacts/smollm2-135m/scores.safetensors")
+    mismatch = cli("compare", "llama.safetensors", REFERENCE / "scores.safetensors")
     assert mismatch.code == 1 and "different architectures" in mismatch.stderr

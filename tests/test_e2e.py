@@ -14,32 +14,23 @@ from headprof.probes import write_probes
 pytestmark = pytest.mark.e2e
 
 
-def _needle_file(workdir, n_each: int = 1):
-    rows = []
-    for kind in ("retrieval", "reasoning"):
-        rows += (workdir / f"probes/needles-{kind}.jsonl").read_text().splitlines()[:n_each]
-    path = workdir / "probes" / "few-needles.jsonl"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 def test_pipeline_through_the_cli(cli, workdir, loaded):
-    needles = _needle_file(workdir)
-    built = cli("probes", "build", "--lengths", "400", "--depths", "20,80", "--needles", needles, "--json", cwd=workdir)
+    built = cli("probes", "build", "--lengths", "400", "--depths", "20,80", "--limit", "1", "--json", cwd=workdir)
     assert built.code == 0, built.stderr
     info = built.json()
     assert info["count"] == 4 and info["per_kind"] == {"retrieval": 2, "reasoning": 2}
-    assert info["probes"] == "probes/probes-smollm2-135m.jsonl"
+    assert info["probes"] == "headprof-out/smollm2-135m/probes.jsonl"  # the packaged needles, into the workspace
 
     scored = cli("score", "--json")
     assert scored.code == 0, scored.stderr
     report = scored.json()
-    assert report["artifact"] == "artifacts/smollm2-135m/scores.safetensors"
+    assert report["artifact"] == "headprof-out/smollm2-135m/scores.safetensors"
+    assert "scoring smollm2-135m: 4/4 (100%)" in scored.stderr  # no terminal: plain progress lines
     assert report["probes_total"] == report["probes_counted"] == 4
     assert len(report["top_heads"]) == 10 and report["top_heads"][0][2] >= report["top_heads"][-1][2] > 0
     art = load_scores(workdir / report["artifact"])
     assert art.model == loaded.info and set(art.methods) == {"retrieval", "r2"}
-    assert not list((workdir / "artifacts/smollm2-135m").glob("*.partial*"))
+    assert not list((workdir / "headprof-out/smollm2-135m").glob("*.partial*"))
 
     alloc = cli("allocate", "--budget", "64", "--gqa", "query", "--json")
     assert alloc.code == 0, alloc.stderr
@@ -59,8 +50,9 @@ def test_pipeline_through_the_cli(cli, workdir, loaded):
     view = shown.json()
     assert view["top_heads"][:3] == report["top_heads"][:3] and len(view["layers"]) == 30
     assert (workdir / "heat.png").read_bytes()[:4] == b"\x89PNG"
-    table = cli("show", report["artifact"])
+    table = cli("show")  # the workspace's scores by default
     assert table.code == 0 and "top 10 heads" in table.stdout and "heatmap" in table.stdout
+    assert table.stdout.startswith(report["artifact"]) and not table.stderr
     assert cli("show", result["artifact"], "--json").json()["what"].startswith("budgets")
 
 

@@ -13,7 +13,7 @@ from headprof.evaluation import check_disjoint, head_count, items_from_task
 from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
 
-from helpers import REPO
+from helpers import NEEDLES, REFERENCE
 
 
 def test_normalisation_and_exact_match():
@@ -57,10 +57,10 @@ def test_task_file_items(tmp_path, tokenizer):
 def test_eval_probes_must_not_share_needles(tokenizer):
     from headprof.artifacts import load_scores
 
-    scores = load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
-    eval_needles = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[:2]
+    scores = load_scores(REFERENCE / "scores.safetensors")
+    eval_needles = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[:2]
     check_disjoint(build_probes(eval_needles, tokenizer, lengths=(300,), depths=(50,)), scores)
-    scoring = load_probes(REPO / "probes/probes-smollm2-135m.jsonl")[:1]
+    scoring = load_probes(REFERENCE / "probes.jsonl")[:1]
     with pytest.raises(HeadprofError, match=r"share 1 needle\(s\) with the scoring probes \(r-orion-vault-code"):
         check_disjoint(scoring, scores)
 
@@ -91,7 +91,7 @@ def test_masking_heads_changes_only_what_it_should(loaded):
 
 @pytest.fixture
 def eval_probes(workdir, tokenizer):
-    needles = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[:2]
+    needles = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[:2]
     probes = build_probes(needles, tokenizer, lengths=(400,), depths=(30, 70), tokenizer_name="smollm2-135m")
     write_probes(workdir / "eval.jsonl", probes)
     return workdir / "eval.jsonl"
@@ -108,7 +108,7 @@ def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
         "--probes",
         eval_probes,
         "--scores",
-        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        REFERENCE / "scores.safetensors",
         "--max-new-tokens",
         "20",
     ]
@@ -129,7 +129,7 @@ def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
     assert by[("full", None)]["accuracy"] >= 0.5  # the embedded model retrieves at 400 tokens
     assert by[("snapkv", 48)]["kv_bytes"] < by[("snapkv", 96)]["kv_bytes"] < by[("full", None)]["kv_bytes"]
     assert (workdir / "acc.png").read_bytes()[:4] == b"\x89PNG" and (workdir / "acc-needles.png").is_file()
-    cache = workdir / "artifacts/smollm2-135m/eval-cache.jsonl"
+    cache = workdir / "headprof-out/smollm2-135m/eval-cache.jsonl"
     lines = len(cache.read_text().splitlines())
     assert lines == 4 * 7
     again = cli(*args, "--methods", "full,snapkv,headkv,kvzip,streamingllm", "--json")
@@ -142,7 +142,7 @@ def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
 @pytest.mark.e2e
 def test_eval_refuses_scoring_needles_and_bad_budgets(cli, workdir):
     scoring = workdir / "scoring.jsonl"
-    write_probes(scoring, load_probes(REPO / "probes/probes-smollm2-135m.jsonl")[:1])
+    write_probes(scoring, load_probes(REFERENCE / "probes.jsonl")[:1])
     result = cli(
         "eval",
         "--probes",
@@ -152,7 +152,7 @@ def test_eval_refuses_scoring_needles_and_bad_budgets(cli, workdir):
         "--budgets",
         "64",
         "--scores",
-        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        REFERENCE / "scores.safetensors",
         cwd=workdir,
     )
     assert result.code == 1 and "share 1 needle(s)" in result.stderr
@@ -175,9 +175,9 @@ def test_ablate_cli(cli, workdir, eval_probes):
         "--max-new-tokens",
         "20",
         "--scores",
-        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        REFERENCE / "scores.safetensors",
         "--compare",
-        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        REFERENCE / "scores.safetensors",
         "--json",
         cwd=workdir,
     )
@@ -231,7 +231,7 @@ def test_run_cli(cli, workdir, tiny_probes):
         "--max-new-tokens",
         "20",
         "--scores",
-        REPO / "artifacts/smollm2-135m/scores.safetensors",
+        REFERENCE / "scores.safetensors",
         "--budget",
         "64",
         "--json",

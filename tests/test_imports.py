@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from helpers import REFERENCE
+
 SCRIPT = """
 import sys
 from headprof.cli import main
@@ -30,8 +32,8 @@ print("heavy modules:", ",".join(heavy), file=sys.stderr)
     ],
     ids=["help", "show", "allocate"],
 )
-def test_light_commands_do_not_import_transformers(args, repo, tmp_path):
-    scores = repo / "artifacts/smollm2-135m/scores.safetensors"
+def test_light_commands_do_not_import_transformers(args, tmp_path):
+    scores = REFERENCE / "scores.safetensors"
     argv = [a.format(scores=scores, tmp=tmp_path) for a in args]
     done = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -28,12 +28,12 @@ def unigram_tokenizer():
 
     from headprof.probes import load_needles
 
-    from helpers import REPO
+    from helpers import NEEDLES
 
     texts = load_haystack()[:1500] + [
         n.needle + " " + n.question
         for f in ("retrieval", "reasoning")
-        for n in load_needles(REPO / f"probes/needles-{f}.jsonl")
+        for n in load_needles(NEEDLES / f"needles-{f}.jsonl")
     ]
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -164,11 +164,11 @@ def test_needle_file_missing_duplicate_and_empty(tmp_path):
 
 
 def test_committed_needle_sets_are_valid_and_disjoint():
-    from helpers import REPO
+    from helpers import NEEDLES
 
-    scoring = {n.id: n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/needles-{k}.jsonl")}
+    scoring = {n.id: n for k in ("retrieval", "reasoning") for n in load_needles(NEEDLES / f"needles-{k}.jsonl")}
     evaluation = {
-        n.id: n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/eval-needles-{k}.jsonl")
+        n.id: n for k in ("retrieval", "reasoning") for n in load_needles(NEEDLES / f"eval-needles-{k}.jsonl")
     }
     assert sum(n.kind == "retrieval" for n in scoring.values()) >= 10
     assert sum(n.kind == "reasoning" for n in scoring.values()) >= 10

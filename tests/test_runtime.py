@@ -14,7 +14,7 @@ from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods.snapkv import SnapKVOptions
 from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
 
-from helpers import REPO
+from helpers import NEEDLES, REFERENCE
 
 # ---------------------------------------------------------------- selection on hand-built scores
 
@@ -108,7 +108,7 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
 
 @pytest.fixture(scope="module")
 def prompt(tokenizer):
-    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[0]
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[0]
     probe = build_probes([needle], tokenizer, lengths=(300,), depths=(50,))[0]
     return probe, torch.tensor([encode_probe(tokenizer, probe).prompt_ids])
 
@@ -117,7 +117,7 @@ def prompt(tokenizer):
 def scores_artifact():
     from headprof.artifacts import load_scores
 
-    return load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+    return load_scores(REFERENCE / "scores.safetensors")
 
 
 def _generate(model, ids, **kwargs):
@@ -194,7 +194,7 @@ def test_manual_loop_equals_generate_and_rope_continues_from_true_length(loaded,
 
 
 def test_memory_holds_only_kept_entries(loaded, tokenizer):
-    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[1]
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[1]
     probe = build_probes([needle], tokenizer, lengths=(1000,), depths=(50,))[0]
     ids = torch.tensor([encode_probe(tokenizer, probe).prompt_ids])
     info = loaded.info

@@ -15,11 +15,11 @@ from headprof.heads import rank_agreement
 from headprof.probes import build_probes, load_needles, load_probes, probes_sha256
 from headprof.scoring import ScoreConfig, score_probes
 
-from helpers import REPO
+from helpers import NEEDLES, REFERENCE
 
 pytestmark = pytest.mark.e2e
-REFERENCE = REPO / "artifacts/smollm2-135m/scores.safetensors"
-PROBES = REPO / "probes/probes-smollm2-135m.jsonl"
+SCORES = REFERENCE / "scores.safetensors"
+PROBES = REFERENCE / "probes.jsonl"
 SUBSET = [
     "r-orion-vault-code@1024@50",
     "r-quenby-new-city@1024@10",
@@ -31,13 +31,13 @@ SUBSET = [
 
 
 def test_committed_probe_set_rebuilds_identically(tokenizer):
-    needles = [n for k in ("retrieval", "reasoning") for n in load_needles(REPO / f"probes/needles-{k}.jsonl")]
+    needles = [n for k in ("retrieval", "reasoning") for n in load_needles(NEEDLES / f"needles-{k}.jsonl")]
     rebuilt = build_probes(needles, tokenizer, max_context=8192, tokenizer_name="smollm2-135m")
     assert probes_sha256(rebuilt) == probes_sha256(load_probes(PROBES))
 
 
 def test_rescoring_reproduces_the_reference(loaded):
-    reference = load_scores(REFERENCE)
+    reference = load_scores(SCORES)
     assert reference.meta["probe_set_sha256"] == probes_sha256(load_probes(PROBES))
     assert reference.model.fingerprint == loaded.info.fingerprint
     probes = load_probes(PROBES)

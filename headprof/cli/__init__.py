@@ -9,31 +9,58 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from headprof import workspace
 from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show
 from headprof.errors import HeadprofError
+from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
+# Help is plain text (rich_markup_mode=None): help strings are not read as markup, and flags show no type.
+# It uses the terminal's width up to 120 columns (80 by default).
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
     help="Profile attention heads for long-context retrieval and reasoning; compress the KV cache.",
 )
-probes_app = typer.Typer(no_args_is_help=True, help="Build and inspect needle-in-a-haystack probe sets.")
+probes_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Build and inspect needle-in-a-haystack probe sets."
+)
+
+
+@app.callback()
+def _options(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            metavar="<dir>",
+            help=f"Outputs go here, a folder per model (default: ${ROOT_ENV}, else ./{DEFAULT_ROOT}).",
+        ),
+    ] = None,
+) -> None:
+    workspace.set_root(workdir)
+
+
 app.add_typer(probes_app, name="probes")
-probes_app.command("build")(probes.build)
-app.command()(score.score)
-app.command()(allocate.allocate)
-app.command()(show.show)
-app.command()(run.run)
-app.command("eval")(evaluate.eval_)
-app.command()(evaluate.ablate)
-app.command()(interop.merge)
-app.command("import")(interop.import_)
-app.command()(interop.export)
-app.command()(interop.compare)
+# Short help for the command list (plain help cuts a docstring's first line at the terminal's width).
+probes_app.command("build", short_help="Build a probe set: needles x lengths x depths, as JSONL.")(probes.build)
+app.command(short_help="Score every head on the probes (captured attention).")(score.score)
+app.command(short_help="Per-head KV budgets from head scores (HeadKV, uniform, PyramidKV).")(allocate.allocate)
+app.command(short_help="Top heads and a heatmap of a score or allocation artifact.")(show.show)
+app.command(short_help="Answer a question about a long context with a compressed KV cache.")(run.run)
+app.command("eval", short_help="Accuracy against KV bytes, every method x budget.")(evaluate.eval_)
+app.command(short_help="Mask the top heads (and random ones) and compare retrieval.")(evaluate.ablate)
+app.command(short_help="Join score shards into one artifact.")(interop.merge)
+app.command("import", short_help="Read a published head-score JSON into a score artifact.")(interop.import_)
+app.command(short_help="Write scores as HeadKV / Retrieval-head JSON.")(interop.export)
+app.command(short_help="Spearman and top-k overlap of two score artifacts.")(interop.compare)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except typer.TyperException as exc:  # bad options and arguments (typer's click exceptions)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `headprof` or `headprof probes` alone: the help, exit 0
+            render.help_text(exc.format_message())
+            return
         render.error(exc.format_message())
         sys.exit(getattr(exc, "exit_code", 2))
     except OSError as exc:

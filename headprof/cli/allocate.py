@@ -7,13 +7,17 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import render
-from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, Policy, ScoreMethod, choice
+from headprof.cli import common, render
+from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, ModelOpt, Policy, ScoreMethod, choice
 
 
 def allocate(
     budget: Annotated[int, typer.Option(help="Mean KV entries per head, window included.")],
-    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the default model's.")] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Score artifact; default: the workspace's scores of --model, else its packaged reference."),
+    ] = None,
+    model: ModelOpt = "smollm2-135m",
     policy: Annotated[
         Policy, choice(Policy, "unknown policy '{value}' ({choices})", "How budgets are distributed.")
     ] = Policy.headkv,
@@ -33,7 +37,10 @@ def allocate(
     ] = None,
     bytes_per_value: Annotated[int, typer.Option(help="Bytes per cached value for the summary (2 = bf16).")] = 2,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Default: next to the scores, alloc-b<B>-<policy>.safetensors.")
+        Path | None,
+        typer.Option(
+            "--out", help="Default: alloc-b<B>-<policy>.safetensors next to the scores (packaged: <workdir>/<model>/)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,15 +49,14 @@ def allocate(
     from headprof.allocation import AllocConfig, allocate_artifact, summarize_budgets
     from headprof.artifacts import load_scores, save_alloc
     from headprof.errors import HeadprofError
-    from headprof.models.spec import DEFAULT_MODEL
 
     if bytes_per_value < 1 or (context is not None and context < 1):
         raise HeadprofError("--bytes-per-value and --context must be positive")
-    source = scores or workspace.scores_file(DEFAULT_MODEL)
+    source = scores or common.default_input(model, workspace.scores_file(model), "scores")
     art = load_scores(source)
     config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value)
     alloc = allocate_artifact(art, config, score_method.value, source)
-    target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value)
+    target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value, model)
     save_alloc(target, alloc)
     summary = summarize_budgets(alloc.budgets, config, art.model, context or art.model.max_context, bytes_per_value)
     if as_json:

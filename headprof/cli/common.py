@@ -1,8 +1,9 @@
-"""Steps several commands share: loading a model behind a spinner, warning about foreign probes."""
+"""Steps several commands share: default inputs, loading a model behind a spinner, warning about foreign probes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headprof.cli import render
@@ -17,8 +18,31 @@ def load(model: str, dtype: str = "auto", device: str = "auto", device_map: str 
     from headprof.models.loading import load_model, quiet_transformers
 
     quiet_transformers()
-    with render.status(f"loading {model} ..."):
+    with render.status(f"loading {model}"):
         return load_model(model, dtype=dtype, device=device, device_map=device_map)
+
+
+def default_input(model: str, path: Path, what: str) -> Path:
+    """A model's default input: the workspace's `path`, else the packaged reference file, said in one notice."""
+    from headprof import workspace
+
+    found = workspace.find_input(model, path)
+    if found.packaged:
+        render.notice(f"no {path} in the workspace: using the packaged reference {what} of {model} ({found.path})")
+    return found.path
+
+
+def default_eval_probes(model: str) -> Path:
+    """The model's evaluation probes: the workspace's `eval-probes.jsonl`, else the packaged reference set."""
+    from headprof import workspace
+    from headprof.errors import HeadprofError
+
+    path = default_input(model, workspace.eval_probe_file(model), "evaluation probes")
+    if not path.is_file():
+        raise HeadprofError(
+            f"no evaluation probes at {path}: run `headprof probes build --eval`, or give --probes FILE"
+        )
+    return path
 
 
 def warn_foreign_probes(probe_list: Sequence[Probe], model: str) -> None:

@@ -11,6 +11,7 @@ import typer
 from headprof.cli import common, render
 from headprof.cli.options import (
     GQA_MESSAGE,
+    INTS,
     SCORE_METHOD_MESSAGE,
     DeviceOpt,
     Dtype,
@@ -32,13 +33,21 @@ ALL_METHODS = ",".join(METHODS)  # registry order: the full cache first
 
 def eval_(
     model: ModelOpt = "smollm2-135m",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = ALL_METHODS,
+    methods: Annotated[
+        str, typer.Option(metavar=f"<{ALL_METHODS.replace(',', '|')},...>", help="Methods.")
+    ] = ALL_METHODS,
     budgets: Annotated[
-        str, typer.Option(help="Comma-separated per-head budgets (each above the window).")
+        str, typer.Option(metavar=INTS, help="Per-head budgets (each above the window).")
     ] = "64,128,256,512",
-    probes: Annotated[list[Path] | None, typer.Option(help="Evaluation probe JSONL (repeatable).")] = None,
+    probes: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="<path>",
+            help="Evaluation probe JSONL (repeatable); default without --task: the model's eval-probes.jsonl.",
+        ),
+    ] = None,
     task: Annotated[Path | None, typer.Option(help="LongBench-layout JSONL: context, input, answers.")] = None,
-    scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")] = None,
     gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")] = Gqa.kv,
     window: Annotated[
         int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
@@ -47,7 +56,7 @@ def eval_(
     pooling: PoolingOpt = Pooling.max,
     max_new_tokens: int = 32,
     cache_file: Annotated[
-        Path | None, typer.Option("--cache", help="Results cache; default artifacts/<model>/eval-cache.jsonl.")
+        Path | None, typer.Option("--cache", help="Results cache; default: <workdir>/<model>/eval-cache.jsonl.")
     ] = None,
     png: Annotated[
         Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")
@@ -61,32 +70,29 @@ def eval_(
     from headprof import evaluation as E
     from headprof import workspace
     from headprof.artifacts import load_scores
-    from headprof.errors import HeadprofError
     from headprof.fileio import write_text_atomic
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     budget_list = tuple(numbers(budgets, "--budgets"))
     config = E.EvalConfig(method_list, budget_list, gqa.value, window, max_new_tokens, kernel, pooling.value)
     config.validate()
-    if not probes and not task:
-        raise HeadprofError("give --probes FILE (repeatable) and/or --task FILE")
-    probe_list = E.read_inputs(probes, task)
-    default_scores = workspace.scores_file(model)
-    scores_path = scores or (default_scores if "headkv" in method_list or default_scores.is_file() else None)
-    scores_art = load_scores(scores_path) if scores_path else None
+    probe_list = E.read_inputs(probes or ([] if task else [common.default_eval_probes(model)]), task)
+    default_scores = workspace.find_input(model, workspace.scores_file(model)).path
+    if not scores and ("headkv" in method_list or default_scores.is_file()):  # also checks needle overlap
+        scores = common.default_input(model, workspace.scores_file(model), "scores")
+    scores_art = load_scores(scores) if scores else None
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     items = E.collect_items(loaded, probe_list, task, scores_art, max_new_tokens)
     total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
-    with render.progress_bar() as bar:
-        job = bar.add_task("evaluating", total=total)
+    with render.progress("evaluating", total) as advance:
         records = E.evaluate(
             loaded,
             items,
             config,
             scores_art,
             cache_file or workspace.eval_cache_file(model),
-            on_result=lambda _r: bar.advance(job),
+            on_result=lambda _r: advance(),
         )
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
@@ -105,9 +111,17 @@ def eval_(
 
 def ablate(
     model: ModelOpt = "smollm2-135m",
-    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the model's.")] = None,
-    probes: Annotated[list[Path] | None, typer.Option(help="Probe JSONL to measure retrieval on (repeatable).")] = None,
-    top: Annotated[str, typer.Option(help="Heads to mask: a percent of all heads (5%) or a count.")] = "5%",
+    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the model's scores.")] = None,
+    probes: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="<path>",
+            help="Probe JSONL to measure retrieval on (repeatable); default: the model's eval-probes.jsonl.",
+        ),
+    ] = None,
+    top: Annotated[
+        str, typer.Option(metavar="<percent%|count>", help="Heads to mask: a percent of all heads (5%) or a count.")
+    ] = "5%",
     random_trials: Annotated[int, typer.Option(help="Random head sets to mask.")] = 5,
     method: Annotated[
         ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score that ranks heads.")
@@ -127,12 +141,10 @@ def ablate(
     from headprof.artifacts import check_model, load_scores
     from headprof.errors import HeadprofError
 
-    if not probes:
-        raise HeadprofError("give --probes FILE (repeatable) to measure retrieval on")
     if random_trials < 1 or max_new_tokens < 1:
         raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
-    probe_list = E.read_inputs(probes)
-    score_art = load_scores(scores or workspace.scores_file(model))
+    probe_list = E.read_inputs(probes or [common.default_eval_probes(model)])
+    score_art = load_scores(scores or common.default_input(model, workspace.scores_file(model), "scores"))
     if method.value not in score_art.per_probe:
         raise HeadprofError(f"the score artifact has no '{method.value}' scores ({', '.join(score_art.methods)})")
     k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
@@ -142,8 +154,7 @@ def ablate(
     items = [i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"]
     if not items:
         raise HeadprofError("no retrieval probes to measure")
-    with render.progress_bar() as bar:
-        job = bar.add_task("ablating", total=len(items) * (2 + random_trials))
+    with render.progress("ablating", len(items) * (2 + random_trials)) as advance:
         result = E.ablate(
             loaded,
             score_art,
@@ -153,7 +164,7 @@ def ablate(
             random_trials,
             seed,
             max_new_tokens,
-            on_item=lambda: bar.advance(job),
+            on_item=advance,
         )
     result["split_half"] = E.split_half_agreement(score_art, method.value)
     if compare:

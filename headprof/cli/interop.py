@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from headprof.cli import render
-from headprof.cli.options import SCORE_METHOD_MESSAGE, Format, JsonOpt, ModelOpt, ScoreMethod, choice, numbers
+from headprof.cli.options import INTS, SCORE_METHOD_MESSAGE, Format, JsonOpt, ModelOpt, ScoreMethod, choice, numbers
 
 
 def merge(
-    parts: Annotated[list[Path], typer.Argument(help="Shard artifacts from `score --shard i/N`.")],
+    parts: Annotated[list[Path], typer.Argument(metavar="PART", help="Shard artifacts from `score --shard i/N`.")],
     out_file: Annotated[Path, typer.Option("--out", help="Merged artifact.")],
     as_json: JsonOpt = False,
 ) -> None:
@@ -28,7 +28,9 @@ def merge(
 
 
 def import_(
-    source: Annotated[Path, typer.Argument(help="HeadKV / Retrieval-head JSON: {'layer-head': [scores]}.")],
+    source: Annotated[
+        Path, typer.Argument(metavar="FILE", help="HeadKV / Retrieval-head JSON: {'layer-head': [scores]}.")
+    ],
     model: ModelOpt = "smollm2-135m",
     method: Annotated[
         ScoreMethod | None,
@@ -36,7 +38,7 @@ def import_(
     ] = None,
     out_file: Annotated[
         Path | None,
-        typer.Option("--out", help="Default: artifacts/<model>/scores-imported-<method>.safetensors."),
+        typer.Option("--out", help="Default: <workdir>/<model>/scores-imported-<method>.safetensors."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -61,7 +63,7 @@ def import_(
 
 
 def export(
-    artifact: Annotated[Path, typer.Argument(help="Score artifact.")],
+    artifact: Annotated[Path, typer.Argument(metavar="ARTIFACT", help="Score artifact.")],
     out_file: Annotated[Path, typer.Option("--out", help="Output JSON file.")],
     fmt: Annotated[
         Format, choice(Format, "unknown format '{value}' ({choices})", "Output layout.", "--format")
@@ -84,8 +86,8 @@ def export(
 
 
 def compare(
-    first: Annotated[Path, typer.Argument(help="Score artifact A.")],
-    second: Annotated[Path, typer.Argument(help="Score artifact B (same architecture).")],
+    first: Annotated[Path, typer.Argument(metavar="A", help="Score artifact A.")],
+    second: Annotated[Path, typer.Argument(metavar="B", help="Score artifact B (same architecture).")],
     method: Annotated[
         ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score of A (default r2 if present).")
     ] = None,
@@ -93,7 +95,7 @@ def compare(
         ScoreMethod | None,
         choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score of B (default: same as A, else its first).", "--method-b"),
     ] = None,
-    k: Annotated[str, typer.Option(help="Comma-separated top-k sizes.")] = "10,20,50",
+    k: Annotated[str, typer.Option(metavar=INTS, help="Top-k sizes.")] = "10,20,50",
     as_json: JsonOpt = False,
 ) -> None:
     """Spearman rank correlation and top-k overlap between two score artifacts."""

@@ -1,5 +1,6 @@
-"""Option types shared by the commands. Choices are `str` Enums, so `--help` lists them; a value outside
-them is one `error:` line naming the choices (exit code 1), as every other bad input."""
+"""Option types shared by the commands. Choices are `str` Enums shown in `--help` as `<a|b|c>`; a value
+outside them is one `error:` line naming the choices (exit code 1), as every other bad input. Every option
+that takes free text names what it takes (`<alias|hub-id|path>`, `<int,...>`), never a bare `<str>`."""
 
 from __future__ import annotations
 
@@ -109,19 +110,33 @@ def _parser(choices: type[Enum], message: str) -> Callable[[Any], Enum]:
     return parse
 
 
+def metavar(choices: type[Enum]) -> str:
+    """How `--help` shows a choice: `<kv|query>`."""
+    return "<" + "|".join(member.value for member in choices) + ">"
+
+
 def choice(choices: type[Enum], message: str, help: str, *names: str) -> Any:
     """A typer option for a choice enum (`names`: its flags, default from the parameter name)."""
-    return typer.Option(*names, help=help, parser=_parser(choices, message))
+    return typer.Option(*names, help=help, parser=_parser(choices, message), metavar=metavar(choices))
 
 
 GQA_MESSAGE = "--gqa must be kv or query, got '{value}'"
 SCORE_METHOD_MESSAGE = "unknown scoring method '{value}' ({choices})"
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Alias, hub id, local directory or .gguf file.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", metavar="<alias|hub-id|path>", help="Alias, hub id, local directory or .gguf file."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 DtypeOpt = Annotated[Dtype, choice(Dtype, "unknown dtype '{value}' ({choices})", "auto: bf16 on CUDA, fp32 on CPU.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto.")]
-DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", help="'auto' shards a large model (accelerate).")]
+DeviceOpt = Annotated[str, typer.Option(metavar="<cpu|cuda|cuda:N|auto>", help="auto: cuda if present, else cpu.")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map", metavar="<auto|balanced|sequential>", help="Shard a large model over GPUs (accelerate)."
+    ),
+]
+INTS = "<int,...>"  # how `--help` shows comma-separated integers
 KernelOpt = Annotated[int, typer.Option(help="Pooling kernel over positions for SnapKV-family scores (odd).")]
 PoolingOpt = Annotated[
     Pooling, choice(Pooling, "unknown pooling '{value}' ({choices})", "Pooling of SnapKV-family scores.")

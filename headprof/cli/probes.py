@@ -9,44 +9,74 @@ from typing import Annotated
 import typer
 
 from headprof.cli import render
-from headprof.cli.options import JsonOpt, Kind, ModelOpt, choice, numbers
+from headprof.cli.options import INTS, JsonOpt, Kind, ModelOpt, choice, numbers
 
 
 def build(
     model: ModelOpt = "smollm2-135m",
     kind: Annotated[Kind, choice(Kind, "unknown kind '{value}' ({choices})", "Which needles.")] = Kind.both,
-    lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens of the model's tokenizer.")] = "1024,2048",
-    depths: Annotated[str, typer.Option(help="Needle depths in percent of the haystack.")] = "10,50,90",
+    lengths: Annotated[
+        str, typer.Option(metavar=INTS, help="Prompt lengths in tokens of the model's tokenizer.")
+    ] = "1024,2048",
+    depths: Annotated[
+        str, typer.Option(metavar="<percent,...>", help="Needle depths in percent of the haystack.")
+    ] = "10,50,90",
     needles: Annotated[
-        list[Path] | None, typer.Option(help="Needle JSONL file(s); default: probes/needles-*.jsonl.")
+        list[Path] | None,
+        typer.Option(metavar="<path>", help="Needle JSONL file (repeatable); default: the packaged needles."),
     ] = None,
-    haystack: Annotated[str, typer.Option(help="'builtin' (Python's own docs) or a text file / folder.")] = "builtin",
+    eval_set: Annotated[
+        bool,
+        typer.Option(
+            "--eval", help="The packaged evaluation needles (disjoint from the scoring ones); writes eval-probes.jsonl."
+        ),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="<int>", help="Only the first N needles of each kind (a quick trial).")
+    ] = None,
+    haystack: Annotated[
+        str, typer.Option(metavar="<builtin|path>", help="'builtin' (Python's own docs) or a text file / folder.")
+    ] = "builtin",
     seed: int = 0,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Default: probes/probes-<model>.jsonl.")] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Default: <workdir>/<model>/probes.jsonl (eval-probes.jsonl with --eval)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build a probe set: every needle x length x depth, written as JSONL."""
     from headprof import probes as P
     from headprof import workspace
+    from headprof.errors import HeadprofError
+    from headprof.fileio import check_writable
     from headprof.models.loading import load_tokenizer, quiet_transformers
 
+    if needles and eval_set:
+        raise HeadprofError("give --needles or --eval, not both")
     kinds = P.KINDS if kind is Kind.both else (kind.value,)
-    needle_list = P.select_needles(needles or [workspace.needle_file(k) for k in kinds], kinds)
+    packaged = workspace.eval_needle_file if eval_set else workspace.needle_file
+    needle_list = P.select_needles(needles or [packaged(k) for k in kinds], kinds)
+    if limit:
+        needle_list = [n for k in kinds for n in [m for m in needle_list if m.kind == k][:limit]]
+    target = out_file or (workspace.eval_probe_file(model) if eval_set else workspace.probe_file(model))
+    check_writable(target)
     quiet_transformers()
-    with render.status(f"loading the tokenizer of {model} ..."):
+    with render.status(f"loading the tokenizer of {model}"):
         tokenizer, info = load_tokenizer(model)
     started = time.time()
-    probe_list = P.build_probes(
-        needle_list,
-        tokenizer,
-        numbers(lengths, "--lengths"),
-        numbers(depths, "--depths", float),
-        seed,
-        haystack,
-        info.max_context,
-        tokenizer_name=model,
-    )
-    target = out_file or workspace.probe_file(model)
+    lengths_list, depths_list = numbers(lengths, "--lengths"), numbers(depths, "--depths", float)
+    with render.progress("building probes", len(needle_list) * len(lengths_list) * len(depths_list)) as advance:
+        probe_list = P.build_probes(
+            needle_list,
+            tokenizer,
+            lengths_list,
+            depths_list,
+            seed,
+            haystack,
+            info.max_context,
+            tokenizer_name=model,
+            on_probe=lambda _p: advance(),
+        )
     P.write_probes(target, probe_list)
     counts = {k: sum(p.kind == k for p in probe_list) for k in kinds}
     if as_json:

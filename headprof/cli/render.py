@@ -1,30 +1,36 @@
-"""Everything the commands print, in one place and without logic: consoles, JSON, tables, progress bars.
+"""Everything the commands print, in one place and without logic: consoles, JSON, tables, progress.
 
-Results go to stdout (one JSON object with `--json`); progress, notices and errors go to stderr.
+Results go to stdout (one JSON object with `--json`); progress, notices and errors go to stderr. Both
+consoles have rich markup off: paths, model names, needle ids and answers are user text and print as
+they are (`[scores].safetensors` stays `[scores].safetensors`); styles are set with `Text`, never markup.
+Long steps show a rich bar on a terminal and plain progress lines otherwise (`PlainProgress`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     import torch
 
     from headprof.allocation import BudgetSummary
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
-INTERRUPTED = "[yellow]interrupted[/yellow]: finished probes are checkpointed; rerun the same command to resume"
+INTERRUPTED = "finished probes are checkpointed; rerun the same command to resume"
 
 
 def emit(payload: dict[str, Any]) -> None:
@@ -34,38 +40,145 @@ def emit(payload: dict[str, Any]) -> None:
 
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """A warning that does not stop the command."""
-    err.print(f"[yellow]notice:[/yellow] {message}", soft_wrap=True)
+    err.print(Text.assemble(("notice:", "yellow"), " ", message), soft_wrap=True)
 
 
 def interrupted() -> None:
     """Ctrl-C: what was kept and how to resume."""
-    err.print(INTERRUPTED)
+    err.print(Text.assemble(("interrupted", "yellow"), ": ", INTERRUPTED), soft_wrap=True)
+
+
+def help_text(text: str) -> None:
+    """The command's help, as asked for by `headprof` with no command."""
+    sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _clock(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class PlainProgress:
+    """Progress as plain lines, for a stderr that is not a terminal (CI logs, `nohup`, a pipe).
+
+    With a total: `<what>: <done>/<total> (<pct>%), <elapsed> elapsed, eta <left>` whenever another tenth
+    is done and after `interval` seconds without a line. Without a total (loading a model): `<what>:
+    <elapsed> elapsed` every `interval` seconds, then a closing `done in` line if any was printed and the
+    step did not fail. Nothing is printed before the first tenth or the first interval, so a quick step
+    (or one that fails at once, whose error line must stand alone) stays silent. A daemon thread calls
+    `tick`, so a slow item still gets its line every `interval` seconds.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        stream: TextIO,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.description = description
+        self.total = total
+        self.stream = stream
+        self.interval = interval
+        self.clock = clock
+        self.done = 0
+        self.started = self.last_line = clock()
+        self.lines = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PlainProgress:
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.total is None and self.lines and exc_type is None:  # a failure ends with its error line instead
+            self._write(f"{self.description}: done in {_clock(self.clock() - self.started)}")
+
+    def advance(self, steps: int = 1) -> None:
+        """`steps` more items done; a line when this crosses a tenth of the total (or finishes it)."""
+        with self._lock:
+            before, self.done = self.done, self.done + steps
+            if self.total and (self.done * 10 // self.total > before * 10 // self.total):
+                self._write()
+
+    def tick(self) -> None:
+        """A line if `interval` seconds went by without one."""
+        with self._lock:
+            if self.clock() - self.last_line >= self.interval:
+                self._write()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.interval, 1.0)):
+            self.tick()
+
+    def _write(self, text: str | None = None) -> None:
+        now = self.clock()
+        elapsed = now - self.started
+        if text is None and self.total is None:
+            text = f"{self.description}: {_clock(elapsed)} elapsed"
+        elif text is None:
+            total = max(self.total or 0, 1)
+            eta = _clock(elapsed / self.done * (total - self.done)) if self.done else "-"
+            text = (
+                f"{self.description}: {self.done}/{self.total} ({self.done * 100 // total}%), "
+                f"{_clock(elapsed)} elapsed, eta {eta}"
+            )
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self.last_line, self.lines = now, self.lines + 1
+
+
+def _terminal(stream: TextIO | None) -> bool:
+    """A rich bar or spinner only on the console's own terminal; any other stream gets plain lines."""
+    return stream is None and err.is_terminal
 
 
 @contextmanager
-def status(message: str) -> Iterator[None]:
-    """A spinner on stderr for a step without progress (loading a model)."""
-    with err.status(message):
+def progress(description: str, total: int, stream: TextIO | None = None) -> Iterator[Callable[[], None]]:
+    """A long step of `total` items on stderr (or `stream`); yields the function to call once per item."""
+    if _terminal(stream):
+        columns = (
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda: bar.advance(task)
+        return
+    with PlainProgress(description, total, stream or sys.stderr) as plain:
+        yield plain.advance
+
+
+@contextmanager
+def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
+    """A step without a count (loading a model): a spinner on a terminal, else a line every 30 s."""
+    if _terminal(stream):
+        with err.status(Text(f"{message} ...")):
+            yield
+        return
+    with PlainProgress(message, None, stream or sys.stderr):
         yield
-
-
-def progress_bar() -> Progress:
-    """A transient progress bar on stderr (count, elapsed, eta)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
 
 
 def line(text: str) -> None:
@@ -143,7 +256,8 @@ def head_table(
     png: Path | None,
 ) -> None:
     """`show`: the top heads, then a heatmap of all heads with each layer's mean and max."""
-    out.print(f"[bold]{artifact}[/bold]: {label} of {model_id} ({values.shape[0]} layers x {values.shape[1]} heads)")
+    shape = f"{values.shape[0]} layers x {values.shape[1]} heads"
+    out.print(Text.assemble((str(artifact), "bold"), f": {label} of {model_id} ({shape})"))
     if counts is not None:
         summary = ", ".join(f"{k} {c['counted']}/{c['total']} counted" for k, c in counts.items())
         out.print(f"probes: {summary} ({mode} mode)")
@@ -167,7 +281,7 @@ def _heatmap(values: torch.Tensor, layers: list[dict[str, Any]]) -> Table:
         cells = []
         for value in row.tolist():
             level = int(round((value - low) / span * 255))
-            cells.append(f"[on rgb({level},{int(level * 0.6)},{255 - level})]  [/]")
+            cells.append(Text("  ", style=f"on rgb({level},{int(level * 0.6)},{255 - level})"))
         table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}")
     return table
 

@@ -25,9 +25,11 @@ from headprof.cli.options import (
 
 
 def run(
-    question: Annotated[str, typer.Option(help="The question about the context.")],
+    question: Annotated[str, typer.Option(metavar="<text>", help="The question about the context.")],
     context_file: Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")] = None,
-    context: Annotated[str | None, typer.Option(help="The context as a string (instead of --context-file).")] = None,
+    context: Annotated[
+        str | None, typer.Option(metavar="<text>", help="The context as a string (instead of --context-file).")
+    ] = None,
     model: ModelOpt = "smollm2-135m",
     method: Annotated[
         MethodName | None,
@@ -37,7 +39,10 @@ def run(
     ] = None,
     budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
     alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
-    scores: Annotated[Path | None, typer.Option(help="Score artifact: allocate HeadKV budgets on the fly.")] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(help="Score artifact: HeadKV budgets on the fly (--method headkv alone: the model's default)."),
+    ] = None,
     gqa: Annotated[
         Gqa | None,
         choice(
@@ -55,6 +60,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about a long context with a compressed KV cache."""
+    from headprof import workspace
     from headprof.artifacts import load_alloc, load_scores
     from headprof.errors import HeadprofError
     from headprof.runtime import Press, build_method, default_method, plan_budgets
@@ -64,6 +70,8 @@ def run(
     if not question.strip():
         raise HeadprofError("empty question")
     allocation = load_alloc(alloc) if alloc else None
+    if method is MethodName.headkv and not alloc and not scores:  # headkv needs scores: the model's default ones
+        scores = common.default_input(model, workspace.scores_file(model), "scores")
     score_art = load_scores(scores) if scores and not alloc else None
     name = method.value if method else default_method(allocation is not None or score_art is not None)
     compressor = build_method(name, kernel=kernel, pooling=pooling.value)

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 def score(
     model: ModelOpt = "smollm2-135m",
-    probes: Annotated[Path | None, typer.Option(help="Probe JSONL; default: probes/probes-<model>.jsonl.")] = None,
+    probes: Annotated[
+        Path | None, typer.Option(help="Probe JSONL; default: <workdir>/<model>/probes.jsonl (`probes build`).")
+    ] = None,
     method: Annotated[
         ScoreMethods, choice(ScoreMethods, SCORE_METHOD_MESSAGE, "Which head scores (both: one pass for the two).")
     ] = ScoreMethods.both,
@@ -47,9 +49,11 @@ def score(
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
-    shard: Annotated[str | None, typer.Option(help="i/N: score only every N-th probe from i (merge later).")] = None,
+    shard: Annotated[
+        str | None, typer.Option(metavar="<i/N>", help="Score only every N-th probe from i (merge later).")
+    ] = None,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Default: artifacts/<model>/scores.safetensors.")
+        Path | None, typer.Option("--out", help="Default: <workdir>/<model>/scores[-<mode>].safetensors.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -57,12 +61,16 @@ def score(
     from headprof import distributed, scoring, workspace
     from headprof import probes as P
     from headprof.artifacts import save_scores
+    from headprof.errors import HeadprofError
     from headprof.fileio import check_writable
 
     methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
     config = scoring.ScoreConfig(methods, mode.value, max_new_tokens, criterion.value)
     config.validate()
-    probe_list = P.load_probes(probes or workspace.probe_file(model))
+    source = probes or workspace.probe_file(model)
+    if probes is None and not source.is_file():
+        raise HeadprofError(f"no probe set at {source}: run `headprof probes build` first, or give --probes FILE")
+    probe_list = P.load_probes(source)
     select, shard_meta = distributed.shard_indices(len(probe_list), shard)
     target = out_file or workspace.scores_file(model, mode.value, shard_meta.get("shard"))
     check_writable(target)
@@ -71,15 +79,14 @@ def score(
     loaded = common.load(model, dtype.value, world.device(device), device_map)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     started = time.time()
-    with render.progress_bar() as bar:
-        task = bar.add_task(f"scoring {loaded.spec.name}", total=len(select))
+    with render.progress(f"scoring {loaded.spec.name}", len(select)) as advance:
         art = scoring.score_probes(
             loaded,
             probe_list,
             config,
             select=select,
             checkpoint=world.checkpoint(target),
-            on_probe=lambda _r: bar.advance(task),
+            on_probe=lambda _r: advance(),
             extra_meta=shard_meta,
         )
     art = world.gather(art, wanted)

@@ -7,12 +7,19 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import render
-from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, ScoreMethod, choice
+from headprof.cli import common, render
+from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, ModelOpt, ScoreMethod, choice
 
 
 def show(
-    artifact: Annotated[Path, typer.Argument(help="A score or allocation artifact.")],
+    artifact: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="ARTIFACT",
+            help="A score or allocation artifact; default: the workspace's scores of --model, else its packaged ones.",
+        ),
+    ] = None,
+    model: ModelOpt = "smollm2-135m",
     method: Annotated[
         ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score to show (default: r2 if present).")
     ] = None,
@@ -22,12 +29,14 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Top heads, per-layer summary and a heatmap of a score (or budget) artifact."""
+    from headprof import workspace
     from headprof.artifacts import head_table
     from headprof.errors import HeadprofError
     from headprof.heads import layer_summary, top_heads
 
     if top < 1:
         raise HeadprofError(f"--top must be at least 1, got {top}")
+    artifact = artifact or common.default_input(model, workspace.scores_file(model), "scores")
     table = head_table(artifact, method.value if method else None, gqa.value)
     if png:
         from headprof.plots import score_heatmap
