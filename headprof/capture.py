@@ -4,6 +4,10 @@ A registered attention function (transformers' AttentionInterface) runs the norm
 and, when a capture is active, recomputes softmax(q k^T) for the last `n_rows` queries of the call
 only. Those rows cost O(n_rows x T) per head, so a teacher-forced probe costs about one SDPA forward
 and memory grows linearly with context. Each layer's rows are handed to a callback and dropped.
+
+Rows are the model's own attention probabilities: they take the mask transformers built (zero outside a
+sliding window or chunk), Gemma 2's soft-capping and GPT-OSS's sinks (rows then sum to less than 1, as
+the eager attention's do). Families SDPA gets wrong (soft-capping, sinks) run `exact_attention` instead.
 """
 
 from __future__ import annotations
@@ -15,11 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headprof.attention import attention_rows
+from headprof.models.registry import (
+    attention_switched,
+    model_attention,
+    model_name,
+    pop_logit_options,
+    register_attention,
+    switch_attention,
+)
 from headprof.models.spec import check_supported
 
 if TYPE_CHECKING:
@@ -46,35 +55,29 @@ def _capture_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    scaling, extras = pop_logit_options(query, kwargs)
+    output = model_attention(module, query, key, value, attention_mask, scaling, extras, **kwargs)
     request = _ACTIVE.get()
     if request is not None:
         n_rows = min(request.n_rows, query.shape[2])
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        request.on_rows(module.layer_idx, attention_rows(query[:, :, -n_rows:], key, scaling))
+        rows = attention_rows(query[:, :, -n_rows:], key, scaling, mask=attention_mask, extras=extras)
+        request.on_rows(module.layer_idx, rows)
     return output, None
 
 
-def _register(name: str, attention: Callable[..., tuple[torch.Tensor, None]]) -> None:
-    """Register an SDPA-based attention function, and SDPA's mask builder under the same name."""
-    AttentionInterface.register(name, attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
-_register(CAPTURE_IMPL, _capture_attention)
+register_attention(CAPTURE_IMPL, _capture_attention)
 
 
 class AttentionCapture:
     """Switch a model to the capturing attention for a `with` block; `rows()` arms one forward."""
 
     def __init__(self, model: PreTrainedModel):
-        check_supported(model.config, getattr(model, "name_or_path", "") or type(model).__name__)
+        check_supported(model.config, model_name(model))
         self.model = model
         self._previous: str | None = None
 
     def __enter__(self) -> AttentionCapture:
-        self._previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation(CAPTURE_IMPL)
+        self._previous = switch_attention(self.model, CAPTURE_IMPL)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -105,7 +108,8 @@ def _ablating_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+    scaling, extras = pop_logit_options(query, kwargs)
+    output = model_attention(module, query, key, value, attention_mask, scaling, extras, **kwargs)
     mask = _MASK.get()
     if mask is not None and bool(mask[module.layer_idx].any()):
         keep = (~mask[module.layer_idx]).to(output.dtype).to(output.device)
@@ -113,17 +117,15 @@ def _ablating_attention(
     return output, None
 
 
-_register(ABLATE_IMPL, _ablating_attention)
+register_attention(ABLATE_IMPL, _ablating_attention)
 
 
 @contextlib.contextmanager
 def masked_heads(model: PreTrainedModel, mask: torch.Tensor) -> Iterator[None]:
     """Zero the attention output of the heads where `mask[layer, head]` is True, for a `with` block."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ABLATE_IMPL)
-    token = _MASK.set(mask.bool())
-    try:
-        yield
-    finally:
-        _MASK.reset(token)
-        model.set_attn_implementation(previous)
+    with attention_switched(model, ABLATE_IMPL):
+        token = _MASK.set(mask.bool())
+        try:
+            yield
+        finally:
+            _MASK.reset(token)

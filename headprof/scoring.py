@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from headprof.artifacts import METHODS, ScoreArtifact, load_scores, save_scores
 from headprof.capture import AttentionCapture
@@ -161,6 +162,9 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         generated = model.generate(
             inputs,
             attention_mask=torch.ones_like(inputs),
+            # a cache that keeps every position, so that a sliding-window layer's rows index the whole sequence
+            # (its window reaches the capture as the mask)
+            cache=DynamicCache(),
             do_sample=False,
             max_new_tokens=config.max_new_tokens,
             pad_token_id=_eos_ids(loaded)[0],
