@@ -9,7 +9,9 @@ query-agnostic cache, generated tokens) go to a dense "recent" part shared by al
 Decode attention over the flat part is one matmul of every query head against the layer's flat
 keys with a block-diagonal segment mask, then one softmax over [flat | recent]: plain PyTorch,
 the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored heads per layer) on a
-part that is budget-sized, and reads each stored byte once.
+part that is budget-sized, and reads each stored byte once. As in SDPA, queries are scaled before
+the matmul and logits, softmax and the weighted sum of values are computed in float32, whatever the
+model's dtype.
 
 The layer plugs into transformers through the Cache API: `update()` returns the layer itself
 instead of tensors, and the attention function registered as "headprof" (at the end of this
@@ -144,24 +146,24 @@ class CompressedLayer(CacheLayerMixin):
         batch, n_heads, q_len, dim = query.shape
         n_stored = (self.offsets.numel() - 1) // batch
         per = n_heads // n_stored
-        grouped = query.reshape(batch * n_stored, per * q_len, dim)
+        scaled = query.float() * scaling  # float32 from here on, as SDPA accumulates
+        grouped = scaled.reshape(batch * n_stored, per * q_len, dim)
         n_flat = self.flat_keys.shape[0]
-        logits_flat = (grouped.reshape(-1, dim) @ self.flat_keys.T).view(batch * n_stored, per * q_len, n_flat)
+        logits_flat = (grouped.reshape(-1, dim) @ self.flat_keys.float().T).view(batch * n_stored, per * q_len, n_flat)
         index = torch.arange(n_flat, device=query.device)
         own = (index[None, :] >= self.offsets[:-1, None]) & (index[None, :] < self.offsets[1:, None])
         logits_flat = logits_flat.masked_fill(~own[:, None, :], float("-inf"))
-        recent_k = self.recent_keys.reshape(batch * n_stored, -1, dim)
-        recent_v = self.recent_values.reshape(batch * n_stored, -1, dim)
+        recent_k = self.recent_keys.reshape(batch * n_stored, -1, dim).float()
+        recent_v = self.recent_values.reshape(batch * n_stored, -1, dim).float()
         n_recent = recent_k.shape[1]
         logits_recent = grouped @ recent_k.transpose(-1, -2)
         future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
             :, None
         ] + (n_recent - q_len)
         logits_recent = logits_recent.masked_fill(future.repeat(per, 1)[None], float("-inf"))
-        probs = (torch.cat([logits_flat, logits_recent], dim=-1).float() * scaling).softmax(dim=-1)
-        probs = probs.to(self.flat_values.dtype)
-        output = probs[..., :n_flat] @ self.flat_values + probs[..., n_flat:] @ recent_v
-        return output.view(batch, n_heads, q_len, dim).transpose(1, 2)
+        probs = torch.cat([logits_flat, logits_recent], dim=-1).softmax(dim=-1)
+        output = probs[..., :n_flat] @ self.flat_values.float() + probs[..., n_flat:] @ recent_v
+        return output.view(batch, n_heads, q_len, dim).transpose(1, 2).to(query.dtype)
 
     # ---------------------------------------------------------- compression
 
