@@ -216,12 +216,14 @@ def test_run_cli(cli, workdir, tiny_probes):
         "answer",
         "kv_bytes",
         "kv_bytes_full",
+        "index_bytes",
         "prompt_tokens",
         "prefill_s",
         "compress_s",
         "decode_tokens_per_s",
     }
     assert payload["kv_bytes"] < payload["kv_bytes_full"] / 4 and payload["prompt_tokens"] == probe.n_tokens
+    assert 0 < payload["index_bytes"] < payload["kv_bytes"] / 10  # an int32 position per kept entry, offsets
     headkv = cli(
         "run",
         "--context-file",

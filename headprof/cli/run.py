@@ -93,6 +93,7 @@ def run(
         "answer": result.answer,
         "kv_bytes": result.kv_bytes,
         "kv_bytes_full": result.kv_bytes_full,
+        "index_bytes": result.index_bytes,
         "prompt_tokens": result.prompt_tokens,
         "prefill_s": round(result.prefill_s, 4),
         "compress_s": round(result.compress_s, 4),

@@ -4,7 +4,8 @@ Lifecycle of a layer: the prompt's K/V are stored densely and attended exactly (
 the prompt's attention the layer asks its method for importance scores, keeps the selected entries
 and frees the dense tensors. Kept entries of all heads live in two flat `[N, d]` tensors (keys,
 values), head r owning rows `offsets[r]:offsets[r+1]`; tokens that arrive later (the question for a
-query-agnostic cache, generated tokens) go to a dense "recent" part shared by all heads.
+query-agnostic cache, generated tokens) go to a dense "recent" part stored once per KV head, which
+the query heads of its group all read (so `--gqa query` does not repeat what is generated).
 
 Decode attention over the flat part is one matmul of every query head against the layer's flat
 keys with a block-diagonal segment mask, then one softmax over [flat | recent]: plain PyTorch,
@@ -96,12 +97,8 @@ class CompressedLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         self.seen += key_states.shape[-2]
         if self.phase == "compressed":
-            keys, values = self._to_stored(key_states), self._to_stored(value_states)
-            if self.recent_keys is None:
-                self.recent_keys, self.recent_values = keys, values
-            else:
-                self.recent_keys = torch.cat([self.recent_keys, keys], dim=-2)
-                self.recent_values = torch.cat([self.recent_values, values], dim=-2)
+            self.recent_keys = torch.cat([self.recent_keys, key_states], dim=-2)
+            self.recent_values = torch.cat([self.recent_values, value_states], dim=-2)
         else:
             self.phase = "dense" if self.phase == "empty" else self.phase
             self.keys = key_states if self.keys is None else torch.cat([self.keys, key_states], dim=-2)
@@ -145,38 +142,37 @@ class CompressedLayer(CacheLayerMixin):
     def _attend_compressed(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         batch, n_heads, q_len, dim = query.shape
         n_stored = (self.offsets.numel() - 1) // batch
-        per = n_heads // n_stored
-        scaled = query.float() * scaling  # float32 from here on, as SDPA accumulates
-        grouped = scaled.reshape(batch * n_stored, per * q_len, dim)
+        per, n_kv = n_heads // n_stored, self.recent_keys.shape[1]
+        scaled = query.float() * scaling  # [B, Hq, q, d]; float32 from here on, as SDPA accumulates
+        # kept entries: every stored head's queries against the layer's flat keys, other heads' segments masked
         n_flat = self.flat_keys.shape[0]
-        logits_flat = (grouped.reshape(-1, dim) @ self.flat_keys.float().T).view(batch * n_stored, per * q_len, n_flat)
+        rows = scaled.reshape(batch * n_stored, per * q_len, dim)
+        logits_flat = rows.reshape(-1, dim) @ self.flat_keys.float().T
+        logits_flat = logits_flat.view(batch * n_stored, per * q_len, n_flat)
         index = torch.arange(n_flat, device=query.device)
         own = (index[None, :] >= self.offsets[:-1, None]) & (index[None, :] < self.offsets[1:, None])
-        logits_flat = logits_flat.masked_fill(~own[:, None, :], float("-inf"))
-        recent_k = self.recent_keys.reshape(batch * n_stored, -1, dim).float()
-        recent_v = self.recent_values.reshape(batch * n_stored, -1, dim).float()
-        n_recent = recent_k.shape[1]
-        logits_recent = grouped @ recent_k.transpose(-1, -2)
+        logits_flat = logits_flat.masked_fill(~own[:, None, :], float("-inf")).view(batch, n_heads, q_len, n_flat)
+        # tokens after the prompt: one copy per KV head, read by the query heads of its group, causal among themselves
+        n_recent = self.recent_keys.shape[2]
+        group_rows = scaled.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
+        logits_recent = group_rows @ self.recent_keys.float().transpose(-1, -2)
+        logits_recent = logits_recent.view(batch, n_heads, q_len, n_recent)
         future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
             :, None
         ] + (n_recent - q_len)
-        logits_recent = logits_recent.masked_fill(future.repeat(per, 1)[None], float("-inf"))
+        logits_recent = logits_recent.masked_fill(future, float("-inf"))
         probs = torch.cat([logits_flat, logits_recent], dim=-1).softmax(dim=-1)
-        output = probs[..., :n_flat] @ self.flat_values.float() + probs[..., n_flat:] @ recent_v
-        return output.view(batch, n_heads, q_len, dim).transpose(1, 2).to(query.dtype)
+        probs_flat = probs[..., :n_flat].reshape(batch * n_stored, per * q_len, n_flat)
+        probs_recent = probs[..., n_flat:].reshape(batch, n_kv, (n_heads // n_kv) * q_len, n_recent)
+        output = (probs_flat @ self.flat_values.float()).view(batch, n_heads, q_len, -1)
+        output = output + (probs_recent @ self.recent_values.float()).view(batch, n_heads, q_len, -1)
+        return output.to(query.dtype).transpose(1, 2)
 
     # ---------------------------------------------------------- compression
 
     @property
     def n_stored(self) -> int:
         return self.plan.budgets.numel()
-
-    def _to_stored(self, states: torch.Tensor) -> torch.Tensor:
-        """`[B, Hkv, n, d]` -> `[B, S, n, d]` (query-head layout repeats each KV head g times)."""
-        n_kv = states.shape[1]
-        if self.n_stored == n_kv:
-            return states
-        return states.repeat_interleave(self.n_stored // n_kv, dim=1)
 
     def compress(self, query: torch.Tensor | None, scaling: float, scores: torch.Tensor | None = None) -> None:
         """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest."""
@@ -197,8 +193,8 @@ class CompressedLayer(CacheLayerMixin):
         self.flat_values = self.values.reshape(-1, dim)[flat_index]
         self.offsets = selection.offsets
         self.positions = selection.positions.to(torch.int32)
-        empty = self.keys.new_zeros(batch, self.n_stored, 0, dim)
-        self.recent_keys, self.recent_values = empty, empty.clone()
+        self.recent_keys = self.keys.new_zeros(batch, n_kv, 0, dim)
+        self.recent_values = self.values.new_zeros(batch, n_kv, 0, self.values.shape[-1])
         self.keys = self.values = None
         self.phase = "compressed"
         self.stats.compressed_heads += int((selection.lengths < total).sum())

@@ -33,6 +33,7 @@ class RunResult:
     kv_bytes: int
     kv_bytes_full: int
     padding_bytes: int
+    index_bytes: int
     prefill_s: float
     compress_s: float
     decode_tokens_per_s: float
@@ -108,6 +109,7 @@ def generate_answer(
         kv_bytes=sizes["kv_bytes"],
         kv_bytes_full=full_kv_bytes(info.n_layers, info.n_kv_heads, info.head_dim, element, out.cache.get_seq_length()),
         padding_bytes=sizes["padding_bytes"],
+        index_bytes=sizes["index_bytes"],
         prefill_s=press.stats.prefill_seconds,
         compress_s=press.stats.compress_seconds,
         decode_tokens_per_s=max(0, int(new.numel()) - 1) / decode_s if decode_s > 0 else 0.0,
