@@ -12,7 +12,7 @@ keys with a block-diagonal segment mask, then one softmax over [flat | recent]: 
 the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored heads per layer) on a
 part that is budget-sized, and reads each stored byte once. As in SDPA, queries are scaled before
 the matmul and logits, softmax and the weighted sum of values are computed in float32, whatever the
-model's dtype.
+model's dtype; soft-capping and attention sinks enter as in the model's eager attention.
 
 The layer plugs into transformers through the Cache API: `update()` returns the layer itself
 instead of tensors, and the attention function registered as "headprof" (at the end of this
@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from headprof.attention import PLAIN, LogitExtras, capped, softmax_with_sinks
 from headprof.errors import HeadprofError
+from headprof.models.registry import model_attention, pop_logit_options, register_attention
 from headprof.runtime.plan import LayerPlan
 from headprof.runtime.selection import reduce_groups
 
@@ -45,22 +46,6 @@ class CacheStats:
 
     compress_seconds: float = 0.0
     compressed_heads: int = 0
-
-
-def dense_attention(
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """Exact causal SDPA where the queries are the last `q` of `k` positions (bottom-right aligned)."""
-    q_len, k_len = query.shape[2], key.shape[2]
-    mask = None
-    if q_len != k_len:
-        offset = k_len - q_len
-        mask = (
-            torch.arange(k_len, device=query.device)[None, :]
-            <= torch.arange(q_len, device=query.device)[:, None] + offset
-        )[None, None]
-    output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, mask, scaling=scaling)
-    return output
 
 
 class CompressedLayer(CacheLayerMixin):
@@ -129,17 +114,20 @@ class CompressedLayer(CacheLayerMixin):
 
     # ---------------------------------------------------------- attention
 
-    def attend(self, module: torch.nn.Module, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    def attend(
+        self, module: torch.nn.Module, query: torch.Tensor, scaling: float, extras: LogitExtras = PLAIN
+    ) -> torch.Tensor:
+        """Attention output `[B, q, Hq, d]`: exact over the dense prompt, then over kept entries and recent part."""
         if self.phase == "compressed":
-            return self._attend_compressed(query, scaling)
-        output = dense_attention(module, query, self.keys, self.values, scaling)
+            return self._attend_compressed(query, scaling, extras)
+        output = model_attention(module, query, self.keys, self.values, None, scaling, extras)
         if self.observer is not None:
             self.observer(self.index, query, self.keys, scaling)
         elif not self.deferred:
             self.compress(query, scaling)
         return output
 
-    def _attend_compressed(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    def _attend_compressed(self, query: torch.Tensor, scaling: float, extras: LogitExtras) -> torch.Tensor:
         batch, n_heads, q_len, dim = query.shape
         n_stored = (self.offsets.numel() - 1) // batch
         per, n_kv = n_heads // n_stored, self.recent_keys.shape[1]
@@ -147,7 +135,7 @@ class CompressedLayer(CacheLayerMixin):
         # kept entries: every stored head's queries against the layer's flat keys, other heads' segments masked
         n_flat = self.flat_keys.shape[0]
         rows = scaled.reshape(batch * n_stored, per * q_len, dim)
-        logits_flat = rows.reshape(-1, dim) @ self.flat_keys.float().T
+        logits_flat = capped((rows.reshape(-1, dim) @ self.flat_keys.float().T), extras.softcap)
         logits_flat = logits_flat.view(batch * n_stored, per * q_len, n_flat)
         index = torch.arange(n_flat, device=query.device)
         own = (index[None, :] >= self.offsets[:-1, None]) & (index[None, :] < self.offsets[1:, None])
@@ -155,13 +143,13 @@ class CompressedLayer(CacheLayerMixin):
         # tokens after the prompt: one copy per KV head, read by the query heads of its group, causal among themselves
         n_recent = self.recent_keys.shape[2]
         group_rows = scaled.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
-        logits_recent = group_rows @ self.recent_keys.float().transpose(-1, -2)
+        logits_recent = capped(group_rows @ self.recent_keys.float().transpose(-1, -2), extras.softcap)
         logits_recent = logits_recent.view(batch, n_heads, q_len, n_recent)
         future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
             :, None
         ] + (n_recent - q_len)
         logits_recent = logits_recent.masked_fill(future, float("-inf"))
-        probs = torch.cat([logits_flat, logits_recent], dim=-1).softmax(dim=-1)
+        probs = softmax_with_sinks(torch.cat([logits_flat, logits_recent], dim=-1), extras.sinks)
         probs_flat = probs[..., :n_flat].reshape(batch * n_stored, per * q_len, n_flat)
         probs_recent = probs[..., n_flat:].reshape(batch, n_kv, (n_heads // n_kv) * q_len, n_recent)
         output = (probs_flat @ self.flat_values.float()).view(batch, n_heads, q_len, -1)
@@ -277,17 +265,15 @@ def _headprof_attention(
     key: Any,
     value: Any,
     attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
     **kwargs: Any,
 ):
-    """Registered attention: a `CompressedLayer` in the key slot runs our attention, anything else SDPA."""
-    scaling = scaling or query.shape[-1] ** -0.5
+    """Registered attention: a `CompressedLayer` in the key slot runs our attention; tensors (a forward without a
+    cache) get the model's own attention under the mask transformers built."""
+    scaling, extras = pop_logit_options(query, kwargs)
     if isinstance(key, CompressedLayer):
-        return key.attend(module, query, scaling), None
-    if attention_mask is None:  # no mask is built for this implementation: align causality bottom-right
-        return dense_attention(module, query, key, value, scaling), None
-    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        return key.attend(module, query, scaling, extras), None
+    return model_attention(module, query, key, value, attention_mask, scaling, extras, **kwargs), None
 
 
 ATTENTION_IMPL = "headprof"
-ALL_ATTENTION_FUNCTIONS.register(ATTENTION_IMPL, _headprof_attention)
+register_attention(ATTENTION_IMPL, _headprof_attention)

@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.models.fingerprint import weights_fingerprint
+from headprof.models.registry import model_name, switch_attention
 from headprof.models.spec import ModelInfo, check_supported, info_from_config
 from headprof.runtime.budgets import BudgetPlan, plan_budgets
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
@@ -43,10 +44,6 @@ class PressStats:
     compressed: bool = False
 
 
-def _model_name(model: PreTrainedModel) -> str:
-    return getattr(model, "name_or_path", "") or type(model).__name__
-
-
 class Press:
     """A KV-compression method bound to a model, with its per-layer, per-head budgets (see `plan_budgets`).
 
@@ -61,7 +58,7 @@ class Press:
         *,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
-        check_supported(model.config, _model_name(model))
+        check_supported(model.config, model_name(model))
         if method.compresses and plan.budgets is None:
             raise HeadprofError(f"{method.name} needs budgets (plan_budgets)")
         self.model = model
@@ -109,8 +106,7 @@ class Press:
         if self.active:
             raise HeadprofError("this press is already active (one `with press:` at a time)")
         if self.method.compresses:
-            self._previous_impl = self.model.config._attn_implementation
-            self.model.set_attn_implementation(ATTENTION_IMPL)
+            self._previous_impl = switch_attention(self.model, ATTENTION_IMPL)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before, with_kwargs=True),
             self.model.register_forward_hook(self._after, with_kwargs=True),
@@ -209,7 +205,7 @@ def compressed(
     """`with compressed(model, "headkv", allocation=alloc): model.generate(...)`: a `Press` from a method name
     (or object) and its options (`kernel=`, `pooling=`, `sinks=`, ...), budgets as in `plan_budgets`."""
     method = method if isinstance(method, Method) else build_method(method, **options)
-    info = info or info_from_config(model.config, _model_name(model), weights_fingerprint(model))
+    info = info or info_from_config(model.config, model_name(model), weights_fingerprint(model))
     plan = plan_budgets(
         method,
         info,
