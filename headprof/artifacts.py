@@ -134,6 +134,12 @@ def check_model(artifact_model: ModelInfo, model: ModelInfo, what: str = "artifa
             f"{what} was made for {artifact_model.model_id} (layers, heads, kv heads, head dim = {arch_a}), "
             f"not {model.model_id} {arch_b}"
         )
+    if artifact_model.window_layers != model.window_layers or artifact_model.sliding_window != model.sliding_window:
+        raise HeadprofError(
+            f"{what} was made for {artifact_model.model_id} with sliding-window layers "
+            f"{artifact_model.window_layers or 'none'} (window {artifact_model.sliding_window}), but "
+            f"{model.model_id} has {model.window_layers or 'none'} (window {model.sliding_window})"
+        )
     if artifact_model.fingerprint and model.fingerprint:
         if artifact_model.fingerprint != model.fingerprint:
             raise HeadprofError(

@@ -12,6 +12,7 @@ from headprof.models import (
     check_supported,
     dequantized_dir,
     embedded_gguf_path,
+    info_from_config,
     load_model,
     model_info,
     resolve_model,
@@ -64,16 +65,24 @@ def test_unknown_or_unreachable_models_are_one_line_errors(tmp_path, monkeypatch
         load_model("someone/missing-model", device="cpu")
 
 
-def test_attention_variants_headprof_does_not_implement_are_refused():
-    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+def test_attention_variants_are_read_from_the_config_and_unsupported_ones_refused():
+    from transformers import DeepseekV3Config, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    check_supported(LlamaConfig(), "llama")
-    check_supported(MistralConfig(sliding_window=None), "mistral-v0.2")
-    check_supported(Qwen2Config(use_sliding_window=False), "qwen2")
+    for config in (LlamaConfig(), MistralConfig(sliding_window=None), Qwen2Config(use_sliding_window=False)):
+        check_supported(config, "plain")
+        assert info_from_config(config, "plain").layer_types == ()
+    gemma2 = info_from_config(Gemma2Config(num_hidden_layers=4), "gemma2")
+    assert gemma2.window_layers == [0, 2] and gemma2.global_layers == [1, 3] and gemma2.sliding_window == 4096
     with pytest.raises(HeadprofError, match="sliding-window attention"):
         check_supported(MistralConfig(sliding_window=4096, max_position_embeddings=32768), "mistral-v0.1")
-    with pytest.raises(HeadprofError, match="soft-caps|sliding"):
-        check_supported(Gemma2Config(), "gemma2")
+    # a window that covers every position the model takes never binds: the layers count as global
+    assert info_from_config(MistralConfig(sliding_window=32768, max_position_embeddings=32768), "m").layer_types == ()
+    with pytest.raises(HeadprofError, match="bidirectional"):
+        check_supported(LlamaConfig(is_causal=False), "encoder")
+    mla = DeepseekV3Config(num_hidden_layers=2)
+    check_supported(mla, "deepseek")  # head scores work on MLA
+    with pytest.raises(HeadprofError, match="latent shared by all heads"):
+        check_supported(mla, "deepseek", runtime=True)
 
 
 def test_hub_ids_read_the_local_cache_first_and_the_hub_only_when_it_can_answer(monkeypatch):

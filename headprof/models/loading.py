@@ -108,12 +108,14 @@ def _check_fast(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
 def load_model(
     name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", device_map: str | None = None
 ) -> LoadedModel:
-    """Load model + tokenizer with SDPA attention; every failure is one line naming what was tried."""
+    """Load model + tokenizer (SDPA attention where the family supports it); every failure is one line naming
+    what was tried."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = resolve_model(name)
     device = check_device(device)
-    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype, device), "attn_implementation": "sdpa"}
+    # transformers picks SDPA, or eager for the families SDPA would get wrong (Gemma 2, GPT-OSS)
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype, device)}
     if device_map:
         kwargs["device_map"] = device_map
     path = local_weights(spec)

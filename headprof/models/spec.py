@@ -47,9 +47,18 @@ class ModelSpec:
     gguf_file: str | None = None
 
 
+FULL = "full_attention"
+WINDOWED = ("sliding_attention", "chunked_attention")  # bounded layers: a rolling window of the last w - 1 tokens
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """The numbers an artifact must agree on before it may be used with a model."""
+    """The numbers an artifact must agree on before it may be used with a model.
+
+    `layer_types` (transformers' names, one per layer) is empty when every layer attends to all positions;
+    otherwise its sliding-window (or chunked) layers see only the last `sliding_window` positions. Those
+    layers' caches are already bounded: headprof keeps them as rolling windows and budgets only the others.
+    """
 
     model_id: str
     n_layers: int
@@ -58,10 +67,26 @@ class ModelInfo:
     head_dim: int
     max_context: int
     fingerprint: str = ""
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))  # JSON gives a list
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON metadata (artifacts, result-cache keys)."""
         return asdict(self)
+
+    @property
+    def window_layers(self) -> list[int]:
+        """Layers with a sliding window (or chunks): their cache is a rolling window, never budgeted."""
+        return [i for i, kind in enumerate(self.layer_types) if kind in WINDOWED]
+
+    @property
+    def global_layers(self) -> list[int]:
+        """Layers that attend to every position: the ones budgets are allocated over."""
+        windowed = set(self.window_layers)
+        return [i for i in range(self.n_layers) if i not in windowed]
 
     @property
     def architecture(self) -> tuple[int, int, int, int]:
@@ -124,11 +149,34 @@ def known_info(spec: ModelSpec) -> ModelInfo | None:
     return ModelInfo(spec.model_id, n_layers, n_heads, n_kv, head_dim, ctx)
 
 
+def _text_config(config: PretrainedConfig) -> PretrainedConfig:
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def layer_kinds(config: PretrainedConfig) -> tuple[list[str], list[int]]:
+    """Each layer's type and window, as transformers' own caches read them (`get_layer_types_and_kwargs`).
+
+    A window that covers `max_position_embeddings` never binds: such a layer counts as full attention.
+    """
+    from transformers.cache_utils import get_layer_types_and_kwargs  # the config is a transformers object anyway
+
+    text = _text_config(config)
+    types, kwargs = get_layer_types_and_kwargs(text)
+    windows = [int(kw.get("sliding_window") or 0) for kw in kwargs]
+    limit = getattr(text, "max_position_embeddings", 0) or 0
+    for i, kind in enumerate(types):
+        if kind in WINDOWED and limit and windows[i] >= limit:
+            types[i], windows[i] = FULL, 0
+    return list(types), windows
+
+
 def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str = "") -> ModelInfo:
     """`ModelInfo` from a transformers config (multimodal configs: their text part)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     n_heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+    types, windows = layer_kinds(config)
+    bounded = sorted({w for kind, w in zip(types, windows) if kind in WINDOWED})
     return ModelInfo(
         model_id=model_id,
         n_layers=text.num_hidden_layers,
@@ -137,20 +185,39 @@ def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str =
         head_dim=head_dim,
         max_context=getattr(text, "max_position_embeddings", 0) or 0,
         fingerprint=fingerprint,
+        layer_types=tuple(types) if bounded else (),
+        sliding_window=bounded[0] if bounded else 0,
     )
 
 
-def check_supported(config: PretrainedConfig, name: str) -> None:
-    """Capture and the compressed cache implement plain causal softmax attention over all positions."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if getattr(text, "attn_logit_softcapping", None):
-        raise HeadprofError(f"model '{name}' soft-caps attention logits, which headprof does not implement")
-    window = getattr(text, "sliding_window", None)
-    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or []) or bool(
-        window and getattr(text, "use_sliding_window", True) and window < getattr(text, "max_position_embeddings", 0)
-    )
-    if sliding:
+def check_supported(config: PretrainedConfig, name: str, *, runtime: bool = False) -> None:
+    """Refuse, in one line, what capture (and with `runtime`, the compressed cache) cannot handle.
+
+    Supported: causal softmax attention through transformers' attention-function registry, with or without
+    logit soft-capping or attention sinks. Refused: sliding windows, bidirectional attention, layers
+    that are not attention (linear attention, state-space and hybrid caches, KV-shared layers), several
+    window sizes in one model, and, for the runtime, MLA's latent cache (one shared latent, not per-head K/V).
+    Families whose attention ignores the registry are refused when headprof switches to its attention
+    (`models.registry.switch_attention`).
+    """
+    text = _text_config(config)
+    if getattr(text, "is_causal", True) is False or getattr(text, "use_bidirectional_attention", False):
+        raise HeadprofError(f"model '{name}' uses bidirectional attention; headprof scores causal language models")
+    types, windows = layer_kinds(config)
+    other = sorted({kind for kind in types if kind != FULL and kind not in WINDOWED})
+    if other:
+        raise HeadprofError(
+            f"model '{name}' has layers that are not attention ({', '.join(other)}); headprof does not support them"
+        )
+    if len({w for kind, w in zip(types, windows) if kind in WINDOWED}) > 1:
+        raise HeadprofError(f"model '{name}' mixes several attention window sizes, which headprof does not support")
+    if any(kind in WINDOWED for kind in types):
         raise HeadprofError(f"model '{name}' uses sliding-window attention, which headprof does not implement")
+    if runtime and getattr(text, "kv_lora_rank", None):
+        raise HeadprofError(
+            f"model '{name}' caches a latent shared by all heads (multi-head latent attention): "
+            "per-head KV budgets cannot apply (head scores work)"
+        )
 
 
 def first_line(exc: BaseException) -> str:

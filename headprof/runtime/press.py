@@ -58,7 +58,7 @@ class Press:
         *,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
-        check_supported(model.config, model_name(model))
+        check_supported(model.config, model_name(model), runtime=True)
         if method.compresses and plan.budgets is None:
             raise HeadprofError(f"{method.name} needs budgets (plan_budgets)")
         self.model = model
