@@ -100,13 +100,29 @@ def headkv(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
     return largest_remainder(raw, config.budget * scores.numel())
 
 
-def allocate(scores: torch.Tensor, config: AllocConfig, n_kv_heads: int | None = None) -> torch.Tensor:
-    """Budgets `[L, H]` for query-head scores `[L, Hq]`; with `gqa="kv"`, per KV head from group sums."""
+def allocate(
+    scores: torch.Tensor, config: AllocConfig, n_kv_heads: int | None = None, global_layers: list[int] | None = None
+) -> torch.Tensor:
+    """Budgets `[L, H]` for query-head scores `[L, Hq]`; with `gqa="kv"`, per KV head from group sums.
+
+    `global_layers`: the layers budgets are allocated over (default: all). The others are a model's
+    sliding-window layers, whose cache is already bounded by their window: their rows are 0 (not
+    budgeted; the runtime keeps their rolling window), and the policy runs on the global rows alone,
+    so the total is exactly `B x` the global heads.
+    """
     config.validate()
     if config.gqa == "kv":
         if not n_kv_heads or scores.shape[1] % n_kv_heads:
             raise HeadprofError(f"cannot group {scores.shape[1]} query heads into {n_kv_heads} KV heads")
         scores = kv_view(scores, n_kv_heads)
+    rows = list(range(scores.shape[0])) if global_layers is None else list(global_layers)
+    budgets = torch.zeros(scores.shape, dtype=torch.long)
+    if rows:
+        budgets[rows] = _policy(scores[rows], config)
+    return budgets
+
+
+def _policy(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
     shape = (scores.shape[0], scores.shape[1])
     if config.policy == "uniform":
         return uniform(shape, config)
@@ -130,15 +146,26 @@ def kv_bytes(budgets: torch.Tensor, head_dim: int, bytes_per_value: int, context
     return 2 * head_dim * bytes_per_value * int(budgets.clamp(max=context).sum())
 
 
-def full_kv_bytes(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_value: int, context: int) -> int:
-    """Bytes of the uncompressed cache at `context` tokens: the baseline every budget is compared to."""
-    return 2 * n_layers * n_kv_heads * context * head_dim * bytes_per_value
+def window_kv_bytes(model: ModelInfo, bytes_per_value: int, context: int) -> int:
+    """Bytes of the sliding-window layers' rolling windows: the last `w - 1` tokens per KV head, as
+    transformers keeps them (with the new token, every query sees `w` positions)."""
+    kept = min(context, max(model.sliding_window - 1, 0))
+    return 2 * len(model.window_layers) * model.n_kv_heads * kept * model.head_dim * bytes_per_value
+
+
+def full_kv_bytes(model: ModelInfo, bytes_per_value: int, context: int) -> int:
+    """Bytes of the uncompressed cache at `context` tokens (sliding-window layers hold their window only):
+    the baseline every budget is compared to."""
+    n_global = len(model.global_layers)
+    full = 2 * n_global * model.n_kv_heads * context * model.head_dim * bytes_per_value
+    return full + window_kv_bytes(model, bytes_per_value, context)
 
 
 def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: str, source: Path) -> AllocArtifact:
     """Budgets for a score artifact, with the metadata that ties them to it (source hash, parameters, rounding)."""
     config.validate(scores.model.max_context)
-    budgets = allocate(scores.scores(score_method), config, scores.model.n_kv_heads)
+    model = scores.model
+    budgets = allocate(scores.scores(score_method), config, model.n_kv_heads, model.global_layers)
     meta = {
         "policy": config.policy,
         "budget": config.budget,
@@ -150,7 +177,8 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
         "source_scores": str(source),
         "source_scores_sha256": scores.meta["sha256"],
         "rounding": "largest remainder, ties to lower head index",
-        "floor": floor_of(config, scores.model.n_layers),
+        "floor": floor_of(config, len(model.global_layers)),
+        "sliding_layers": model.window_layers,
     }
     return AllocArtifact(scores.model, budgets, meta)
 
@@ -176,6 +204,7 @@ class BudgetSummary:
     context: int
     bytes_per_value: int
     layers: list[tuple[int, int, int]]  # per layer: min, median, max budget
+    sliding_layers: list[int]  # not budgeted: rolling windows
 
     def payload(self) -> dict[str, Any]:
         """The `allocate --json` fields."""
@@ -190,6 +219,7 @@ class BudgetSummary:
             "kv_bytes_other_layout",
             "kv_bytes_full",
             "context",
+            "sliding_layers",
         )
         return {key: getattr(self, key) for key in keys}
 
@@ -197,30 +227,38 @@ class BudgetSummary:
 def summarize_budgets(
     budgets: torch.Tensor, config: AllocConfig, model: ModelInfo, context: int, bytes_per_value: int
 ) -> BudgetSummary:
-    """KV bytes of `budgets` at `context` tokens, of uniform budgets in the other GQA layout, and of the full cache."""
+    """KV bytes of `budgets` at `context` tokens, of uniform budgets in the other GQA layout, and of the full cache.
+
+    Budget statistics cover the global layers; every byte count includes the sliding-window layers' windows.
+    """
     other_heads = model.n_heads if config.gqa == "kv" else model.n_kv_heads
-    floor = floor_of(config, model.n_layers)
+    n_global = len(model.global_layers)
+    rows = budgets[model.global_layers]
+    floor = floor_of(config, n_global)
+    windows = window_kv_bytes(model, bytes_per_value, context)
     return BudgetSummary(
         policy=config.policy,
         gqa=config.gqa,
         budget=config.budget,
         window=config.window,
-        total=int(budgets.sum()),
-        heads=budgets.numel(),
-        min=int(budgets.min()),
-        max=int(budgets.max()),
+        total=int(rows.sum()),
+        heads=rows.numel(),
+        min=int(rows.min()) if rows.numel() else 0,
+        max=int(rows.max()) if rows.numel() else 0,
         floor=floor,
-        at_floor=round(float((budgets <= floor).float().mean()), 4),
-        stored=int(budgets.clamp(max=context).sum()),
-        kv_bytes=kv_bytes(budgets, model.head_dim, bytes_per_value, context),
+        at_floor=round(float((rows <= floor).float().mean()), 4) if rows.numel() else 0.0,
+        stored=int(rows.clamp(max=context).sum()),
+        kv_bytes=kv_bytes(rows, model.head_dim, bytes_per_value, context) + windows,
         kv_bytes_other_layout=2
         * model.head_dim
         * bytes_per_value
-        * model.n_layers
+        * n_global
         * other_heads
-        * min(config.budget, context),
-        kv_bytes_full=full_kv_bytes(model.n_layers, model.n_kv_heads, model.head_dim, bytes_per_value, context),
+        * min(config.budget, context)
+        + windows,
+        kv_bytes_full=full_kv_bytes(model, bytes_per_value, context),
         context=context,
         bytes_per_value=bytes_per_value,
         layers=[(int(row.min()), int(row.median()), int(row.max())) for row in budgets],
+        sliding_layers=model.window_layers,
     )

@@ -5,6 +5,7 @@ allocating and showing artifacts stays a light import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,10 +32,17 @@ def top_heads(scores: torch.Tensor, k: int) -> list[list[float]]:
     return [[i // n_heads, i % n_heads, round(float(flat[i]), 6)] for i in order]
 
 
-def layer_summary(values: torch.Tensor) -> list[dict[str, Any]]:
-    """Per layer: mean and max value and the head holding the max."""
+def layer_summary(values: torch.Tensor, sliding_layers: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Per layer: mean and max value, the head holding the max, and whether it is a sliding-window layer
+    (its cache is a rolling window: allocations leave it unbudgeted)."""
     return [
-        {"layer": i, "mean": round(float(r.mean()), 6), "max": round(float(r.max()), 6), "argmax_head": int(r.argmax())}
+        {
+            "layer": i,
+            "mean": round(float(r.mean()), 6),
+            "max": round(float(r.max()), 6),
+            "argmax_head": int(r.argmax()),
+            "sliding": i in sliding_layers,
+        }
         for i, r in enumerate(values)
     ]
 

@@ -71,10 +71,11 @@ def test_attention_variants_are_read_from_the_config_and_unsupported_ones_refuse
     for config in (LlamaConfig(), MistralConfig(sliding_window=None), Qwen2Config(use_sliding_window=False)):
         check_supported(config, "plain")
         assert info_from_config(config, "plain").layer_types == ()
+    check_supported(Gemma2Config(), "gemma2")  # soft-capping and sliding windows are supported
     gemma2 = info_from_config(Gemma2Config(num_hidden_layers=4), "gemma2")
     assert gemma2.window_layers == [0, 2] and gemma2.global_layers == [1, 3] and gemma2.sliding_window == 4096
-    with pytest.raises(HeadprofError, match="sliding-window attention"):
-        check_supported(MistralConfig(sliding_window=4096, max_position_embeddings=32768), "mistral-v0.1")
+    v01 = info_from_config(MistralConfig(sliding_window=4096, max_position_embeddings=32768), "mistral-v0.1")
+    assert v01.window_layers == list(range(32)) and v01.global_layers == []
     # a window that covers every position the model takes never binds: the layers count as global
     assert info_from_config(MistralConfig(sliding_window=32768, max_position_embeddings=32768), "m").layer_types == ()
     with pytest.raises(HeadprofError, match="bidirectional"):

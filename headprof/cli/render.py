@@ -228,7 +228,12 @@ def scores_written(
 def budgets_written(target: Path, summary: BudgetSummary) -> None:
     """`allocate`: per-layer budgets, how many heads sit at the floor, KV bytes against the alternatives."""
     s = summary
-    rows = [(str(layer), str(low), str(mid), str(high)) for layer, (low, mid, high) in enumerate(s.layers)]
+    rows = [
+        (str(layer), "sliding window, not budgeted", "", "")
+        if layer in s.sliding_layers
+        else (str(layer), str(low), str(mid), str(high))
+        for layer, (low, mid, high) in enumerate(s.layers)
+    ]
     title = f"{s.policy} budgets (B={s.budget}, w={s.window}, gqa={s.gqa})"
     _table(title, ("layer", "min", "median", "max"), rows, justify="right")
     layout_other = "query-head" if s.gqa == "kv" else "KV-head"
@@ -282,7 +287,8 @@ def _heatmap(values: torch.Tensor, layers: list[dict[str, Any]]) -> Table:
         for value in row.tolist():
             level = int(round((value - low) / span * 255))
             cells.append(Text("  ", style=f"on rgb({level},{int(level * 0.6)},{255 - level})"))
-        table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}")
+        mark = "  (sliding window)" if layers[layer]["sliding"] else ""
+        table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}{mark}")
     return table
 
 

@@ -42,7 +42,7 @@ def show(
         from headprof.plots import score_heatmap
 
         score_heatmap(table.values, png, f"{table.model.model_id}: {table.label}")
-    layers = layer_summary(table.values)
+    layers = layer_summary(table.values, table.model.window_layers)
     best = top_heads(table.values, top)
     if not as_json:
         render.head_table(

@@ -194,7 +194,7 @@ def check_supported(config: PretrainedConfig, name: str, *, runtime: bool = Fals
     """Refuse, in one line, what capture (and with `runtime`, the compressed cache) cannot handle.
 
     Supported: causal softmax attention through transformers' attention-function registry, with or without
-    logit soft-capping or attention sinks. Refused: sliding windows, bidirectional attention, layers
+    sliding windows, chunks, logit soft-capping or attention sinks. Refused: bidirectional attention, layers
     that are not attention (linear attention, state-space and hybrid caches, KV-shared layers), several
     window sizes in one model, and, for the runtime, MLA's latent cache (one shared latent, not per-head K/V).
     Families whose attention ignores the registry are refused when headprof switches to its attention
@@ -211,8 +211,6 @@ def check_supported(config: PretrainedConfig, name: str, *, runtime: bool = Fals
         )
     if len({w for kind, w in zip(types, windows) if kind in WINDOWED}) > 1:
         raise HeadprofError(f"model '{name}' mixes several attention window sizes, which headprof does not support")
-    if any(kind in WINDOWED for kind in types):
-        raise HeadprofError(f"model '{name}' uses sliding-window attention, which headprof does not implement")
     if runtime and getattr(text, "kv_lora_rank", None):
         raise HeadprofError(
             f"model '{name}' caches a latent shared by all heads (multi-head latent attention): "

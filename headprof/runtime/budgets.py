@@ -17,7 +17,8 @@ from headprof.runtime.methods.base import Method
 class BudgetPlan:
     """Budgets `[L, S]` (entries per stored head, window included; S = KV heads or query heads by `gqa`).
 
-    `budgets` is None for a method that does not compress.
+    `budgets` is None for a method that does not compress. Rows of a model's sliding-window layers are 0:
+    those layers keep their rolling window and are not budgeted.
     """
 
     budgets: torch.Tensor | None
@@ -61,5 +62,7 @@ def plan_budgets(
         if scores is None:
             raise HeadprofError("headkv needs an allocation artifact (--alloc) or a score artifact (--scores)")
         check_model(scores.model, info, "score artifact")
-        return BudgetPlan(allocate(scores.scores(score_method), config, info.n_kv_heads), window, gqa)
-    return BudgetPlan(allocate(torch.zeros(info.n_layers, info.n_heads), config, info.n_kv_heads), window, gqa)
+        budgets = allocate(scores.scores(score_method), config, info.n_kv_heads, info.global_layers)
+        return BudgetPlan(budgets, window, gqa)
+    budgets = allocate(torch.zeros(info.n_layers, info.n_heads), config, info.n_kv_heads, info.global_layers)
+    return BudgetPlan(budgets, window, gqa)

@@ -14,6 +14,9 @@ part that is budget-sized, and reads each stored byte once. As in SDPA, queries 
 the matmul and logits, softmax and the weighted sum of values are computed in float32, whatever the
 model's dtype; soft-capping and attention sinks enter as in the model's eager attention.
 
+A model's sliding-window (and chunked) layers are `WindowLayer`s: their cache is bounded by the
+window already, so they are not budgeted; they keep a rolling window exactly as transformers does.
+
 The layer plugs into transformers through the Cache API: `update()` returns the layer itself
 instead of tensors, and the attention function registered as "headprof" (at the end of this
 file) hands it the query. `get_seq_length()` counts every token seen, so RoPE positions of new tokens
@@ -205,16 +208,118 @@ class CompressedLayer(CacheLayerMixin):
         return allocated, needed, index
 
 
-class CompressedCache(Cache):
-    """One `CompressedLayer` per decoder layer; made by a `Press` (see `press.py`)."""
+class WindowLayer(CacheLayerMixin):
+    """A sliding-window (or chunked) layer of the model: its rolling window, not budgeted.
 
-    def __init__(self, plans: list[LayerPlan]):
-        self.stats = CacheStats()
-        super().__init__(layers=[CompressedLayer(plan, self.stats, i) for i, plan in enumerate(plans)])
+    Kept as transformers' `DynamicSlidingWindowLayer` keeps it, so the masks transformers builds from
+    `get_mask_sizes` stay exact: after each update the last `w - 1` tokens (with the new ones, every
+    query sees `w` positions), and `update` returns the window plus the new tokens. Unlike transformers'
+    layer, the window is stored compactly (a copy, not a view into the last step's buffer), so `kv_bytes`
+    counts exactly the window. While the press defers compression (an extra pass follows the prompt),
+    everything is kept until `end_extra_pass` rolls back to the prompt's window.
+    """
+
+    is_compileable = False
+    is_sliding = True
+    is_croppable = False
+
+    def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
+        super().__init__()
+        self.plan = plan
+        self.stats = stats
+        self.index = index
+        self.window = plan.sliding_window
+        self.seen = 0
+        self.deferred = False
+        self.observer: Observer | None = None  # an extra pass scores only budgeted layers
 
     @property
     def phase(self) -> str:
-        return self.layers[0].phase
+        return "empty" if self.seen == 0 else "dense" if self.deferred else "compressed"
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.keys = key_states.new_zeros(*key_states.shape[:2], 0, key_states.shape[-1])
+        self.values = value_states.new_zeros(*value_states.shape[:2], 0, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.seen += key_states.shape[-2]
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        if self.deferred:
+            self.keys, self.values = keys, values
+            shown = self.window - 1 + key_states.shape[-2]  # what get_mask_sizes advertised
+            return keys[:, :, -shown:], values[:, :, -shown:]
+        self.keys, self.values = self._tail(keys), self._tail(values)
+        return keys, values
+
+    def _tail(self, states: torch.Tensor) -> torch.Tensor:
+        """The last `w - 1` positions, in their own storage."""
+        start = states.shape[-2] - (self.window - 1)
+        return states[:, :, start:].clone() if start > 0 else states
+
+    def end_extra_pass(self, prefix: int) -> None:
+        """Forget an extra pass's tokens: back to the window at the end of the first `prefix` tokens."""
+        self.keys = self._tail(self.keys[:, :, :prefix].clone())
+        self.values = self._tail(self.values[:, :, :prefix].clone())
+        self.seen, self.deferred = prefix, False
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return min(self.seen, self.window - 1) + query_length, max(self.seen - self.window + 1, 0)
+
+    def get_max_length(self) -> int:
+        return self.window
+
+    def reset(self) -> None:
+        self.__init__(self.plan, self.stats, self.index)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise HeadprofError("a compressed KV cache cannot be cropped (assisted decoding is not supported)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if repeats != 1:
+            raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
+
+    def storage_bytes(self) -> tuple[int, int, int]:
+        """(allocated bytes of the window's K/V, bytes it needs, index bytes: none)."""
+        tensors = [t for t in (self.keys, self.values) if t is not None]
+        return (
+            sum(t.untyped_storage().nbytes() for t in tensors),
+            sum(t.numel() * t.element_size() for t in tensors),
+            0,
+        )
+
+
+class CompressedCache(Cache):
+    """One `CompressedLayer` per budgeted decoder layer, a `WindowLayer` per sliding-window layer; made by a
+    `Press` (see `press.py`)."""
+
+    def __init__(self, plans: list[LayerPlan]):
+        self.stats = CacheStats()
+        super().__init__(
+            layers=[
+                (WindowLayer if plan.sliding_window else CompressedLayer)(plan, self.stats, i)
+                for i, plan in enumerate(plans)
+            ]
+        )
+
+    @property
+    def budgeted(self) -> list[CompressedLayer]:
+        """The layers that compress (all but the sliding-window ones)."""
+        return [layer for layer in self.layers if isinstance(layer, CompressedLayer)]
+
+    @property
+    def phase(self) -> str:
+        return (self.budgeted or self.layers)[0].phase
 
     def kv_bytes(self) -> dict[str, int]:
         allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
@@ -238,12 +343,15 @@ class CompressedCache(Cache):
     def compress_prefix(self, prefix: int, scores: list[torch.Tensor]) -> None:
         """Drop everything after the first `prefix` tokens (an extra pass's), then compress each layer by `scores`."""
         for layer, layer_scores in zip(self.layers, scores):
+            if isinstance(layer, WindowLayer):
+                layer.end_extra_pass(prefix)
+                continue
             layer.keys, layer.values = layer.keys[:, :, :prefix], layer.values[:, :, :prefix]
             layer.seen = prefix
             layer.compress(None, 1.0, scores=layer_scores)
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
-        """Original prompt positions each stored head kept (for inspection and tests)."""
+        """Original prompt positions each stored head of a budgeted layer kept (for inspection and tests)."""
         layer = self.layers[layer_idx]
         return [layer.positions[a:b].long() for a, b in zip(layer.offsets[:-1].tolist(), layer.offsets[1:].tolist())]
 
@@ -267,8 +375,8 @@ def _headprof_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ):
-    """Registered attention: a `CompressedLayer` in the key slot runs our attention; tensors (a forward without a
-    cache) get the model's own attention under the mask transformers built."""
+    """Registered attention: a `CompressedLayer` in the key slot runs our attention; tensors (a sliding-window
+    layer's window, or a forward without a cache) get the model's own attention under the mask transformers built."""
     scaling, extras = pop_logit_options(query, kwargs)
     if isinstance(key, CompressedLayer):
         return key.attend(module, query, scaling, extras), None

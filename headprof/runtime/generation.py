@@ -107,7 +107,7 @@ def generate_answer(
         prompt_tokens=ids.shape[1],
         new_tokens=int(new.numel()),
         kv_bytes=sizes["kv_bytes"],
-        kv_bytes_full=full_kv_bytes(info.n_layers, info.n_kv_heads, info.head_dim, element, out.cache.get_seq_length()),
+        kv_bytes_full=full_kv_bytes(info, element, out.cache.get_seq_length()),
         padding_bytes=sizes["padding_bytes"],
         index_bytes=sizes["index_bytes"],
         prefill_s=press.stats.prefill_seconds,

@@ -30,8 +30,10 @@ class Compressor(Protocol):
 
 @dataclass
 class LayerPlan:
-    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads."""
+    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads; or, for a
+    sliding-window layer of the model (`sliding_window` > 0), its rolling window (budgets unused)."""
 
     method: Compressor
     budgets: torch.Tensor
     window: int
+    sliding_window: int = 0

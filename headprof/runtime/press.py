@@ -61,6 +61,9 @@ class Press:
         check_supported(model.config, model_name(model), runtime=True)
         if method.compresses and plan.budgets is None:
             raise HeadprofError(f"{method.name} needs budgets (plan_budgets)")
+        self.info = info_from_config(model.config, model_name(model))
+        if plan.budgets is not None and plan.budgets.shape[0] != self.info.n_layers:
+            raise HeadprofError(f"budgets for {plan.budgets.shape[0]} layers, but the model has {self.info.n_layers}")
         self.model = model
         self.method = method
         self.plan = plan
@@ -88,7 +91,13 @@ class Press:
         """An empty cache for one prompt: ours when compressing, transformers' DynamicCache otherwise."""
         if not self.method.compresses:
             return DynamicCache(config=self.model.config)
-        return CompressedCache([LayerPlan(self.method, budgets, self.plan.window) for budgets in self.plan.budgets])
+        windowed = set(self.info.window_layers)
+        return CompressedCache(
+            [
+                LayerPlan(self.method, budgets, self.plan.window, self.info.sliding_window if i in windowed else 0)
+                for i, budgets in enumerate(self.plan.budgets)
+            ]
+        )
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> Cache:
