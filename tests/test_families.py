@@ -1,0 +1,195 @@
+"""Model families on tiny random-weight models built from configs (tests/families.py; no download).
+
+Per family: captured answer rows equal the eager attention's probabilities; every runtime method with budgets
+covering the prompt gives the full cache's greedy tokens and logits; a compressed cache stores exactly the
+kept entries, the recent part and the sliding-window layers' windows. Then the whole pipeline (probes, scores,
+allocation, generation) on representative families, and the families headprof refuses in one line.
+Low-precision decoding on these models is in test_precision.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from headprof.allocation import AllocConfig, allocate_artifact
+from headprof.artifacts import load_alloc, load_scores, save_alloc, save_scores
+from headprof.capture import AttentionCapture
+from headprof.errors import HeadprofError
+from headprof.models import LoadedModel, ModelSpec, info_from_config, weights_fingerprint
+from headprof.probes import build_probes, encode_probe
+from headprof.runtime import METHODS, cache_bytes, compressed
+from headprof.scoring import ScoreConfig, score_probes
+
+from families import (
+    CAPTURED,
+    REFUSED,
+    RUNTIME,
+    WINDOW,
+    capture_vs_eager,
+    expected_bytes,
+    random_scores,
+    tiny_model,
+    token_ids,
+)
+from numerics import greedy
+
+REPRESENTATIVE = ["llama", "gemma2", "gpt-oss", "gemma3"]  # plain GQA; soft-capping; sinks; mostly sliding
+COMPRESSING = [name for name in METHODS if name != "full"]
+PROMPT, NEW = 48, 4
+
+
+@functools.cache
+def model(name: str):
+    return tiny_model(name)
+
+
+def info(name: str):
+    return info_from_config(model(name).config, f"tiny/{name}")
+
+
+@functools.cache
+def full_run(name: str):
+    return greedy(model(name), token_ids(PROMPT), NEW)
+
+
+# ---------------------------------------------------------------- capture
+
+
+@pytest.mark.parametrize("name", CAPTURED)
+def test_captured_rows_equal_eager_attention(name):
+    """The answer rows headprof captures are the probabilities transformers' eager attention returns: sliding
+    windows and chunks (zero outside), soft-capping and sinks (rows summing to less than 1) included."""
+    captured, eager = capture_vs_eager(model(name), token_ids(40), n_rows=6)
+    assert sorted(captured) == list(range(len(eager)))
+    for layer, probs in enumerate(eager):
+        torch.testing.assert_close(captured[layer], probs[:, :, -6:].float(), atol=1e-5, rtol=1e-5)
+    if name == "gpt-oss":  # the sink takes part of every row's mass
+        assert float(captured[0].sum(-1).max()) < 1 - 1e-3
+
+
+# ---------------------------------------------------------------- runtime
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    """All methods on the representative families (HeadKV in the query-head layout, the others per KV head);
+    elsewhere KVzip, whose extra pass runs over the cache and must leave sliding-window layers as they were."""
+    cases = []
+    for name in RUNTIME:
+        methods = COMPRESSING if name in REPRESENTATIVE else ["kvzip"]
+        cases += [(name, method, "query" if method == "headkv" else "kv") for method in methods]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "method", "gqa"), _cases(), ids=lambda v: str(v))
+def test_budgets_covering_the_prompt_reproduce_the_full_cache(name, method, gqa):
+    net, ids, full = model(name), token_ids(PROMPT), full_run(name)
+    press = compressed(net, method, 20 * PROMPT, gqa=gqa, window=8, scores=random_scores(info(name)), info=info(name))
+    with press:
+        run = greedy(net, ids, NEW)
+    assert torch.equal(run.sequences, full.sequences)
+    for mine, ref in zip(run.logits, full.logits):
+        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-4)
+    assert not press.stats.compressed and run.cache.get_seq_length() == PROMPT + NEW - 1
+
+
+def test_a_compressed_context_answers_a_question_on_top_on_a_sliding_window_model():
+    """KVzip's way: the context alone is prefilled (its reconstruction pass must leave the windows as they were),
+    then the question runs on a fork of the cache, several tokens at once, through windows and compressed layers."""
+    net, ids, full = model("gpt-oss"), token_ids(PROMPT), full_run("gpt-oss")
+    press = compressed(net, "kvzip", 20 * PROMPT, window=8, info=info("gpt-oss"))
+    context = press.prefill(ids[:, :36])
+    with press:
+        run = net.generate(
+            ids,
+            cache=context.fork(),
+            max_new_tokens=NEW,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    assert torch.equal(run.sequences, full.sequences) and context.get_seq_length() == 36
+    for mine, ref in zip(run.logits, full.logits):
+        torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", RUNTIME)
+def test_a_compressed_cache_stores_exactly_the_kept_entries(name):
+    net, ids, spec = model(name), token_ids(PROMPT), info(name)
+    press = compressed(net, "snapkv", 20, window=8, info=spec)
+    with press:
+        run = greedy(net, ids, NEW)
+    cache, budgets = run.cache, press.budgets.clamp(max=PROMPT)
+    for layer in spec.global_layers:
+        assert torch.equal(cache.layers[layer].offsets.diff().cpu(), budgets[layer])
+    assert budgets[spec.window_layers].sum() == 0  # sliding-window layers are not budgeted
+    sizes = cache_bytes(cache)
+    assert sizes["kv_bytes"] == expected_bytes(cache, spec, PROMPT, NEW - 1) and sizes["padding_bytes"] == 0
+    assert press.stats.compressed == bool(spec.global_layers)
+
+
+def test_query_layout_stores_generated_tokens_once_per_kv_head():
+    """Per-query-head budgets repeat the kept prompt entries per query head (HeadKV's layout), but not what is
+    generated after the prompt: a long generation cannot outgrow the full cache (storing the 19 tokens after
+    the prompt per query head, as before, would: 4 x 16 + 4 x 19 > 2 x 67 entries per layer)."""
+    name, new = "llama", 20
+    net, ids, spec = model(name), token_ids(PROMPT), info(name)
+    full = greedy(net, ids, new)
+    with compressed(net, "snapkv", 16, gqa="query", window=8, info=spec):
+        run = greedy(net, ids, new)
+    sizes, full_bytes = cache_bytes(run.cache), cache_bytes(full.cache)["kv_bytes_needed"]
+    assert sizes["kv_bytes"] == expected_bytes(run.cache, spec, PROMPT, new - 1)
+    assert all(run.cache.layers[i].recent_keys.shape[1] == spec.n_kv_heads for i in spec.global_layers)
+    assert sizes["kv_bytes"] < full_bytes and sizes["index_bytes"] > 0
+
+
+# ---------------------------------------------------------------- probes -> scores -> budgets -> generation
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gpt-oss"])
+def test_probes_scores_budgets_and_generation(name, tokenizer, needles, tmp_path):
+    """The whole pipeline on a tiny model that reads the embedded model's tokens: sliding-window layers are
+    scored like any other, left out of the allocation (recorded in the artifact), and kept as windows."""
+    net = tiny_model(name, vocab=len(tokenizer))
+    spec = info_from_config(net.config, f"tiny/{name}", weights_fingerprint(net))
+    loaded = LoadedModel(net, tokenizer, ModelSpec(name, spec.model_id, name, ""), spec)
+    probes = build_probes(needles[:2], tokenizer, lengths=(200,), depths=(50,), tokenizer_name="smollm2-135m")
+    save_scores(tmp_path / "scores.safetensors", score_probes(loaded, probes, ScoreConfig(mode="teacher")))
+    scores = load_scores(tmp_path / "scores.safetensors")
+    assert scores.model.layer_types == spec.layer_types and bool(scores.scores("r2").sum() > 0)
+    config = AllocConfig(24, "headkv", window=8, gqa="kv")
+    save_alloc(tmp_path / "alloc.safetensors", allocate_artifact(scores, config, "r2", tmp_path / "s"))
+    alloc = load_alloc(tmp_path / "alloc.safetensors")
+    assert alloc.meta["sliding_layers"] == spec.window_layers
+    assert int(alloc.budgets[spec.window_layers].sum()) == 0
+    assert int(alloc.budgets.sum()) == 24 * len(spec.global_layers) * spec.n_kv_heads
+    ids = torch.tensor([encode_probe(tokenizer, probes[0]).prompt_ids])
+    with compressed(net, "headkv", allocation=alloc, info=spec), torch.no_grad():
+        cache = net.generate(ids, max_new_tokens=2, do_sample=False, return_dict_in_generate=True).cache
+    for layer in spec.global_layers:
+        assert torch.equal(cache.layers[layer].offsets.diff(), alloc.budgets[layer].long().clamp(max=ids.shape[1]))
+    for layer in spec.window_layers:
+        assert cache.layers[layer].keys.shape[2] == WINDOW - 1
+
+
+# ---------------------------------------------------------------- refused in one line
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_families_headprof_cannot_serve_are_refused_in_one_line(name):
+    net = tiny_model(name)
+    with pytest.raises(HeadprofError) as capture_error, AttentionCapture(net):
+        pass
+    with pytest.raises(HeadprofError) as runtime_error, compressed(net, "snapkv", 64):
+        pass
+    for error in (capture_error, runtime_error):
+        message = str(error.value)
+        assert "\n" not in message and ("registry" in message or "not attention" in message)
+    assert net.config._attn_implementation != "headprof"  # a refused switch leaves the model as it was
+
+
+def test_mla_scores_but_refuses_the_runtime():
+    with pytest.raises(HeadprofError, match="latent shared by all heads"):
+        compressed(model("deepseek-v3"), "snapkv", 64)
