@@ -51,11 +51,10 @@ class CacheStats:
     compressed_heads: int = 0
 
 
-class CompressedLayer(CacheLayerMixin):
-    """One decoder layer's KV: dense while the prompt runs, then flat per-head segments plus a dense recent part."""
+class _Layer(CacheLayerMixin):
+    """What both kinds of layer share: their plan, the cache's stats, and the refusals of what they don't support."""
 
     is_compileable = False
-    is_sliding = False
     is_croppable = False
 
     def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
@@ -64,9 +63,31 @@ class CompressedLayer(CacheLayerMixin):
         self.stats = stats
         self.index = index
         self.seen = 0
-        self.phase = "empty"  # empty -> dense -> compressed
         self.deferred = False  # True: the press compresses later, from an extra pass's scores
         self.observer: Observer | None = None
+
+    def reset(self) -> None:
+        self.__init__(self.plan, self.stats, self.index)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise HeadprofError("a compressed KV cache cannot be cropped (assisted decoding is not supported)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if repeats != 1:
+            raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
+
+
+class CompressedLayer(_Layer):
+    """One decoder layer's KV: dense while the prompt runs, then flat per-head segments plus a dense recent part."""
+
+    is_sliding = False
+
+    def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
+        super().__init__(plan, stats, index)
+        self.phase = "empty"  # empty -> dense -> compressed
         self.flat_keys: torch.Tensor | None = None
         self.flat_values: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
@@ -101,19 +122,6 @@ class CompressedLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return -1
-
-    def reset(self) -> None:
-        self.__init__(self.plan, self.stats, self.index)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise HeadprofError("a compressed KV cache cannot be cropped (assisted decoding is not supported)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if repeats != 1:
-            raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
 
     # ---------------------------------------------------------- attention
 
@@ -208,7 +216,7 @@ class CompressedLayer(CacheLayerMixin):
         return allocated, needed, index
 
 
-class WindowLayer(CacheLayerMixin):
+class WindowLayer(_Layer):
     """A sliding-window (or chunked) layer of the model: its rolling window, not budgeted.
 
     Kept as transformers' `DynamicSlidingWindowLayer` keeps it, so the masks transformers builds from
@@ -219,19 +227,11 @@ class WindowLayer(CacheLayerMixin):
     everything is kept until `end_extra_pass` rolls back to the prompt's window.
     """
 
-    is_compileable = False
     is_sliding = True
-    is_croppable = False
 
     def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
-        super().__init__()
-        self.plan = plan
-        self.stats = stats
-        self.index = index
-        self.window = plan.sliding_window
-        self.seen = 0
-        self.deferred = False
-        self.observer: Observer | None = None  # an extra pass scores only budgeted layers
+        super().__init__(plan, stats, index)
+        self.window = plan.sliding_window  # an extra pass's observer scores only budgeted layers
 
     @property
     def phase(self) -> str:
@@ -275,19 +275,6 @@ class WindowLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return self.window
-
-    def reset(self) -> None:
-        self.__init__(self.plan, self.stats, self.index)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise HeadprofError("beam search is not supported with a compressed KV cache (use greedy or sampling)")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise HeadprofError("a compressed KV cache cannot be cropped (assisted decoding is not supported)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if repeats != 1:
-            raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
 
     def storage_bytes(self) -> tuple[int, int, int]:
         """(allocated bytes of the window's K/V, bytes it needs, index bytes: none)."""
