@@ -10,7 +10,9 @@ Models come from the test suite's configs (tests/families.py; no download), 48-t
 - bytes-exact: a SnapKV cache at budget 20 holds exactly the kept entries, the tokens after the prompt once per
   KV head and the sliding-window layers' windows (`kv_bytes` measured from the tensors);
 - bf16: KVzip and query-layout SnapKV in bf16 give the full cache's greedy tokens, and their max logit
-  difference from it, as a multiple of the floor bf16 itself sets (tests/numerics.py; the tests allow 2).
+  difference from it, as a multiple of the floor bf16 itself sets (tests/numerics.py; the tests allow 2);
+  "tokens differ at a tie": the first different token is where the full cache's two best logits are within
+  twice the floor (random weights give near-uniform logits; such a step has no defined greedy token in bf16).
 """
 
 from __future__ import annotations
@@ -65,14 +67,12 @@ def bytes_exact(model, spec) -> bool:
 
 
 def bf16_ratio(name: str) -> str:
-    try:
-        errors = low_precision_errors(
-            tiny_model(name, dtype=torch.bfloat16), token_ids(PROMPT), [("kvzip", "kv"), ("snapkv", "query")]
-        )
-    except AssertionError:
-        return "tokens differ"
-    floor = max(errors.pop("floor")[0], 1e-3)
-    return f"yes, {max(high for high, _ in errors.values()) / floor:.2f}x floor"
+    methods = [("kvzip", "kv"), ("snapkv", "query")]
+    floor, results = low_precision_errors(tiny_model(name, dtype=torch.bfloat16), token_ids(PROMPT), methods)
+    if not all(r.same_tokens for r in results.values()):
+        tie = all(r.same_tokens or r.at_a_tie for r in results.values())
+        return "tokens differ" + (" at a tie" if tie else "")
+    return f"yes, {max(r.worst for r in results.values()) / max(floor, 1e-3):.2f}x floor"
 
 
 def main() -> None:

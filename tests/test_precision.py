@@ -96,17 +96,20 @@ def test_decode_attention_is_as_exact_as_sdpa(bf16, prompt):
     ids=["llama-bf16", "llama-fp16", "gpt-oss-bf16"],
 )
 def test_tiny_models_decode_within_the_low_precision_floor(name, dtype):
-    errors = low_precision_errors(tiny_model(name, dtype=dtype), token_ids(48), [("kvzip", "kv"), ("snapkv", "query")])
-    floor = errors.pop("floor")[0]
-    assert max(worst for worst, _ in errors.values()) <= 2 * max(floor, 1e-3), (errors, floor)
+    methods = [("kvzip", "kv"), ("snapkv", "query")]
+    floor, results = low_precision_errors(tiny_model(name, dtype=dtype), token_ids(48), methods)
+    for method, result in results.items():
+        assert result.same_tokens, method
+        assert result.worst <= 2 * max(floor, 1e-3), (method, result, floor)
 
 
 def test_embedded_model_decodes_in_bf16_within_the_floor(bf16, prompt, repo):
     scores = load_scores(repo / "artifacts/smollm2-135m/scores.safetensors")
     methods = [("headkv", "query"), ("kvzip", "kv")]
-    errors = low_precision_errors(bf16.model, prompt, methods, scores=scores, tokenizer=bf16.tokenizer)
-    floor = errors.pop("floor")[0]
-    assert floor > 0 and max(worst for worst, _ in errors.values()) <= 2 * floor, (errors, floor)
+    floor, results = low_precision_errors(bf16.model, prompt, methods, scores=scores, tokenizer=bf16.tokenizer)
+    assert floor > 0
+    for method, result in results.items():
+        assert result.same_tokens and result.worst <= 2 * floor, (method, result, floor)
 
 
 # ---------------------------------------------------------------- capture
