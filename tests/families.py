@@ -223,17 +223,21 @@ RUNTIME = [name for name in WHAT if name != "deepseek-v3"]  # every runtime meth
 REFUSED = ["falcon", "bloom", "gpt-neo", "qwen3-next"]
 
 
-def tiny_config(name: str, vocab: int = VOCAB) -> Any:
-    """A fresh config of the family `name`."""
+def tiny_config(name: str, vocab: int = VOCAB, **changes: Any) -> Any:
+    """A fresh config of the family `name` (with `changes` to its fields)."""
     from transformers import AutoConfig
 
     model_type, overrides, dropped = CONFIGS[name]
     fields = {key: value for key, value in _BASE.items() if key not in dropped}
-    return AutoConfig.for_model(model_type, **{**fields, **overrides, "vocab_size": vocab})
+    return AutoConfig.for_model(model_type, **{**fields, **overrides, "vocab_size": vocab, **changes})
 
 
 def tiny_model(
-    name: str, vocab: int = VOCAB, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None
+    name: str,
+    vocab: int = VOCAB,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+    **changes: Any,
 ) -> Any:
     """A seeded random-weight model of the family `name`, in eval mode.
 
@@ -244,7 +248,7 @@ def tiny_model(
 
     torch.manual_seed(0)
     extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForCausalLM.from_config(tiny_config(name, vocab), dtype=dtype, **extra).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(name, vocab, **changes), dtype=dtype, **extra).eval()
     model.generation_config.eos_token_id = None  # random weights: generation runs its full length
     return model
 

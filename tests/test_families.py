@@ -9,6 +9,7 @@ Low-precision decoding on these models is in test_precision.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -21,12 +22,13 @@ from headprof.errors import HeadprofError
 from headprof.models import LoadedModel, ModelSpec, info_from_config, weights_fingerprint
 from headprof.probes import build_probes, encode_probe
 from headprof.runtime import METHODS, cache_bytes, compressed
-from headprof.scoring import ScoreConfig, score_probes
+from headprof.scoring import ScoreConfig, r2_scores, score_probe, score_probes, step_stats
 
 from families import (
     CAPTURED,
     REFUSED,
     RUNTIME,
+    VOCAB,
     WINDOW,
     capture_vs_eager,
     expected_bytes,
@@ -42,8 +44,8 @@ PROMPT, NEW = 48, 4
 
 
 @functools.cache
-def model(name: str):
-    return tiny_model(name)
+def model(name: str, vocab: int = VOCAB):
+    return tiny_model(name, vocab=vocab)
 
 
 def info(name: str):
@@ -152,7 +154,7 @@ def test_query_layout_stores_generated_tokens_once_per_kv_head():
 def test_probes_scores_budgets_and_generation(name, tokenizer, needles, tmp_path):
     """The whole pipeline on a tiny model that reads the embedded model's tokens: sliding-window layers are
     scored like any other, left out of the allocation (recorded in the artifact), and kept as windows."""
-    net = tiny_model(name, vocab=len(tokenizer))
+    net = model(name, len(tokenizer))
     spec = info_from_config(net.config, f"tiny/{name}", weights_fingerprint(net))
     loaded = LoadedModel(net, tokenizer, ModelSpec(name, spec.model_id, name, ""), spec)
     probes = build_probes(needles[:2], tokenizer, lengths=(200,), depths=(50,), tokenizer_name="smollm2-135m")
@@ -172,6 +174,36 @@ def test_probes_scores_budgets_and_generation(name, tokenizer, needles, tmp_path
         assert torch.equal(cache.layers[layer].offsets.diff(), alloc.budgets[layer].long().clamp(max=ids.shape[1]))
     for layer in spec.window_layers:
         assert cache.layers[layer].keys.shape[2] == WINDOW - 1
+
+
+def test_generate_mode_rows_index_the_whole_sequence_on_sliding_layers(tokenizer, needles):
+    """Generate mode captures one row per decode step; on sliding-window layers they must still index prompt
+    positions (zero outside the window), as the eager attention over the whole answered sequence does. The
+    window (160 of ~200 tokens) holds the needle, so rows indexed from the window's start would score it
+    elsewhere."""
+    net = tiny_model("gemma2", len(tokenizer), sliding_window=160)
+    spec = info_from_config(net.config, "tiny/gemma2")
+    loaded = LoadedModel(net, tokenizer, ModelSpec("gemma2", spec.model_id, "gemma2", ""), spec)
+    probe = build_probes(needles[:1], tokenizer, lengths=(200,), depths=(50,), tokenizer_name="smollm2-135m")[0]
+    enc, config = encode_probe(tokenizer, probe), ScoreConfig(mode="generate", max_new_tokens=4)
+    with torch.no_grad():
+        ids = torch.tensor([enc.prompt_ids])
+        answer = net.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :].tolist()
+    # the gold answer is the model's own, so that the probe counts
+    enc = dataclasses.replace(enc, probe=dataclasses.replace(probe, answer=tokenizer.decode(answer)))
+    with AttentionCapture(net):
+        result = score_probe(loaded, enc, config)
+    assert result.counted
+    previous = net.config._attn_implementation
+    net.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = net(torch.tensor([enc.prompt_ids + answer[:-1]]), output_attentions=True).attentions
+    finally:
+        net.set_attn_implementation(previous)
+    rows = torch.stack([probs[0, :, -len(answer) :].float() for probs in eager])
+    _, mass = step_stats(rows, enc.span)
+    torch.testing.assert_close(result.scores["r2"], r2_scores(mass), atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- refused in one line

@@ -1,6 +1,6 @@
 """What `--model` names: aliases, local paths and hub ids resolved to a `ModelSpec`, and the `ModelInfo`
-numbers artifacts are checked against. Pure Python (no torch, no transformers), so that reading and
-checking artifacts stays a light import.
+numbers artifacts are checked against. Pure Python at import (no torch, no transformers), so that reading
+and checking artifacts stays a light import; reading a transformers config's layer types asks transformers.
 """
 
 from __future__ import annotations
