@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ from headprof.attention import PLAIN, LogitExtras, capped, softmax_with_sinks
 from headprof.errors import HeadprofError
 from headprof.models.registry import model_attention, pop_logit_options, register_attention
 from headprof.runtime.plan import LayerPlan
-from headprof.runtime.selection import reduce_groups
+from headprof.runtime.selection import Selection
 
 # Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
 Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
@@ -92,6 +92,7 @@ class CompressedLayer(_Layer):
         self.flat_values: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
+        self.entry_scores: torch.Tensor | None = None  # per stored entry, for a method that evicts while decoding
         self.recent_keys: torch.Tensor | None = None
         self.recent_values: torch.Tensor | None = None
 
@@ -99,6 +100,7 @@ class CompressedLayer(_Layer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device, self.dtype = key_states.device, key_states.dtype
+        self.n_kv = key_states.shape[1]
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
@@ -130,7 +132,10 @@ class CompressedLayer(_Layer):
     ) -> torch.Tensor:
         """Attention output `[B, q, Hq, d]`: exact over the dense prompt, then over kept entries and recent part."""
         if self.phase == "compressed":
-            return self._attend_compressed(query, scaling, extras)
+            output = self._attend_compressed(query, scaling, extras)
+            if self.plan.method.evicts:
+                self.plan.method.evict(self, query, scaling)
+            return output
         output = model_attention(module, query, self.keys, self.values, None, scaling, extras)
         if self.observer is not None:
             self.observer(self.index, query, self.keys, scaling)
@@ -173,33 +178,61 @@ class CompressedLayer(_Layer):
     def n_stored(self) -> int:
         return self.plan.budgets.numel()
 
-    def compress(self, query: torch.Tensor | None, scaling: float, scores: torch.Tensor | None = None) -> None:
-        """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest."""
+    def compress(self, query: torch.Tensor | None, scaling: float, selection: Selection | None = None) -> None:
+        """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest.
+
+        `selection` given (after extra passes, chosen across layers): keep it; otherwise the method scores
+        the prompt from its own queries and selects.
+        """
         sync = self.keys.device.type == "cuda"
         if sync:
             torch.cuda.synchronize()
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
-        if scores is None:
-            scores = method.score(query, self.keys, scaling, self.plan.window)
-        stored = reduce_groups(scores, self.n_stored, method.group_reduce)
-        selection = method.select(stored, self.plan.budgets, self.plan.window)
+        scores = None
+        if selection is None:
+            scores = method.score(query, self.keys, scaling, self.plan.window, self.n_stored)
+            selection = method.select(scores, self.plan.budgets, self.plan.window)
         rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device), selection.lengths)
         # row r = b * S + s stores KV head s // (S / Hkv) of batch element b
         kv_rows = (rows // self.n_stored) * n_kv + (rows % self.n_stored) // (self.n_stored // n_kv)
         flat_index = kv_rows * total + selection.positions
-        self.flat_keys = self.keys.reshape(-1, dim)[flat_index]
-        self.flat_values = self.values.reshape(-1, dim)[flat_index]
-        self.offsets = selection.offsets
-        self.positions = selection.positions.to(torch.int32)
-        self.recent_keys = self.keys.new_zeros(batch, n_kv, 0, dim)
-        self.recent_values = self.values.new_zeros(batch, n_kv, 0, self.values.shape[-1])
+        entry_scores = None
+        if method.evicts and scores is not None:
+            entry_scores = scores.reshape(-1)[rows * total + selection.positions].float()
+        self.store(
+            self.keys.reshape(-1, dim)[flat_index],
+            self.values.reshape(-1, dim)[flat_index],
+            selection.positions,
+            selection.offsets,
+            entry_scores,
+        )
         self.keys = self.values = None
-        self.phase = "compressed"
         self.stats.compressed_heads += int((selection.lengths < total).sum())
         if sync:
             torch.cuda.synchronize()
         self.stats.compress_seconds += time.perf_counter() - start
+
+    def store(
+        self,
+        flat_keys: torch.Tensor,
+        flat_values: torch.Tensor,
+        positions: torch.Tensor,
+        offsets: torch.Tensor,
+        entry_scores: torch.Tensor | None = None,
+    ) -> None:
+        """Hold these entries (head r owns rows `offsets[r]:offsets[r+1]`, positions sorted) and no recent part."""
+        self.flat_keys, self.flat_values = flat_keys, flat_values
+        self.offsets, self.positions = offsets, positions.to(torch.int32)
+        self.entry_scores = entry_scores
+        batch = (offsets.numel() - 1) // self.n_stored
+        self.recent_keys = flat_keys.new_zeros(batch, self.n_kv, 0, flat_keys.shape[-1])
+        self.recent_values = flat_values.new_zeros(batch, self.n_kv, 0, flat_values.shape[-1])
+        self.phase = "compressed"
+
+    def per_stored(self, states: torch.Tensor) -> torch.Tensor:
+        """`[B, Hkv, n, d]` (how the recent part is stored) -> `[B, S, n, d]` (one copy per stored head)."""
+        return states.repeat_interleave(self.n_stored // self.n_kv, dim=1)
 
     # ---------------------------------------------------------- accounting
 
@@ -212,7 +245,8 @@ class CompressedLayer(_Layer):
         ]
         allocated = sum(t.untyped_storage().nbytes() for t in tensors)
         needed = sum(t.numel() * t.element_size() for t in tensors)
-        index = sum(t.numel() * t.element_size() for t in (self.offsets, self.positions) if t is not None)
+        metadata = (self.offsets, self.positions, self.entry_scores)
+        index = sum(t.numel() * t.element_size() for t in metadata if t is not None)
         return allocated, needed, index
 
 
@@ -318,7 +352,7 @@ class CompressedCache(Cache):
         }
 
     def defer(self) -> None:
-        """Keep the prompt dense at its end: the press compresses it after an extra pass (`compress_prefix`)."""
+        """Keep the prompt dense at its end: the press compresses it after an extra pass (`compress_all`)."""
         for layer in self.layers:
             layer.deferred = True
 
@@ -327,15 +361,31 @@ class CompressedCache(Cache):
         for layer in self.layers:
             layer.observer = observer
 
-    def compress_prefix(self, prefix: int, scores: list[torch.Tensor]) -> None:
-        """Drop everything after the first `prefix` tokens (an extra pass's), then compress each layer by `scores`."""
-        for layer, layer_scores in zip(self.layers, scores):
+    def set_budgets(self, budgets: torch.Tensor) -> None:
+        """Budgets `[L, S]` for the prompt about to run (a method's budgets can depend on its length)."""
+        for layer in self.budgeted:
+            layer.plan = replace(layer.plan, budgets=budgets[layer.index])
+
+    def truncate(self, length: int) -> None:
+        """Drop the dense tokens after the first `length` (an extra pass's), so the next pass starts there too."""
+        for layer in self.layers:
+            layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+            layer.seen = length
+
+    def compress_all(self, scores: dict[int, torch.Tensor]) -> None:
+        """Compress every deferred layer at once: budgeted layer l from `scores[l]` `[B, S, T]`, selected by the
+        method across layers; sliding-window layers go back to their window."""
+        start = time.perf_counter()
+        budgeted = self.budgeted
+        method, window = budgeted[0].plan.method, budgeted[0].plan.window
+        budgets = torch.stack([layer.plan.budgets for layer in budgeted])
+        selections = method.select_layers([scores[layer.index] for layer in budgeted], budgets, window)
+        self.stats.compress_seconds += time.perf_counter() - start
+        for layer in self.layers:
             if isinstance(layer, WindowLayer):
-                layer.end_extra_pass(prefix)
-                continue
-            layer.keys, layer.values = layer.keys[:, :, :prefix], layer.values[:, :, :prefix]
-            layer.seen = prefix
-            layer.compress(None, 1.0, scores=layer_scores)
+                layer.end_extra_pass(layer.seen)
+        for layer, selection in zip(budgeted, selections):
+            layer.compress(None, 1.0, selection=selection)
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
         """Original prompt positions each stored head of a budgeted layer kept (for inspection and tests)."""
