@@ -2,9 +2,10 @@
 
 Inside the block the model uses the "headprof" attention function, and every forward that starts
 without a cache (or with an empty one) gets a fresh `CompressedCache`: the prompt is attended
-exactly and compressed once at its end; decoding appends. A method with an extra pass (KVzip) keeps
-the prompt dense, the press runs the pass on the same cache with each layer handing its attention
-inputs to the method's `score`, then compresses. This goes through public hooks only
+exactly and compressed once at its end; decoding appends. A method with extra passes (KVzip's chunked
+reconstruction) keeps the prompt dense; the press runs each pass on the same cache (cut back to the prompt
+after each, so every pass starts at the prompt's length) with each layer handing its attention inputs to
+the method's `score_pass`, then the method selects across all layers. This goes through public hooks only
 (AttentionInterface, the Cache API, `nn.Module` forward pre/post hooks); no modeling file is
 patched. Works through `generate` (greedy, sampling) and through a manual forward loop.
 """
@@ -27,7 +28,7 @@ from headprof.models.spec import ModelInfo, check_supported, info_from_config
 from headprof.runtime.budgets import BudgetPlan, plan_budgets
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
 from headprof.runtime.methods import build_method
-from headprof.runtime.methods.base import Method
+from headprof.runtime.methods.base import ExtraPass, Method
 from headprof.runtime.plan import LayerPlan
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class PressStats:
 class Press:
     """A KV-compression method bound to a model, with its per-layer, per-head budgets (see `plan_budgets`).
 
-    `tokenizer` is used by methods whose extra pass adds text (KVzip's repeat instruction).
+    `tokenizer` is used by methods whose extra passes add text (KVzip's repeat prompts and chat template).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class Press:
         self._hooks: list[Any] = []
         self._previous_impl: str | None = None
         self._started = 0.0
-        self._extra_ids: torch.Tensor | None = None  # the pending extra pass of the current prompt
+        self._passes: list[ExtraPass] | None = None  # the pending extra passes of the current prompt
         self._in_extra_pass = False
 
     @property
@@ -150,10 +151,12 @@ class Press:
                     "batch prompts of equal length, or run them one by one"
                 )
             self.stats = PressStats(prompt_tokens=tokens)
-            self._extra_ids = None
+            self._passes = None
             if isinstance(cache, CompressedCache):
-                self._extra_ids = self.method.extra_pass(ids, self.tokenizer)
-                if self._extra_ids is not None:
+                cache.set_budgets(self.method.budgets_for(self.plan, tokens))
+                self._passes = self.method.extra_passes(ids, self.tokenizer)
+                if self._passes is not None:
+                    self._check_positions(tokens, self._passes)
                     cache.defer()
             self._sync()
             self._started = time.perf_counter()
@@ -163,9 +166,9 @@ class Press:
         if self._in_extra_pass or self._started == 0.0:
             return
         cache = getattr(output, "cache", None)
-        if self._extra_ids is not None and isinstance(cache, CompressedCache):
-            self._run_extra_pass(cache, self._extra_ids)
-        self._extra_ids = None
+        if self._passes is not None and isinstance(cache, CompressedCache):
+            self._run_extra_passes(cache, self._passes)
+        self._passes = None
         self._sync()
         self.stats.prefill_seconds = time.perf_counter() - self._started
         self._started = 0.0
@@ -173,22 +176,42 @@ class Press:
             self.stats.compress_seconds = cache.stats.compress_seconds
             self.stats.compressed = cache.stats.compressed_heads > 0
 
-    def _run_extra_pass(self, cache: CompressedCache, ids: torch.Tensor) -> None:
-        """Feed `ids` on top of the dense prompt; each layer's pass queries score its prompt; then compress."""
+    def _check_positions(self, tokens: int, passes: list[ExtraPass]) -> None:
+        """Refuse extra passes that would run past the positions the model was trained for."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max((extra.ids.shape[1] for extra in passes), default=0)
+        if limit and tokens + longest > limit:
+            raise HeadprofError(
+                f"{self.method.name}: the prompt's {tokens} tokens + its longest extra pass of {longest} need "
+                f"positions up to {tokens + longest}, beyond the model's {limit} (shorten the context)"
+            )
+
+    def _run_extra_passes(self, cache: CompressedCache, passes: list[ExtraPass]) -> None:
+        """Feed each pass on top of the dense prompt; its queries score their span; then compress all layers."""
         prefix = cache.get_seq_length()
-        scores: list[torch.Tensor] = [torch.empty(0)] * len(cache.layers)
+        batch = passes[0].ids.shape[0] if passes else 1
+        device = cache.layers[0].keys.device
+        scores = [
+            torch.full((batch, layer.n_stored, prefix), float("inf"), device=device) for layer in cache.layers
+        ]  # positions no pass scores stay +inf: always kept
+        current: list[ExtraPass] = []
 
         def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
-            scores[index] = self.method.score(query, keys, scaling, self.plan.window)
+            extra = current[0]
+            n_stored = cache.layers[index].n_stored
+            scores[index][..., extra.start : extra.end] = self.method.score_pass(extra, query, keys, scaling, n_stored)
 
         cache.observe(observe)
         self._in_extra_pass = True
         try:
-            self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+            for extra in passes:
+                current[:] = [extra]
+                self.model(input_ids=extra.ids.to(device), cache=cache, use_cache=True, logits_to_keep=1)
+                cache.truncate(prefix)
         finally:
             self._in_extra_pass = False
             cache.observe(None)
-        cache.compress_prefix(prefix, scores)
+        cache.compress_all(scores)
 
     def _sync(self) -> None:
         if torch.cuda.is_available() and self.model.device.type == "cuda":
