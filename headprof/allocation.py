@@ -1,8 +1,9 @@
 """Per-head KV budgets from head scores (METHOD.md §3).
 
 Every policy keeps the last `w` prompt tokens in every head and distributes the rest. Budgets are
-integers; where a policy's formula gives fractions they are rounded with the largest-remainder
-method (ties go to the lower head index), so the total is exactly `B * number_of_heads`.
+integers; HeadKV's formula gives fractions, rounded with the largest-remainder method (ties go to the
+lower head index), so its total is exactly `B * number_of_heads`. PyramidKV follows KVCache-Factory's
+integer schedule, whose total is slightly above that (its integer step).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from headprof.models.spec import ModelInfo
 POLICIES = ("headkv", "uniform", "pyramid")
 DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}
 GQA_LAYOUTS = ("query", "kv")
+ROUNDING = {
+    "headkv": "largest remainder, ties to lower head index",
+    "uniform": "none",
+    "pyramid": "KVCache-Factory integer schedule (prompts longer than the bottom layer's budget)",
+}
 
 
 @dataclass(frozen=True)
@@ -76,17 +82,29 @@ def uniform(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
     return torch.full(shape, config.budget, dtype=torch.long)
 
 
-def pyramid(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
-    """PyramidKV: k_l falls linearly from k_0 (bottom) to k_top = K / (beta L) (top), K = L (B - w)."""
+def pyramid(shape: tuple[int, int], config: AllocConfig, context: int | None = None) -> torch.Tensor:
+    """PyramidKV's schedule as KVCache-Factory computes it (`PyramidKVCluster.update_kv`), in integers.
+
+    With B' = B - w: the top layer keeps `min = B' // beta` candidates, the bottom `max = 2 B' - min`,
+    layer l keeps `max - l * ((max - min) // (L - 1))`, each plus the window. The integer step makes the
+    total slightly above L * B (the reference's rule, kept as it is). With a prompt length T (`context`):
+    no compression when T < B (every head gets B > T); plain uniform B when T < 2 B'; `max` capped at
+    T - w (and `min` raised to keep their sum) when `max >= T - w`. Without it: the schedule of any
+    prompt longer than `max + w`, which does not depend on T.
+    """
     n_layers, n_heads = shape
-    n_free = config.budget - config.window
-    if n_layers == 1:
+    free = config.budget - config.window
+    if context is not None and context < config.budget:
         return torch.full(shape, config.budget, dtype=torch.long)
-    total = n_layers * n_free
-    k_top = total / (config.beta_value * n_layers)
-    k_0 = 2 * total / n_layers - k_top
-    steps = torch.arange(n_layers, dtype=torch.float64) / (n_layers - 1)
-    per_layer = largest_remainder(k_0 - (k_0 - k_top) * steps, total)
+    if n_layers == 1 or (context is not None and context < 2 * free):
+        return torch.full(shape, config.budget, dtype=torch.long)
+    low = int(free // config.beta_value)
+    high = 2 * free - low
+    if context is not None and high >= context - config.window:
+        high = context - config.window
+        low = 2 * free - high
+    step = (high - low) // (n_layers - 1)
+    per_layer = high - step * torch.arange(n_layers, dtype=torch.long)
     return (per_layer[:, None] + config.window).expand(n_layers, n_heads).clone()
 
 
@@ -137,7 +155,7 @@ def floor_of(config: AllocConfig, n_layers: int) -> int:
     if config.policy == "headkv":
         return n_free - math.floor(n_free / config.beta_value) + config.window
     if config.policy == "pyramid":
-        return math.floor(n_layers * n_free / (config.beta_value * n_layers)) + config.window
+        return int(pyramid((n_layers, 1), config).min())
     return config.budget
 
 
@@ -176,7 +194,7 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
         "score_method": score_method,
         "source_scores": str(source),
         "source_scores_sha256": scores.meta["sha256"],
-        "rounding": "largest remainder, ties to lower head index",
+        "rounding": ROUNDING[config.policy],
         "floor": floor_of(config, len(model.global_layers)),
         "sliding_layers": model.window_layers,
     }

@@ -40,7 +40,10 @@ def test_total_conserved_and_floors_respected(policy, gqa, budget, beta):
     budgets = allocate(scores, config, n_kv_heads=3)
     n_heads = 9 if gqa == "query" else 3
     assert budgets.shape == (30, n_heads)
-    assert int(budgets.sum()) == budget * budgets.numel()
+    if policy == "pyramid":  # KVCache-Factory's integer step spends up to L (L - 1) / 2 more per head index
+        assert 0 <= int(budgets.sum()) - budget * budgets.numel() <= n_heads * 30 * 29 // 2
+    else:
+        assert int(budgets.sum()) == budget * budgets.numel()
     assert int(budgets.min()) >= floor_of(config, 30) >= 32
 
 
@@ -65,10 +68,8 @@ def test_pyramid_shape():
     budgets = pyramid((32, 4), AllocConfig(128, "pyramid", window=32))
     per_layer = budgets[:, 0]
     assert bool((budgets == per_layer[:, None]).all())  # every head of a layer is equal
-    assert bool((per_layer.diff() <= 0).all())  # non-increasing with depth
-    assert int(per_layer[0]) > 2 * int(per_layer[-1])
-    # bottom k_0 = 2K/L - k_top with K = L (B - w), k_top = K / (20 L): 192 - 4.8 = 187.2 -> ~187 + w
-    assert abs(int(per_layer[0]) - (187.2 + 32)) <= 1 and abs(int(per_layer[-1]) - (4.8 + 32)) <= 1
+    # KVCache-Factory: B' = 96, min = 96 // 20 = 4, max = 2 B' - min = 188, step (188 - 4) // 31 = 5
+    assert per_layer.tolist() == [188 - 5 * layer + 32 for layer in range(32)]
 
 
 def test_pyramid_on_a_single_layer_is_uniform():

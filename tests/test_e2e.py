@@ -43,7 +43,9 @@ def test_pipeline_through_the_cli(cli, workdir, loaded):
     assert int(budgets.budgets[top_layer, top_head]) == int(budgets.budgets.max())
 
     kv = cli("allocate", "--budget", "64", "--policy", "pyramid", "--json")  # per KV head by default
-    assert kv.code == 0 and kv.json()["total"] == 64 * 90 and kv.json()["gqa"] == "kv"
+    # KVCache-Factory's integer schedule: layer l keeps 63 - 2 l candidates + the window, in each of 3 KV heads
+    assert kv.code == 0 and kv.json()["total"] == 3 * sum(63 - 2 * layer + 32 for layer in range(30))
+    assert kv.json()["gqa"] == "kv"
 
     shown = cli("show", report["artifact"], "--png", "heat.png", "--json")
     assert shown.code == 0, shown.stderr

@@ -12,7 +12,7 @@ from headprof.probes import build_probes, encode_probe, load_needles
 from headprof.runtime import METHODS, cache_bytes, compressed
 from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods.snapkv import SnapKVOptions
-from headprof.runtime.selection import accumulated_scores, pooled_top_k, top_k_with_window
+from headprof.runtime.selection import accumulated_scores, adakv_top_k, safeguard_top_k, top_k_with_window
 
 from helpers import NEEDLES, REFERENCE
 
@@ -38,7 +38,12 @@ def test_adakv_pools_a_layer_with_per_head_floors():
     scores = torch.rand(1, 3, 40) * 0.01
     scores[0, 0, :20] += 1.0  # head 0 has many strong positions
     budgets = torch.tensor([12, 12, 12])
-    sel = pooled_top_k(scores, budgets, window=2, floor=0.2)
+    # AdaKV's rule: of the 30 pooled places the heads win [23, 4, 3] -> round(0.8 c + int(0.2 * 10)) + w:
+    # [20, 5, 4] + 2 = [22, 7, 6]; the total (35) is close to, not exactly, the 36 budgeted
+    won = scores[0, :, :38].flatten().topk(30).indices // 38
+    assert won.bincount(minlength=3).tolist() == [23, 4, 3]
+    assert adakv_top_k(scores, budgets, window=2, floor=0.2).lengths.tolist() == [22, 7, 6]
+    sel = safeguard_top_k(scores, budgets, window=2, floor=0.2)  # kvpress: floor reserved, exact total
     lengths = sel.lengths.tolist()
     assert sum(lengths) == 36  # the layer's pool is conserved
     assert min(lengths) >= 2 + 2  # window + floor(0.2 * 10)
@@ -56,11 +61,11 @@ def test_accumulated_scores_equal_the_full_matrix():
 
 def test_streamingllm_keeps_sinks_and_recent():
     method = METHODS["streamingllm"]()
-    scores = method.score(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, 3)
-    sel = top_k_with_window(scores, torch.tensor([10, 10]), window=3)
-    assert _kept(sel, 0) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]
-    tight = top_k_with_window(scores, torch.tensor([6, 6]), window=4)  # B - w < sinks: sinks, then the newest
-    assert _kept(tight, 0) == [0, 1, 2, 3, 28, 29]
+    scores = method.score(torch.zeros(1, 2, 30, 4), torch.zeros(1, 2, 30, 4), 1.0, 3, 2)
+    sel = method.select(scores, torch.tensor([10, 10]), window=3)
+    assert _kept(sel, 0) == [0, 1, 2, 3, 24, 25, 26, 27, 28, 29]  # the recent part is B - sinks, not the window
+    tight = method.select(scores, torch.tensor([6, 3]), window=4)
+    assert _kept(tight, 0) == [0, 1, 2, 3, 28, 29] and _kept(tight, 1) == [0, 1, 2]
 
 
 # ---------------------------------------------------------------- varlen attention vs a by-hand reference
@@ -133,10 +138,10 @@ def full_run(loaded, prompt):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("gqa", ["kv", "query"])
-def test_budgets_above_the_prompt_reproduce_full_kv(loaded, prompt, full_run, scores_artifact, method, gqa):
+def test_budgets_above_the_prompt_reproduce_full_kv(loaded, tokenizer, prompt, full_run, scores_artifact, method, gqa):
     """Budgets >= prompt length: every method's cache holds everything, so tokens and logits must match."""
     budget = 8000  # PyramidKV's top layer then keeps (8000 - 32) / 20 + 32 = 430 > 286 prompt tokens
-    with compressed(loaded.model, method, budget, gqa=gqa, scores=scores_artifact) as press:
+    with compressed(loaded.model, method, budget, gqa=gqa, scores=scores_artifact, tokenizer=tokenizer) as press:
         run = _generate(loaded.model, prompt[1])
     assert torch.equal(run.sequences, full_run.sequences)
     for mine, ref in zip(run.logits, full_run.logits):

@@ -18,12 +18,16 @@ class BudgetPlan:
     """Budgets `[L, S]` (entries per stored head, window included; S = KV heads or query heads by `gqa`).
 
     `budgets` is None for a method that does not compress. Rows of a model's sliding-window layers are 0:
-    those layers keep their rolling window and are not budgeted.
+    those layers keep their rolling window and are not budgeted. `budget` is the nominal per-head budget B
+    the budgets were made for (the references compare it with the prompt length); `config` is the policy
+    that made them when they came from the method's own policy (PyramidKV recomputes its schedule per prompt).
     """
 
     budgets: torch.Tensor | None
     window: int
     gqa: str
+    budget: int = 0
+    config: AllocConfig | None = None
 
 
 def default_method(has_budgets: bool) -> str:
@@ -48,14 +52,17 @@ def plan_budgets(
 
     `allocation` (an `alloc-*.safetensors` artifact; its layout and window are used), or `scores` +
     `budget` (HeadKV allocation on the fly), or the method's own policy at `budget` (uniform;
-    PyramidKV's pyramid). `gqa="kv"` stores one selection per KV head (memory-honest); `gqa="query"`
-    stores per query head, repeating shared KV heads (the HeadKV paper's layout).
+    PyramidKV's pyramid, recomputed for each prompt's length by `Method.budgets_for`). `gqa="kv"`
+    stores one selection per KV head (memory-honest); `gqa="query"` stores per query head,
+    repeating shared KV heads (the HeadKV paper's layout).
     """
     if not method.compresses:
-        return BudgetPlan(None, window, gqa)
+        return BudgetPlan(None, window, gqa, budget)
     if allocation is not None:
         check_model(allocation.model, info, "allocation")
-        return BudgetPlan(allocation.budgets.long(), int(allocation.meta.get("window", window)), allocation.gqa)
+        budgets = allocation.budgets.long()
+        nominal = int(allocation.meta.get("budget", round(float(budgets.float().mean()))))
+        return BudgetPlan(budgets, int(allocation.meta.get("window", window)), allocation.gqa, nominal)
     config = AllocConfig(budget, method.policy, window, beta, temp, gqa)
     config.validate()
     if method.policy == "headkv":
@@ -63,6 +70,6 @@ def plan_budgets(
             raise HeadprofError("headkv needs an allocation artifact (--alloc) or a score artifact (--scores)")
         check_model(scores.model, info, "score artifact")
         budgets = allocate(scores.scores(score_method), config, info.n_kv_heads, info.global_layers)
-        return BudgetPlan(budgets, window, gqa)
+        return BudgetPlan(budgets, window, gqa, budget)
     budgets = allocate(torch.zeros(info.n_layers, info.n_heads), config, info.n_kv_heads, info.global_layers)
-    return BudgetPlan(budgets, window, gqa)
+    return BudgetPlan(budgets, window, gqa, budget, config)

@@ -1,13 +1,14 @@
 """What a cache layer needs from its method, defined apart from both so that neither imports the other.
 
-A `CompressedLayer` only scores its dense prompt and selects entries; the full `Method` (options,
-budget policy, extra prefill pass) is the press's business.
+A `CompressedLayer` only scores its dense prompt, selects entries and (for a method that evicts during
+decoding) hands itself to the method after each attention; the full `Method` (options, budget policy,
+extra prefill passes) is the press's business.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -15,16 +16,30 @@ from headprof.runtime.selection import Selection
 
 
 class Compressor(Protocol):
-    """The two pure steps of compression: importance of each prompt position, then which entries to keep."""
+    """The steps of compression a layer runs: importance of each prompt position, which entries to keep,
+    and an optional update after each decode attention."""
 
-    group_reduce: str  # how the g query heads of a KV group share one selection: "mean" | "max"
+    @property
+    def evicts(self) -> bool:
+        """Whether `evict` runs after every attention over a compressed layer."""
+        ...
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
-        """Importance `[B, Hq, T]` of each prompt position for each query head (higher = keep)."""
+    def score(
+        self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
+    ) -> torch.Tensor:
+        """Importance `[B, S, T]` of each prompt position for each stored head (higher = keep)."""
         ...
 
     def select(self, scores: torch.Tensor, budgets: torch.Tensor, window: int) -> Selection:
         """Kept positions of each stored head, from `[B, S, T]` scores and `[S]` budgets."""
+        ...
+
+    def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
+        """Kept positions of every layer at once, from per-layer scores and `[L, S]` budgets."""
+        ...
+
+    def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:
+        """Update a compressed layer after its attention."""
         ...
 
 

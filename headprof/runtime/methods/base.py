@@ -1,12 +1,18 @@
 """The method interface, after kvpress's presses: a method is a small class with an options dataclass
 and hooks; the press and the cache call the hooks and own everything else.
 
-Hooks (all pure: tensors in, tensors out, no state kept between calls):
-- `score(query, keys, scaling, window)`: importance of each prompt position for each query head;
-- `select(scores, budgets, window)`: which entries each stored head keeps (default: the window plus
-  the top `b_i - w`, see `selection.top_k_with_window`);
-- `extra_pass(prompt_ids, tokenizer)`: tokens of an extra forward pass over the prompt's cache
-  whose queries `score` reads instead of the prompt's own (KVzip's reconstruction); None by default.
+Hooks (pure: tensors in, tensors out, no state kept between calls; the press and the cache keep the state):
+- `budgets_for(plan, prompt_tokens)`: the budgets one prompt uses (the references' "no compression when the
+  budget covers the prompt", PyramidKV's schedule that depends on the prompt length);
+- `score(query, keys, scaling, window, n_stored)`: importance of each prompt position for each stored head;
+- `select(scores, budgets, window)`: which entries each stored head of a layer keeps (default: the window
+  plus `topk(b_i - w)`, see `selection.top_k_with_window`);
+- `extra_passes(prompt_ids, tokenizer)`: forward passes the press runs on the prompt's dense cache after
+  the prompt (KVzip's chunked reconstruction), each described by an `ExtraPass`; their queries score the
+  prompt through `score_pass`, and `select_layers` then selects over all layers at once (default: `select`
+  layer by layer); None (the default): the layer compresses from its own prompt queries, right away;
+- `evict(layer, query, scaling)`: called after every attention over a compressed layer when `evicts` is
+  True (H2O's decode-time eviction); it may replace the layer's stored entries.
 
 Adding a method = one file in `runtime/methods/` with one `Method` subclass, and one line in the
 registry (`methods/__init__.py`).
@@ -24,10 +30,27 @@ from headprof.runtime.selection import Selection, top_k_with_window
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from headprof.runtime.budgets import BudgetPlan
+    from headprof.runtime.cache import CompressedLayer
+
 
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """The options of a method that has none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraPass:
+    """One forward pass the press runs right after the prompt, on the prompt's dense cache.
+
+    Its tokens `ids` `[B, n]` take positions from the prompt length N on (the cache is cut back to the
+    prompt after every pass, so every pass starts at N); its queries score prompt positions `start:end`.
+    Prompt positions that no pass scores are always kept.
+    """
+
+    ids: torch.Tensor
+    start: int
+    end: int
 
 
 class Method:
@@ -36,18 +59,35 @@ class Method:
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     policy: ClassVar[str] = "uniform"  # budgets when no allocation artifact is given
-    group_reduce: ClassVar[str] = "mean"  # how the g query heads of a KV group share one selection
     compresses: ClassVar[bool] = True  # False: the full cache (transformers' own DynamicCache)
     query_agnostic: ClassVar[bool] = False  # True: compresses the context alone, before any question
 
     def __init__(self, options: Any = None):
         self.options = self.Options() if options is None else options
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
-        """Importance `[B, Hq, T]` of each prompt position for each query head (higher = keep).
+    @property
+    def evicts(self) -> bool:
+        """Whether `evict` runs after every attention over a compressed layer (decode-time eviction)."""
+        return False
 
-        `query` `[B, Hq, n, d]` are the last n positions of `keys` `[B, Hkv, T, d]`: the whole prompt,
-        or (with an extra pass) the pass's tokens after the prompt, whose positions are then not scored.
+    def budgets_for(self, plan: BudgetPlan, prompt_tokens: int) -> torch.Tensor:
+        """Budgets `[L, S]` for a prompt of `prompt_tokens` tokens.
+
+        Every reference leaves the cache whole when the prompt is shorter than the nominal budget B
+        (`T < B`; KVCache-Factory, AdaKV and HeadKV alike), even where some heads' budgets are below T:
+        every head then gets B, which no selection rule can fill.
+        """
+        if prompt_tokens < plan.budget:
+            return torch.full_like(plan.budgets, plan.budget)
+        return plan.budgets
+
+    def score(
+        self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
+    ) -> torch.Tensor:
+        """Importance `[B, S, T]` of each prompt position for each of the layer's S stored heads (higher = keep).
+
+        `query` `[B, Hq, T, d]` are the prompt's queries, `keys` `[B, Hkv, T, d]` its keys; S is Hkv (one
+        selection per KV group) or Hq (per query head).
         """
         raise NotImplementedError(f"{self.name} does not score prompt positions")
 
@@ -55,8 +95,22 @@ class Method:
         """Kept positions per stored head from `[B, S, T]` scores and `[S]` budgets (window included)."""
         return top_k_with_window(scores, budgets, window)
 
-    def extra_pass(
+    def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
+        """Selections of every layer at once (after extra passes): `scores[l]` `[B, S, T]`, budgets `[L, S]`."""
+        return [self.select(layer_scores, row, window) for layer_scores, row in zip(scores, budgets)]
+
+    def extra_passes(
         self, prompt_ids: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase | None
-    ) -> torch.Tensor | None:
-        """Token ids `[B, n]` of a forward pass run right after the prompt, on its cache, to score it; None: no pass."""
+    ) -> list[ExtraPass] | None:
+        """The passes that score the prompt `[B, N]` instead of its own queries; None: no extra pass."""
         return None
+
+    def score_pass(
+        self, extra: ExtraPass, query: torch.Tensor, keys: torch.Tensor, scaling: float, n_stored: int
+    ) -> torch.Tensor:
+        """Scores `[B, S, extra.end - extra.start]` from one pass: `query` `[B, Hq, n, d]` of its n tokens,
+        `keys` `[B, Hkv, N + n, d]` (the prompt's, then the pass's own)."""
+        raise NotImplementedError(f"{self.name} has no extra pass")
+
+    def evict(self, layer: CompressedLayer, query: torch.Tensor, scaling: float) -> None:
+        """Update a compressed layer after its attention (only called when `evicts` is True)."""

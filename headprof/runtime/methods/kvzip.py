@@ -1,4 +1,19 @@
-"""KVzip (Kim et al. 2025): query-agnostic compression scored by a context-reconstruction pass."""
+"""KVzip (Kim et al. 2025): query-agnostic compression scored by chunked context reconstruction.
+
+As the authors run it (snu-mllab/KVzip, `model/wrapper.py` `self_task` and `scoring`, `attention/score.py`):
+- the prompt is [template prefix | context]; only the context is repeated, in chunks of 2000 tokens;
+- chunk 0's pass is `FIRST_PROMPT`, the assistant-turn opener, the chunk; chunk i's is `NEXT_PROMPT`, the
+  last 8 token ids of chunk i-1, the opener, the chunk; every pass runs on the full prefill cache, at
+  positions from the prefill length N on;
+- a context position's score is the most attention any query of its chunk's pass gives it (max over the
+  GQA group too), the softmax taken over the prefix, the own chunk and the pass's own tokens only;
+- the template prefix is always kept (no pass scores it), and so is everything after the context;
+- selection: one budget across all layers and heads (default), or the same count in every head.
+
+The opener comes from the tokenizer's chat template (the text after a user message, as kvpress derives it;
+the authors hard-code it per family and fall back to `PLAIN_SUFFIX`, used here for tokenizers without a
+template, whose prefix is their BOS token when the prompt starts with it).
+"""
 
 from __future__ import annotations
 
@@ -9,52 +24,151 @@ import torch
 
 from headprof.attention import attention_rows
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import Method
+from headprof.runtime.methods.base import ExtraPass, Method
+from headprof.runtime.selection import Selection, global_top_k, reduce_groups
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-RECONSTRUCTION_PROMPT = "\n\nRepeat the previous context exactly.\n\n"
+FIRST_PROMPT = "\n\nRepeat the previous context exactly."
+NEXT_PROMPT = "\n\nRepeat the part of the previous context exactly, starting with "  # trailing space: the authors'
+PLAIN_SUFFIX = "\n\nAnswer: "  # the authors' fallback template (model/template.py)
+SELECTIONS = ("global", "uniform")
+_MARKER = "headprof-kvzip-context"
 
 
 @dataclass(frozen=True)
 class KVzipOptions:
-    """`block`: reconstruction queries per step of the scoring; `prompt`: what asks the model to repeat."""
+    """`chunk_size`: context tokens per reconstruction pass (2000); `hint_tokens`: tokens of the previous chunk
+    quoted in the next prompt (8); `selection`: `global` (one budget across layers and heads: the authors'
+    default) or `uniform` (the same count in every head); `recent_window`: also keep the last w prompt
+    tokens in every head, inside the budget (the authors keep none); `block`: pass queries per scoring step
+    (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens is one matmul, as the
+    authors compute it, more blocks agree up to float rounding); `first_prompt` / `next_prompt`: the repeat
+    instructions."""
 
+    chunk_size: int = 2000
+    hint_tokens: int = 8
+    selection: str = "global"
+    recent_window: bool = False
     block: int = 256
-    prompt: str = RECONSTRUCTION_PROMPT
+    first_prompt: str = FIRST_PROMPT
+    next_prompt: str = NEXT_PROMPT
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.hint_tokens < 0 or self.block < 1:
+            raise HeadprofError("kvzip chunk_size and block must be >= 1, hint_tokens >= 0")
+        if self.selection not in SELECTIONS:
+            raise HeadprofError(f"unknown kvzip selection '{self.selection}' ({', '.join(SELECTIONS)})")
+
+
+@dataclass(frozen=True)
+class ReconstructionPass(ExtraPass):
+    """One chunk's pass; `prefix` template tokens before the context are visible to it and never scored."""
+
+    prefix: int = 0
+
+
+def chat_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """(template tokens before a user message's content, the assistant-turn opener after it)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _MARKER}], add_generation_prompt=True, tokenize=False, enable_thinking=False
+        )
+        if _MARKER in text:
+            before, after = text.split(_MARKER, 1)
+            encode = tokenizer.encode
+            return encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos, tokenizer.encode(PLAIN_SUFFIX, add_special_tokens=False)
 
 
 class KVzip(Method):
-    """Kim et al. 2025: query-agnostic. After the context, a reconstruction pass (the context fed again)
-    scores each KV entry by the most attention any reconstruction query gives it; one compressed cache
-    then serves any question about the context."""
+    """Kim et al. 2025: query-agnostic. After the context, chunked reconstruction passes score each context
+    entry by the most attention its chunk's repeat gives it; one compressed cache then serves any question."""
 
     name = "kvzip"
     Options = KVzipOptions
     options: KVzipOptions
-    group_reduce = "max"
     query_agnostic = True
 
-    def extra_pass(
+    def extra_passes(
         self, prompt_ids: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase | None
-    ) -> torch.Tensor | None:
-        """The reconstruction pass: the repeat instruction (when a tokenizer is given), then the context again."""
+    ) -> list[ExtraPass] | None:
+        """One `ReconstructionPass` per context chunk (none for a prompt that is all template)."""
         if prompt_ids is None:
-            raise HeadprofError("kvzip needs input_ids (its reconstruction pass feeds the context tokens again)")
+            raise HeadprofError("kvzip needs input_ids (its reconstruction passes feed the context tokens again)")
         if tokenizer is None:
-            return prompt_ids
-        lead = tokenizer(self.options.prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        return torch.cat([lead.to(prompt_ids.device).expand(prompt_ids.shape[0], -1), prompt_ids], dim=1)
+            raise HeadprofError("kvzip needs the model's tokenizer (its reconstruction prompts are text)")
+        head, suffix = chat_frame(tokenizer)
+        batch, total = prompt_ids.shape
+        device = prompt_ids.device
+        expected = torch.tensor(head, dtype=prompt_ids.dtype, device=device)
+        matches = bool(head) and total >= len(head) and bool(prompt_ids[:, : len(head)].eq(expected).all())
+        prefix = len(head) if matches else 0
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
-        """Max attention any reconstruction query gives each context position: `[B, Hq, T - n]`."""
+        def tokens(ids: list[int]) -> torch.Tensor:
+            return torch.tensor(ids, dtype=prompt_ids.dtype, device=device).expand(batch, -1)
+
+        first = tokens(tokenizer.encode(self.options.first_prompt, add_special_tokens=False))
+        after = tokens(tokenizer.encode(self.options.next_prompt, add_special_tokens=False))
+        size, hint = self.options.chunk_size, self.options.hint_tokens
+        passes: list[ExtraPass] = []
+        for start in range(prefix, total, size):
+            stop = min(start + size, total)
+            if start == prefix:
+                lead = first
+            else:
+                previous = prompt_ids[:, max(start - hint, start - size) : start] if hint else prompt_ids[:, :0]
+                lead = torch.cat([after, previous], dim=1)
+            ids = torch.cat([lead, tokens(suffix), prompt_ids[:, start:stop]], dim=1)
+            passes.append(ReconstructionPass(ids, start, stop, prefix))
+        return passes
+
+    def score_pass(
+        self, extra: ExtraPass, query: torch.Tensor, keys: torch.Tensor, scaling: float, n_stored: int
+    ) -> torch.Tensor:
+        """Max attention of the pass's queries on each position of its chunk, the softmax over the prefix, the
+        chunk and the pass's tokens only; cast to the model dtype (the authors' scores are in it)."""
+        assert isinstance(extra, ReconstructionPass)
         n_queries, block = query.shape[2], self.options.block
-        context = keys.shape[2] - n_queries
+        span = extra.end - extra.start
+        sub = torch.cat(
+            [keys[:, :, : extra.prefix], keys[:, :, extra.start : extra.end], keys[:, :, -n_queries:]], dim=2
+        )
+        context = extra.prefix + span
         best = None
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
-            rows = attention_rows(query[:, :, start:stop], keys[:, :, : context + stop], scaling)
-            top = rows[..., :context].amax(dim=2)
+            rows = attention_rows(query[:, :, start:stop], sub[:, :, : context + stop], scaling)
+            top = rows[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
-        return best
+        return reduce_groups(best.to(keys.dtype), n_stored, "max")
+
+    def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
+        """Keep the unscored prefix, optionally the last w positions, and the best context entries: the top
+        `sum_i min(b_i, N)` minus what is protected across all layers and heads (`global`, one `torch.topk`),
+        or per head (`uniform`)."""
+        batch, n_stored, total = scores[0].shape
+        stacked = torch.stack(scores, dim=1)  # [B, L, S, N]
+        scored = (~torch.isinf(stacked[0, 0, 0])).nonzero().squeeze(1)
+        start = int(scored[0]) if scored.numel() else total
+        stop = total - min(window, total - start) if self.options.recent_window else total
+        keep = torch.ones_like(stacked, dtype=torch.bool)
+        keep[..., start:stop] = False
+        candidates = stacked[..., start:stop]
+        limits = budgets.to(stacked.device).long().clamp(max=total)  # [L, S]
+        if self.options.selection == "global":
+            free = int(limits.sum()) - keep[0].sum().item()
+            keep[..., start:stop] = global_top_k(candidates, free)
+        else:
+            free = (limits - (total - (stop - start))).clamp(min=0)  # [L, S]
+            flat = candidates.reshape(-1, stop - start)
+            chosen = torch.zeros_like(flat, dtype=torch.bool)
+            counts = free[None].expand(batch, -1, -1).reshape(-1)
+            for count in counts.unique().tolist():
+                rows = (counts == count).nonzero().squeeze(1)
+                if count > 0:
+                    chosen[rows[:, None], flat[rows].topk(count, dim=-1).indices] = True
+            keep[..., start:stop] = chosen.view_as(candidates)
+        return [Selection.from_mask(keep[:, layer]) for layer in range(keep.shape[1])]

@@ -1,24 +1,28 @@
-"""SnapKV (Li et al. 2024) and its options, shared by the methods that only change its budgets."""
+"""SnapKV (Li et al. 2024) and its options, shared by the methods that only change its budgets or selection."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from headprof.errors import HeadprofError
 from headprof.runtime.methods.base import Method
-from headprof.runtime.selection import window_scores
+from headprof.runtime.selection import GQA_ORDERS, snapkv_scores
 
 POOLINGS = ("max", "avg")
 
 
 @dataclass(frozen=True)
 class SnapKVOptions:
-    """`kernel`: 1-D pooling width over positions (odd); `pooling`: max | avg."""
+    """`kernel`: 1-D pooling width over positions (odd); `pooling`: max | avg; `gqa_order`: in the KV-head
+    layout, average the group's window votes then pool (`mean-pool`, KVCache-Factory and AdaKV) or pool
+    each query head then average (`pool-mean`, kvpress)."""
 
     kernel: int = 7
     pooling: str = "max"
+    gqa_order: str = "mean-pool"
 
     def __post_init__(self) -> None:
         # an even kernel would shift the pooled scores by half a position
@@ -26,15 +30,24 @@ class SnapKVOptions:
             raise HeadprofError(f"pooling kernel must be an odd number >= 1, got {self.kernel}")
         if self.pooling not in POOLINGS:
             raise HeadprofError(f"unknown pooling '{self.pooling}' ({', '.join(POOLINGS)})")
+        if self.gqa_order not in GQA_ORDERS:
+            raise HeadprofError(f"unknown gqa_order '{self.gqa_order}' ({', '.join(GQA_ORDERS)})")
 
 
 class SnapKV(Method):
-    """Li et al. 2024: the last `w` prompt queries vote (mean attention, pooled); every head keeps `B`."""
+    """Li et al. 2024, as KVCache-Factory runs it: the last `w` prompt queries vote (attention summed over
+    the window's rows, pooled); every head keeps the window and `topk(B - w)` of the other positions."""
 
     name = "snapkv"
     Options = SnapKVOptions
     options: SnapKVOptions
+    window_reduce: ClassVar[str] = "sum"  # KVCache-Factory sums the window's rows; AdaKV and HeadKV average them
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int) -> torch.Tensor:
-        """Window votes, pooled over candidate positions."""
-        return window_scores(query, keys, scaling, window, self.options.kernel, self.options.pooling)
+    def score(
+        self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
+    ) -> torch.Tensor:
+        """Window votes, pooled over candidate positions, per stored head."""
+        o = self.options
+        return snapkv_scores(
+            query, keys, scaling, window, n_stored, o.kernel, o.pooling, self.window_reduce, o.gqa_order
+        )
