@@ -14,7 +14,7 @@ from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods.snapkv import SnapKVOptions
 from headprof.runtime.selection import accumulated_scores, adakv_top_k, safeguard_top_k, top_k_with_window
 
-from helpers import NEEDLES, REFERENCE
+from helpers import NEEDLES, REFERENCE, AttentionModule
 
 # ---------------------------------------------------------------- selection on hand-built scores
 
@@ -71,11 +71,6 @@ def test_streamingllm_keeps_sinks_and_recent():
 # ---------------------------------------------------------------- varlen attention vs a by-hand reference
 
 
-class _Attn(torch.nn.Module):
-    num_key_value_groups = 2
-    is_causal = True
-
-
 @pytest.mark.parametrize("layout", ["kv", "query"])
 def test_varlen_attention_matches_a_per_head_reference(layout):
     torch.manual_seed(1)
@@ -83,7 +78,7 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
     n_stored = n_kv if layout == "kv" else n_heads
     budgets = torch.tensor([6, 9, 12, 30][:n_stored])
     plan = LayerPlan(METHODS["snapkv"](SnapKVOptions(kernel=1)), budgets, window=3)
-    layer, module, scaling = CompressedLayer(plan, CacheStats()), _Attn(), dim**-0.5
+    layer, module, scaling = CompressedLayer(plan, CacheStats()), AttentionModule(), dim**-0.5
     keys, values, query = (
         torch.randn(1, n_kv, total, dim),
         torch.randn(1, n_kv, total, dim),

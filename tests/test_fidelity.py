@@ -1,0 +1,303 @@
+"""Every method keeps what its reference code keeps: headprof against oracles written from the references
+(tests/oracles/, each citing file and commit), fed identical Q/K.
+
+Inputs: the committed fixture (post-RoPE Q/K of the embedded model, tests/oracles/fixture.py), random
+tensors, and, for KVzip, whose queries come from its own reconstruction passes, the embedded model itself.
+Kept sets must be equal (Jaccard 1.0): headprof calls the same torch op as each reference (topk or sort) on
+the same candidates, so even ties are broken alike.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from headprof.allocation import AllocConfig, pyramid
+from headprof.errors import HeadprofError
+from headprof.probes import build_probes, load_needles
+from headprof.runtime import compressed
+from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
+from headprof.runtime.methods.h2o import H2O, H2OOptions
+from headprof.runtime.methods.kvzip import FIRST_PROMPT, NEXT_PROMPT, KVzip, KVzipOptions, chat_frame
+from headprof.runtime.selection import Selection
+
+from helpers import REPO, AttentionModule
+from oracles import fixture, harness, jaccard
+from oracles import h2o as h2o_oracle
+from oracles import kvcache_factory as kvcf
+from oracles import kvzip as kvzip_oracle
+
+SCORED = ("streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv")
+
+
+@pytest.fixture(scope="module")
+def qk():
+    return fixture.load()
+
+
+@pytest.fixture(scope="module")
+def scores_artifact():
+    from headprof.artifacts import load_scores
+
+    return load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+
+
+def _fixture_jaccard(qk, name, scores_artifact, budget, window, gqa="kv", **options) -> float:
+    both = either = 0
+    for layer in fixture.LAYERS:
+        if name == "h2o" and layer != fixture.ALL_QUERIES_LAYER:
+            continue  # H2O reads every query: stored for one layer
+        q = qk[f"queries.{layer}"] if name == "h2o" else qk[f"window_queries.{layer}"]
+        case = harness.Case(name, budget, window, layer, gqa, scores_artifact, options)
+        a, b = harness.jaccard_pair(case, q, qk[f"keys.{layer}"])
+        both, either = both + a, either + b
+    return both / either
+
+
+# ---------------------------------------------------------------- SnapKV family, H2O, StreamingLLM
+
+
+@pytest.mark.parametrize("name", SCORED)
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+@pytest.mark.parametrize("window", [8, 32])  # KVCache-Factory's and headprof's defaults
+@pytest.mark.parametrize("budget", [64, 128, 200])  # 200: PyramidKV's short-prompt fallback (262 < 2 * 192)
+def test_defaults_keep_what_the_reference_keeps_on_the_fixture(qk, scores_artifact, name, gqa, window, budget):
+    assert _fixture_jaccard(qk, name, scores_artifact, budget=budget, window=window, gqa=gqa) == 1.0
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("snapkv", {"gqa_order": "pool-mean"}),  # kvpress's order
+        ("adakv", {"floor_rule": "kvpress"}),  # kvpress's reserved floor
+        ("adakv", {"normalize": True, "floor": 0.5}),
+        ("snapkv", {"pooling": "avg"}),
+        ("pyramidkv", {"pooling": "avg", "kernel": 5}),
+        ("headkv", {"pooling": "avg"}),
+        ("streamingllm", {"sinks": 1}),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_options_keep_what_their_reference_keeps(qk, scores_artifact, name, options, dtype):
+    cast = {key: value.to(dtype) if value.is_floating_point() else value for key, value in qk.items()}
+    for budget in (64, 128):
+        assert _fixture_jaccard(cast, name, scores_artifact, budget=budget, window=8, **options) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("name", ["snapkv", "pyramidkv", "adakv", "h2o", "streamingllm"])
+def test_random_tensors(name, seed):
+    generator = torch.Generator().manual_seed(seed)
+    total = 40 + 7 * seed
+    q = torch.randn(1, 4, total, 16, generator=generator)
+    k = torch.randn(1, 2, total, 16, generator=generator)
+    for gqa in ("kv", "query"):
+        for budget, window in ((12, 4), (20, 8), (total - 1, 4), (total, 8), (total + 5, 4)):
+            case = harness.Case(name, budget, window, seed % 30, gqa)
+            assert jaccard(harness.headprof_keep(case, q, k), harness.oracle_keep(case, q, k)) == 1
+
+
+def test_max_pooling_ties_are_broken_by_topk_not_by_position():
+    # a plateau of 7 equal pooled scores and room for 3 of them: torch.topk decides which, as in the reference
+    q, k = torch.zeros(1, 1, 20, 16), torch.zeros(1, 1, 20, 16)
+    q[..., -4:, 0], k[..., 9, 0] = 4.0, 4.0  # the window's queries all point at position 9
+    case = harness.Case("snapkv", budget=7, window=4)
+    mine = harness.headprof_keep(case, q, k)
+    assert torch.equal(mine, harness.oracle_keep(case, q, k))
+    assert mine[0, 0, 6:13].sum() == 3
+
+
+@pytest.mark.parametrize(
+    "total, budget, window, n_layers",
+    [
+        (600, 512, 8, 30),  # short prompt: uniform
+        (2048, 512, 8, 30),
+        (2048, 512, 8, 32),
+        (1000, 128, 8, 4),
+        (200, 128, 32, 30),  # the bottom layer capped at T - w
+        (100, 128, 32, 30),  # T < B: nothing compressed
+    ],
+)
+def test_pyramid_schedule_is_kvcache_factorys(total, budget, window, n_layers):
+    config = AllocConfig(budget, "pyramid", window=window)
+    budgets = pyramid((n_layers, 2), config, context=total)
+    expected = []
+    for layer in range(n_layers):
+        capacity = kvcf.pyramid_capacity(total, budget, window, n_layers, layer)
+        expected.append(budget if capacity is None else capacity + window)  # None: B > T, nothing dropped
+    assert budgets[:, 0].tolist() == expected and bool((budgets[:, 1] == budgets[:, 0]).all())
+
+
+def test_pyramid_short_prompt_falls_back_to_uniform():
+    # T=600 < 2 (B - w) = 1008: every layer keeps B = 512, 15 360 entries per head index over 30 layers
+    # (the earlier exact-total pyramid capped the bottom layers at T and kept 12 846)
+    budgets = pyramid((30, 1), AllocConfig(512, "pyramid", window=8), context=600)
+    assert int(budgets.clamp(max=600).sum()) == 15_360
+    # without a prompt length: the schedule of long prompts, 991, 958, ..., 34 (total 15 375 > 30 x 512)
+    long = pyramid((30, 1), AllocConfig(512, "pyramid", window=8))
+    assert long[:3, 0].tolist() == [991, 958, 925] and int(long[-1, 0]) == 34 and int(long.sum()) == 15_375
+
+
+# ---------------------------------------------------------------- H2O's decode-time eviction
+
+
+@pytest.mark.parametrize("layout", ["kv", "query"])
+def test_h2o_decode_eviction_is_the_original_h2o(layout):
+    torch.manual_seed(3)
+    n_heads, n_kv, total, dim, budget, window = 4, 2, 24, 16, 10, 3
+    n_stored, per = (n_kv, 2) if layout == "kv" else (n_heads, 1)
+    plan = LayerPlan(H2O(H2OOptions(decode="evict")), torch.full((n_stored,), budget), window)
+    layer = CompressedLayer(plan, CacheStats())
+    oracle = h2o_oracle.H2OLayer(heavy=budget - window, recent=window)
+
+    def stored(t):  # [1, Hkv, n, d] -> per stored head
+        return t[0].repeat_interleave(n_stored // n_kv, dim=0)
+
+    keys, values = torch.randn(1, n_kv, total, dim), torch.randn(1, n_kv, total, dim)
+    query = torch.randn(1, n_heads, total, dim)
+    for step in range(7):
+        layer.update(keys, values)
+        out = layer.attend(AttentionModule(), query, dim**-0.5)  # the prompt (then compressed), then a token a step
+        expected = oracle.step(query[0].view(n_stored, per, -1, dim), stored(keys), stored(values))
+        kept = [layer.positions[a:b].tolist() for a, b in zip(layer.offsets[:-1].tolist(), layer.offsets[1:].tolist())]
+        assert kept == [row.nonzero().squeeze(1).tolist() for row in oracle.kept]
+        assert all(len(row) == budget for row in kept)  # memory stays at the budget
+        if step:
+            torch.testing.assert_close(out[0, 0], expected.reshape(n_heads, dim), atol=1e-5, rtol=1e-5)
+        keys, values, query = torch.randn(1, n_kv, 1, dim), torch.randn(1, n_kv, 1, dim), torch.randn(1, 4, 1, dim)
+
+
+def test_h2o_decode_eviction_on_the_model(loaded, tokenizer):
+    ids = torch.tensor([tokenizer("The capital of France is Paris. " * 12).input_ids])
+    full = loaded.model.generate(ids, max_new_tokens=6, do_sample=False)
+    with compressed(loaded.model, "h2o", 8000, decode="evict"):
+        same = loaded.model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(same, full)
+    with compressed(loaded.model, "h2o", 48, decode="evict"), torch.no_grad():
+        out = loaded.model.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    lengths = torch.stack([layer.offsets.diff() for layer in out.cache.layers])
+    assert bool((lengths == 48).all()) and out.cache.get_seq_length() == ids.shape[1] + 5
+
+
+# ---------------------------------------------------------------- KVzip
+
+
+def test_kvzip_repeat_inputs_are_the_authors(tokenizer):
+    head, suffix = chat_frame(tokenizer)
+    assert tokenizer.decode(suffix) == "<|im_end|>\n<|im_start|>assistant\n"  # the authors' ChatML opener, verbatim
+    context = tokenizer(" The quick brown fox jumps over the lazy dog." * 12, add_special_tokens=False).input_ids
+    ids = torch.tensor([head + context])
+    passes = KVzip(KVzipOptions(chunk_size=50)).extra_passes(ids, tokenizer)
+
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    expected = kvzip_oracle.repeat_inputs(encode, context, suffix, size=50, hint=8)
+    assert [p.ids[0].tolist() for p in passes] == [repeat for _, repeat in expected]
+    spans = [(len(head) + s, len(head) + min(s + 50, len(context))) for s in range(0, len(context), 50)]
+    assert [(p.start, p.end) for p in passes] == spans
+    assert tokenizer.decode(passes[1].ids[0, : len(encode(NEXT_PROMPT))]) == NEXT_PROMPT  # trailing space kept
+    assert passes[1].ids[0, len(encode(NEXT_PROMPT)) : len(encode(NEXT_PROMPT)) + 8].tolist() == context[42:50]
+    assert tokenizer.decode(passes[0].ids[0, : len(encode(FIRST_PROMPT))]) == FIRST_PROMPT
+    plain = copy.copy(tokenizer)
+    plain.chat_template = None
+    assert tokenizer.decode(chat_frame(plain)[1]) == "\n\nAnswer: "  # the authors' fallback
+
+
+def _kvzip_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    prefix, span, n = 3, (5, 9), 7  # cache: 3 prefix tokens, context 3..13, this pass scores chunk 5..9
+    q = torch.randn(1, 4, n, 16, generator=generator)
+    k = torch.randn(1, 2, 13 + n, 16, generator=generator)
+    return q, k, prefix, span
+
+
+def test_kvzip_score_is_the_authors():
+    from headprof.runtime.methods.kvzip import ReconstructionPass
+
+    q, k, prefix, (start, end) = _kvzip_inputs()
+    extra = ReconstructionPass(torch.zeros(1, q.shape[2], dtype=torch.long), start, end, prefix)
+    mine = KVzip().score_pass(extra, q, k, 16**-0.5, 2)
+    assert torch.equal(mine, kvzip_oracle.score(q, k, prefix, start, end))
+    blocked = KVzip(KVzipOptions(block=3)).score_pass(extra, q, k, 16**-0.5, 2)  # memory only: equal up to rounding
+    torch.testing.assert_close(blocked, mine, rtol=1e-6, atol=1e-7)
+    # the softmax runs over prefix + own chunk + pass only: with the other context keys (3..5) it differs
+    assert not torch.allclose(mine, kvzip_oracle.score(q, k, start, start, end))
+    per_query_head = KVzip().score_pass(extra, q, k, 16**-0.5, 4)  # query layout: no max over the group
+    assert torch.equal(per_query_head.view(1, 2, 2, -1).amax(2), mine)
+
+
+def _selected(selections: list[Selection], total: int) -> torch.Tensor:
+    """Keep-masks `[L, S, total]` of per-layer selections (batch of one)."""
+    masks = []
+    for selection in selections:
+        rows = torch.repeat_interleave(torch.arange(selection.lengths.numel()), selection.lengths)
+        mask = torch.zeros(selection.lengths.numel(), total, dtype=torch.bool)
+        mask[rows, selection.positions] = True
+        masks.append(mask)
+    return torch.stack(masks)
+
+
+@pytest.mark.parametrize("selection", ["global", "uniform"])
+def test_kvzip_selection_is_the_authors(selection):
+    n_layers, n_kv, prefix, total, budget = 3, 2, 4, 30, 12
+    scores = torch.randperm(n_layers * n_kv * total, generator=torch.Generator().manual_seed(1)).double()
+    scores = scores.view(n_layers, 1, n_kv, total) / scores.numel()  # distinct: the threshold rule has no ties
+    scores[..., :prefix] = float("inf")  # no pass scores the template prefix
+    method = KVzip(KVzipOptions(selection=selection))
+    keep = _selected(method.select_layers(list(scores), torch.full((n_layers, n_kv), budget), 8), total)
+    context = scores[..., prefix:]
+    free = n_layers * n_kv * (budget - prefix)  # the budget counts the prefix, which is always kept
+    if selection == "global":
+        # the authors keep int(n * ratio) - 1 (strict > threshold): the ratio that keeps exactly `free`
+        expected = kvzip_oracle.threshold_keep(context, (free + 1.5) / context.numel())
+    else:
+        expected = kvzip_oracle.uniform_keep(context, (budget - prefix + 0.5) / context.shape[-1])
+    assert bool(keep.view(n_layers, 1, n_kv, total)[..., :prefix].all())
+    assert torch.equal(keep.view(n_layers, 1, n_kv, total)[..., prefix:], expected)
+    assert int(keep.sum()) == n_layers * n_kv * budget  # exact total
+
+
+def test_kvzip_ties_at_the_threshold_are_kept_up_to_the_budget():
+    # the authors drop every entry tied with the threshold; headprof keeps exactly the budget (torch.topk picks)
+    scores = torch.tensor([[[[0.9, 0.5, 0.5, 0.5, 0.1]]]])
+    keep = _selected(KVzip().select_layers(list(scores), torch.tensor([[3]]), 8), 5)
+    assert int(keep.sum()) == 3 and bool(keep[0, 0, 0])
+    assert kvzip_oracle.threshold_keep(scores, 4.5 / 5).sum() == 1  # int(5 * 0.9) - 1 = 3 -> threshold 0.5, strict
+
+
+def test_kvzip_on_the_model_keeps_what_the_authors_keep(loaded, tokenizer):
+    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[0]
+    probe = build_probes([needle], tokenizer, lengths=(300,), depths=(50,))[0]
+    ids = tokenizer(probe.prompt[: probe.prompt.index("\n\nQuestion:")], add_special_tokens=False).input_ids
+    head, _ = chat_frame(tokenizer)
+    assert ids[: len(head)] == head  # the template's system turn: the prefix KVzip always keeps
+    size, budget = 64, 64  # 4 chunks
+    seen_lengths = []
+
+    class Recording(KVzip):
+        def score_pass(self, extra, query, keys, scaling, n_stored):
+            seen_lengths.append(keys.shape[2] - query.shape[2])  # the cache is back to the prompt for every pass
+            return super().score_pass(extra, query, keys, scaling, n_stored)
+
+    mine, expected, _ = harness.kvzip_masks(
+        loaded.model, tokenizer, ids, budget, Recording(KVzipOptions(chunk_size=size))
+    )  # the authors' run: copies of the prefill cache, positions N.. given explicitly
+    assert seen_lengths == [len(ids)] * 4 * 30
+    assert jaccard(mine, expected) == 1.0
+
+
+def test_kvzip_refuses_passes_beyond_the_position_limit(loaded, tokenizer):
+    config = loaded.model.config
+    limit = config.max_position_embeddings
+    ids = torch.tensor([tokenizer(" word" * 200, add_special_tokens=False).input_ids])
+    try:
+        config.max_position_embeddings = 300
+        with pytest.raises(HeadprofError, match=r"200 tokens \+ its longest extra pass of 2\d\d need positions up to"):
+            compressed(loaded.model, "kvzip", 64, tokenizer=tokenizer).prefill(ids)
+    finally:
+        config.max_position_embeddings = limit
+    with pytest.raises(HeadprofError, match="needs the model's tokenizer"):
+        compressed(loaded.model, "kvzip", 64).prefill(ids)
