@@ -23,21 +23,16 @@ N_LAYERS = 30  # of the model, for PyramidKV's schedule
 
 def capture(loaded) -> dict[str, torch.Tensor]:
     """Run the probe once through a registered attention function that records each layer's query and keys."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     from headprof.probes import build_probes, encode_probe, load_needles
+
+    from oracles import register_recorder
 
     repo = Path(__file__).resolve().parents[2]
     needle = load_needles(repo / "probes/eval-needles-retrieval.jsonl")[0]
     probe = build_probes([needle], loaded.tokenizer, lengths=(300,), depths=(50,))[0]
     ids = torch.tensor([encode_probe(loaded.tokenizer, probe).prompt_ids])
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(module, query, key, value, attention_mask, **kwargs):
-        seen[module.layer_idx] = (query.detach().clone(), key.detach().clone())
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
-
-    ALL_ATTENTION_FUNCTIONS.register("fidelity_capture", record)
+    register_recorder("fidelity_capture", seen)
     model = loaded.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("fidelity_capture")
@@ -64,6 +59,7 @@ def load() -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the oracles package
     from safetensors.torch import save_file
 
     from headprof.models import load_model

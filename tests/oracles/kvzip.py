@@ -85,17 +85,11 @@ def reference_scores(model, prefill_ids: list[int], prefix: int, postfix_ids: li
     import copy
 
     from transformers import DynamicCache
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from oracles import register_recorder
 
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(module, query, key, value, attention_mask, **kwargs):
-        seen[module.layer_idx] = (query, key)
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
-
-    ALL_ATTENTION_FUNCTIONS.register("kvzip_oracle_capture", record)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("kvzip_oracle_capture", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # causal mask
+    register_recorder("kvzip_oracle_capture", seen)
     device = next(model.parameters()).device
     total = len(prefill_ids)
     cache = DynamicCache(config=model.config)
