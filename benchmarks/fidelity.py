@@ -18,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the oracles
 
+from headprof import workspace  # noqa: E402
 from headprof.artifacts import load_scores  # noqa: E402
 
 from oracles import fixture, harness, jaccard  # noqa: E402
@@ -27,7 +28,7 @@ METHODS = ("streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv")
 
 def fixture_rows(budgets: list[int], windows: list[int]) -> None:
     data = fixture.load()
-    scores = load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+    scores = load_scores(workspace.reference_file("smollm2-135m", "scores.safetensors"))
     print(f"{'method':>12} {'gqa':>5} {'w':>3} " + " ".join(f"{'B=' + str(b):>7}" for b in budgets))
     for name in METHODS:
         for gqa in ("kv", "query"):
@@ -52,7 +53,7 @@ def kvzip_rows(budgets: list[int]) -> None:
     from headprof.runtime.methods.kvzip import KVzip, KVzipOptions
 
     loaded = load_model("smollm2-135m", device="cpu")
-    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[0]
+    needle = load_needles(workspace.eval_needle_file("retrieval"))[0]
     probe = build_probes([needle], loaded.tokenizer, lengths=(300,), depths=(50,))[0]
     context = probe.prompt[: probe.prompt.index("\n\nQuestion:")]
     ids = loaded.tokenizer(context, add_special_tokens=False).input_ids

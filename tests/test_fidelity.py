@@ -23,7 +23,7 @@ from headprof.runtime.methods.h2o import H2O, H2OOptions
 from headprof.runtime.methods.kvzip import FIRST_PROMPT, NEXT_PROMPT, KVzip, KVzipOptions, chat_frame
 from headprof.runtime.selection import Selection
 
-from helpers import REPO, AttentionModule
+from helpers import NEEDLES, REFERENCE, AttentionModule
 from oracles import fixture, harness, jaccard
 from oracles import h2o as h2o_oracle
 from oracles import kvcache_factory as kvcf
@@ -41,7 +41,7 @@ def qk():
 def scores_artifact():
     from headprof.artifacts import load_scores
 
-    return load_scores(REPO / "artifacts/smollm2-135m/scores.safetensors")
+    return load_scores(REFERENCE / "scores.safetensors")
 
 
 def _fixture_jaccard(qk, name, scores_artifact, budget, window, gqa="kv", **options) -> float:
@@ -269,7 +269,7 @@ def test_kvzip_ties_at_the_threshold_are_kept_up_to_the_budget():
 
 
 def test_kvzip_on_the_model_keeps_what_the_authors_keep(loaded, tokenizer):
-    needle = load_needles(REPO / "probes/eval-needles-retrieval.jsonl")[0]
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[0]
     probe = build_probes([needle], tokenizer, lengths=(300,), depths=(50,))[0]
     ids = tokenizer(probe.prompt[: probe.prompt.index("\n\nQuestion:")], add_special_tokens=False).input_ids
     head, _ = chat_frame(tokenizer)

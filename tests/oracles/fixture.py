@@ -23,12 +23,12 @@ N_LAYERS = 30  # of the model, for PyramidKV's schedule
 
 def capture(loaded) -> dict[str, torch.Tensor]:
     """Run the probe once through a registered attention function that records each layer's query and keys."""
+    from headprof import workspace
     from headprof.probes import build_probes, encode_probe, load_needles
 
     from oracles import register_recorder
 
-    repo = Path(__file__).resolve().parents[2]
-    needle = load_needles(repo / "probes/eval-needles-retrieval.jsonl")[0]
+    needle = load_needles(workspace.eval_needle_file("retrieval"))[0]
     probe = build_probes([needle], loaded.tokenizer, lengths=(300,), depths=(50,))[0]
     ids = torch.tensor([encode_probe(loaded.tokenizer, probe).prompt_ids])
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
