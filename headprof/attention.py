@@ -42,14 +42,28 @@ PLAIN = LogitExtras()
 
 
 def grouped_logits(
-    query: torch.Tensor, key: torch.Tensor, scaling: float, softcap: float | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    softcap: float | None = None,
+    *,
+    model_dtype_matmul: bool = False,
 ) -> torch.Tensor:
-    """Scaled (and soft-capped) float32 logits `[B, Hq, n, T]` of queries `[B, Hq, n, d]`, keys `[B, Hkv, T, d]`."""
+    """Scaled (and soft-capped) float32 logits `[B, Hq, n, T]` of queries `[B, Hq, n, d]`, keys `[B, Hkv, T, d]`.
+
+    `model_dtype_matmul`: `q k^T` in the inputs' dtype, then float32 and the scale, as the KV-compression
+    references (KVCache-Factory, kvpress, KVzip) compute their selection logits; in bf16 this rounds them.
+    Default: queries scaled and the product accumulated in float32, as SDPA and the eager attention do.
+    """
     batch, n_heads, n_rows, dim = query.shape
     n_kv, total = key.shape[1], key.shape[2]
-    grouped = (query.float() * scaling).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
-    logits = torch.matmul(grouped, key.float().transpose(-1, -2)).view(batch, n_heads, n_rows, total)
-    return capped(logits, softcap)
+    if model_dtype_matmul:
+        grouped = query.reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
+        logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling
+    else:
+        grouped = (query.float() * scaling).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
+        logits = torch.matmul(grouped, key.float().transpose(-1, -2))
+    return capped(logits.view(batch, n_heads, n_rows, total), softcap)
 
 
 def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -82,14 +96,16 @@ def attention_rows(
     *,
     mask: torch.Tensor | None = None,
     extras: LogitExtras = PLAIN,
+    model_dtype_matmul: bool = False,
 ) -> torch.Tensor:
     """Softmax rows of the last queries over all keys, in float32.
 
     query `[B, Hq, n, d]` (the last n query positions), key `[B, Hkv, T, d]`; returns `[B, Hq, n, T]`.
     `mask`: the mask transformers handed the attention call (its last n rows are used; None = causal), so
-    sliding-window and chunked layers give rows that are zero outside their window.
+    sliding-window and chunked layers give rows that are zero outside their window. `model_dtype_matmul`:
+    see `grouped_logits` (capture leaves it off; the runtime's selection turns it on).
     """
-    logits = grouped_logits(query, key, scaling, extras.softcap)
+    logits = grouped_logits(query, key, scaling, extras.softcap, model_dtype_matmul=model_dtype_matmul)
     seen = visible(mask, query.shape[2], key.shape[2], key.device)
     return softmax_with_sinks(logits.masked_fill(~seen, float("-inf")), extras.sinks)
 

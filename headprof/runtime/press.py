@@ -191,9 +191,10 @@ class Press:
         prefix = cache.get_seq_length()
         batch = passes[0].ids.shape[0] if passes else 1
         device = cache.layers[0].keys.device
-        scores = [
-            torch.full((batch, layer.n_stored, prefix), float("inf"), device=device) for layer in cache.layers
-        ]  # positions no pass scores stay +inf: always kept
+        scores = {
+            layer.index: torch.full((batch, layer.n_stored, prefix), float("inf"), device=device)
+            for layer in cache.budgeted
+        }  # positions no pass scores stay +inf: always kept; sliding-window layers are not budgeted
         current: list[ExtraPass] = []
 
         def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:

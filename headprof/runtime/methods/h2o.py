@@ -66,8 +66,9 @@ class H2O(Method):
         held_old = slot[None, :] < lengths[:, None]
         index = (layer.offsets[:-1, None] + slot[None, :]).clamp(max=max(layer.flat_keys.shape[0] - 1, 0))
         new_pos = torch.arange(layer.seen - n_new, layer.seen, device=device).expand(rows, n_new)
-        keys = torch.cat([layer.flat_keys[index], layer.recent_keys.reshape(rows, n_new, dim)], dim=1)
-        values = torch.cat([layer.flat_values[index], layer.recent_values.reshape(rows, n_new, dim)], dim=1)
+        recent_keys, recent_values = layer.per_stored(layer.recent_keys), layer.per_stored(layer.recent_values)
+        keys = torch.cat([layer.flat_keys[index], recent_keys.reshape(rows, n_new, dim)], dim=1)
+        values = torch.cat([layer.flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
         positions = torch.cat([layer.positions[index].long(), new_pos], dim=1)
         held = torch.cat([held_old, torch.ones(rows, n_new, dtype=torch.bool, device=device)], dim=1)
         scores = torch.cat([layer.entry_scores[index] * held_old, torch.zeros(rows, n_new, device=device)], dim=1)

@@ -140,7 +140,9 @@ class KVzip(Method):
         best = None
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
-            rows = attention_rows(query[:, :, start:stop], sub[:, :, : context + stop], scaling)
+            rows = attention_rows(
+                query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_matmul=True
+            )
             top = rows[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
         return reduce_groups(best.to(keys.dtype), n_stored, "max")
