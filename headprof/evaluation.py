@@ -1,9 +1,10 @@
 """What compression costs and whether head scores mean anything.
 
-`evaluate`: every item (a probe, or a LongBench-style task row) under every method x budget,
-answers scored by exact match (the normalised gold answer occurs in the normalised answer) and
-token F1 (best over gold answers). Results are cached per (model, method, budget, parameters,
-item) in a JSONL file, so an interrupted run resumes and adding a method reruns nothing else.
+`evaluate`: every item (a probe, a generated RULER row or a LongBench-layout task row) under every
+method x budget, answers scored by exact match (the normalised gold answer occurs in the normalised
+answer) and token F1 (best over gold answers), and task items also by their task's own metric
+(`headprof.tasks`). Results are cached per (model, method, budget, parameters, item) in a JSONL
+file, so an interrupted run resumes and adding a method reruns nothing else.
 
 `ablate`: zero the attention output of the top-k heads by score, and of k random heads, and
 measure retrieval accuracy; plus split-half and cross-artifact rank agreement of the scores.
@@ -32,6 +33,8 @@ from headprof.probes import Probe, encode_text, load_probes, render_prompt
 from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
 from headprof.runtime.generation import context_prefix_length, generate_answer
 from headprof.scoring import needle_hashes
+from headprof.tasks.prompts import render_row, score_prediction
+from headprof.tasks.rows import TaskRow, read_task_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,7 +42,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One question about one context, tokenized; `context_tokens` is the prefix a query-agnostic cache holds."""
+    """One question about one context, tokenized; `context_tokens` is the prefix a query-agnostic cache holds.
+
+    Task items also carry their task (RULER task or LongBench dataset), its metric, the classes of a
+    classification dataset and their own answer length (0: the evaluation's `max_new_tokens`).
+    """
 
     id: str
     kind: str
@@ -49,6 +56,10 @@ class EvalItem:
     length: int
     depth: float | None = None
     key: str = ""
+    task: str = ""
+    metric: str = ""
+    all_classes: tuple[str, ...] | None = None
+    max_new_tokens: int = 0
 
 
 # Part of every results-cache key: bump it when a change alters what a method keeps or answers,
@@ -104,6 +115,8 @@ class EvalRecord:
     f1: float
     kv_bytes: int
     kv_bytes_full: int
+    task: str = ""
+    score: float | None = None  # the task's own metric in [0, 1]; None for probes
 
 
 def _context_span(tokenizer: PreTrainedTokenizerBase, prompt: str, question: str) -> tuple[int, int]:
@@ -142,75 +155,67 @@ def items_from_probes(tokenizer: PreTrainedTokenizerBase, probes: Iterable[Probe
     return items
 
 
-def items_from_task(tokenizer: PreTrainedTokenizerBase, path: str | Path, max_tokens: int) -> list[EvalItem]:
-    """LongBench JSONL rows (`context`, `input`, `answers`); over-long contexts lose their middle, as LongBench does."""
-    path = Path(path)
-    if not path.is_file():
-        raise HeadprofError(f"task file {path} not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise HeadprofError(f"task file {path} is not UTF-8 text") from None
+def items_from_rows(
+    tokenizer: Any, rows: Sequence[TaskRow], max_tokens: int, max_new_tokens: int | None = None
+) -> list[EvalItem]:
+    """Task rows as items: each rendered (`tasks.prompts.render_row`) to fit `max_tokens` with its answer."""
     items = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            context, question, answers = row["context"], row["input"], row["answers"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HeadprofError(f"task file {path} line {lineno}: needs context, input, answers ({exc})") from None
-        answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
-        if not answers or not str(context).strip():
-            raise HeadprofError(f"task file {path} line {lineno}: empty context or answers")
-        prompt, templated = render_prompt(tokenizer, context, question)
-        ids = encode_text(tokenizer, prompt, templated)["input_ids"]
-        if len(ids) > max_tokens:
-            context = _truncate_middle(tokenizer, context, len(ids) - max_tokens)
-            prompt, templated = render_prompt(tokenizer, context, question)
-            ids = encode_text(tokenizer, prompt, templated)["input_ids"]
-        prefix = context_prefix_length(tokenizer, prompt, templated, context)
+    for row in rows:
+        rendered = render_row(tokenizer, row, max_tokens, max_new_tokens)
+        ids = encode_text(tokenizer, rendered.prompt, rendered.templated)["input_ids"]
+        prefix = context_prefix_length(tokenizer, rendered.prompt, rendered.templated, rendered.context)
+        length = row.length if rendered.kind == "ruler" and row.length else len(ids)
         items.append(
             EvalItem(
-                str(row.get("_id", f"{path.stem}-{lineno}")),
-                "task",
+                row.id,
+                rendered.kind,
                 list(ids),
                 prefix,
-                answers,
-                len(ids),
+                list(row.answers),
+                length,
                 None,
-                _key(prompt, answers),
+                _key(rendered.prompt, row.answers, rendered.metric, row.all_classes),
+                rendered.task or row.dataset or "task",
+                rendered.metric,
+                row.all_classes,
+                rendered.max_new_tokens,
             )
         )
-    if not items:
-        raise HeadprofError(f"task file {path} has no rows")
     return items
 
 
-def _truncate_middle(tokenizer: PreTrainedTokenizerBase, text: str, drop: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    keep = max(0, len(ids) - drop - 8)
-    return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
+def items_from_task(
+    tokenizer: Any, path: str | Path, max_tokens: int, max_new_tokens: int | None = None
+) -> list[EvalItem]:
+    """LongBench-layout JSONL rows (`context`, `input`, `answers`, optional `dataset`, `all_classes`, ...);
+    over-long contexts lose their middle, as LongBench does."""
+    return items_from_rows(tokenizer, read_task_file(path), max_tokens, max_new_tokens)
 
 
-def read_inputs(probe_files: Sequence[Path] | None, task: Path | None = None) -> list[Probe]:
-    """Read (and check) the inputs of eval/ablate before the model loads, so bad input fails fast."""
-    if task is not None and not task.is_file():
-        raise HeadprofError(f"task file {task} not found")
+def read_inputs(probe_files: Sequence[Path] | None) -> list[Probe]:
+    """Read (and check) the probes of eval/ablate before the model loads, so bad input fails fast."""
     return [p for path in probe_files or [] for p in load_probes(path)]
 
 
 def collect_items(
-    loaded: LoadedModel, probes: Sequence[Probe], task: Path | None, scores: ScoreArtifact | None, max_new_tokens: int
+    loaded: LoadedModel,
+    probes: Sequence[Probe],
+    rows: Sequence[TaskRow] | None,
+    scores: ScoreArtifact | None,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
 ) -> list[EvalItem]:
-    """Evaluation items from probes (refused if they share needles with the scoring probes) and a task file."""
+    """Evaluation items from probes (refused if they share needles with the scoring probes) and task rows
+    (each within `max_length` tokens with its answer; default and upper limit: the model's window)."""
     items = []
     if probes:
         if scores is not None:
             check_disjoint(probes, scores)
         items += items_from_probes(loaded.tokenizer, probes)
-    if task:
-        items += items_from_task(loaded.tokenizer, task, loaded.info.max_context - max_new_tokens)
+    if rows:
+        window = loaded.info.max_context
+        limit = min(max_length, window) if max_length and window else (max_length or window or 10**9)
+        items += items_from_rows(loaded.tokenizer, rows, limit, max_new_tokens)
     return items
 
 
@@ -278,6 +283,7 @@ def evaluate(
         for budget in budgets:
             press = None
             for item in items:
+                limit = item.max_new_tokens or config.max_new_tokens
                 key = _key(
                     RESULTS_REVISION,
                     loaded.info.fingerprint,
@@ -287,7 +293,7 @@ def evaluate(
                     config.window,
                     asdict(compressor.options),
                     scores_id if method == "headkv" else "",
-                    config.max_new_tokens,
+                    limit,
                     item.key,
                 )
                 if key in cache.rows:
@@ -298,7 +304,7 @@ def evaluate(
                             compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
                         )
                         press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
-                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, config.max_new_tokens)
+                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, limit)
                     record = EvalRecord(
                         method,
                         budget,
@@ -311,6 +317,10 @@ def evaluate(
                         max(token_f1(result.answer, gold) for gold in item.answers),
                         result.kv_bytes,
                         result.kv_bytes_full,
+                        item.task,
+                        score_prediction(item.metric, item.task, result.answer, item.answers, item.all_classes)
+                        if item.metric
+                        else None,
                     )
                     cache.add(key, record)
                 records.append(record)
@@ -320,25 +330,42 @@ def evaluate(
 
 
 def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
-    """Accuracy, F1 and mean KV bytes per method and budget."""
+    """One row per method x budget: accuracy (exact match), token F1, mean KV bytes, n; when task items are
+    among the records, also `tasks` (per task, and per length for RULER, the task metric in percent,
+    2 decimals, as RULER and LongBench report it) and `score` (the mean of those task scores)."""
     groups: dict[tuple[str, int | None], list[EvalRecord]] = defaultdict(list)
     for record in records:
         groups[(record.method, record.budget)].append(record)
     out = []
     for (method, budget), rows in groups.items():
         n = len(rows)
-        out.append(
-            {
-                "method": method,
-                "budget": budget,
-                "accuracy": sum(r.exact for r in rows) / n,
-                "f1": sum(r.f1 for r in rows) / n,
-                "kv_bytes": round(sum(r.kv_bytes for r in rows) / n),
-                "kv_bytes_full": round(sum(r.kv_bytes_full for r in rows) / n),
-                "n": n,
-            }
-        )
+        summary: dict[str, Any] = {
+            "method": method,
+            "budget": budget,
+            "accuracy": sum(r.exact for r in rows) / n,
+            "f1": sum(r.f1 for r in rows) / n,
+            "kv_bytes": round(sum(r.kv_bytes for r in rows) / n),
+            "kv_bytes_full": round(sum(r.kv_bytes_full for r in rows) / n),
+            "n": n,
+        }
+        tasks = task_scores(rows)
+        if tasks:
+            summary["tasks"] = tasks
+            summary["score"] = round(sum(t["score"] for t in tasks) / len(tasks), 2)
+        out.append(summary)
     return out
+
+
+def task_scores(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
+    """Task metric per task (and per target length for RULER rows) in percent, in first-seen order."""
+    groups: dict[tuple[str, int | None], list[float]] = defaultdict(list)
+    for r in records:
+        if r.score is not None:
+            groups[(r.task, r.length if r.kind == "ruler" else None)].append(r.score)
+    return [
+        {"task": task, "length": length, "score": round(100 * sum(v) / len(v), 2), "n": len(v)}
+        for (task, length), v in groups.items()
+    ]
 
 
 def result_cells(
@@ -354,6 +381,33 @@ def result_cells(
         found = [by.get((method, None if method == "full" else b)) for b in budgets]
         rows.append([method] + [cell(r) if r else "-" for r in found])
     return rows
+
+
+def task_cells(
+    results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
+) -> tuple[list[str], list[list[str]]]:
+    """Task scores as a table: one row per method x budget (x length for RULER, as RULER's tables have one
+    row per length), one column per task, then their mean; "-" where a task has no result."""
+    tasks = list(dict.fromkeys(t["task"] for r in results for t in r.get("tasks", ())))
+    lengths = list(dict.fromkeys(t["length"] for r in results for t in r.get("tasks", ())))
+    by = {(r["method"], r["budget"]): r for r in results}
+    rows = []
+    for method in methods:
+        for budget in (None,) if method == "full" else budgets:
+            result = by.get((method, budget))
+            if not result or "tasks" not in result:
+                continue
+            for length in lengths:
+                scores = {t["task"]: t["score"] for t in result["tasks"] if t["length"] == length}
+                if not scores:
+                    continue
+                label = method if budget is None else f"{method} B={budget}"
+                rows.append(
+                    [label + (f" @{length}" if length else "")]
+                    + [f"{scores[t]:.1f}" if t in scores else "-" for t in tasks]
+                    + [f"{sum(scores.values()) / len(scores):.1f}"]
+                )
+    return ["method", *tasks, "mean"], rows
 
 
 def write_figures(

@@ -1,4 +1,4 @@
-"""Light commands stay light: `--help`, `show` and `allocate` never import transformers (seconds of startup)."""
+"""Light commands stay light: `--help`, `show`, `allocate` and `tasks list` never import transformers."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ print("heavy modules:", ",".join(heavy), file=sys.stderr)
         ["--help"],
         ["show", "{scores}", "--json"],
         ["allocate", "--budget", "128", "--scores", "{scores}", "--out", "{tmp}/a.safetensors", "--json"],
+        ["tasks", "list", "--json"],
     ],
-    ids=["help", "show", "allocate"],
+    ids=["help", "show", "allocate", "tasks-list"],
 )
 def test_light_commands_do_not_import_transformers(args, tmp_path):
     scores = REFERENCE / "scores.safetensors"

@@ -2,7 +2,8 @@
 
 Each command parses its options (`options.py`), calls the library, and hands what it got to
 `render.py`, the one module that prints. Command modules: `probes`, `score`, `allocate`, `show`,
-`run`, `evaluate` (eval, ablate), `interop` (merge, import, export, compare).
+`run`, `evaluate` (eval, ablate), `tasks` (tasks build, tasks list), `interop` (merge, import, export,
+compare).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from headprof import workspace
-from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show
+from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show, tasks
 from headprof.errors import HeadprofError
 from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
@@ -51,6 +52,14 @@ def _options(
 app.add_typer(probes_app, name="probes")
 # Short help for the command list (plain help cuts a docstring's first line at the terminal's width).
 probes_app.command("build", short_help="Build a probe set: needles x lengths x depths, as JSONL.")(probes.build)
+tasks_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Benchmark tasks: RULER rows generated offline, LongBench files.",
+)
+app.add_typer(tasks_app, name="tasks")
+tasks_app.command("build", short_help="Generate RULER task rows as JSONL.")(tasks.build)
+tasks_app.command("list", short_help="The RULER tasks and LongBench datasets with their metrics.")(tasks.list_)
 app.command(short_help="Score every head on the probes (captured attention).")(score.score)
 app.command(short_help="Per-head KV budgets from head scores (HeadKV, uniform, PyramidKV).")(allocate.allocate)
 app.command(short_help="Top heads and a heatmap of a score or allocation artifact.")(show.show)

@@ -46,7 +46,22 @@ def eval_(
             help="Evaluation probe JSONL (repeatable); default without --task: the model's eval-probes.jsonl.",
         ),
     ] = None,
-    task: Annotated[Path | None, typer.Option(help="LongBench-layout JSONL: context, input, answers.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            metavar="<ruler|ruler:TASK,...|path>",
+            help="ruler | ruler:TASK[,TASK] (generated RULER tasks) or a LongBench-layout JSONL file.",
+        ),
+    ] = None,
+    lengths: Annotated[str, typer.Option(metavar=INTS, help="RULER: lengths in tokens (prompt + answer).")] = "1024",
+    samples: Annotated[int, typer.Option(help="RULER: samples per task and length.")] = 2,
+    seed: Annotated[int, typer.Option(help="RULER: generation seed.")] = 42,
+    haystack: Annotated[
+        str, typer.Option(metavar="<builtin|path>", help="RULER essay haystack: 'builtin' or a text file / folder.")
+    ] = "builtin",
+    max_length: Annotated[
+        int | None, typer.Option(help="Task files: prompt + answer limit in tokens (default: the model's window).")
+    ] = None,
     scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")] = None,
     gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")] = Gqa.kv,
     window: Annotated[
@@ -54,7 +69,9 @@ def eval_(
     ] = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
-    max_new_tokens: int = 32,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Answer length; default: the task's own (RULER, LongBench), 32 for probes.")
+    ] = None,
     cache_file: Annotated[
         Path | None, typer.Option("--cache", help="Results cache; default: <workdir>/<model>/eval-cache.jsonl.")
     ] = None,
@@ -66,24 +83,44 @@ def eval_(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy against budget and KV bytes, for every method x budget on probes or a task file."""
+    """Accuracy against budget and KV bytes, for every method x budget on probes, RULER tasks or a task file;
+    tasks are also scored with their own metric (RULER string match, each LongBench dataset's metric)."""
     from headprof import evaluation as E
     from headprof import workspace
     from headprof.artifacts import load_scores
+    from headprof.errors import HeadprofError
     from headprof.fileio import write_text_atomic
+    from headprof.tasks import RulerConfig, TaskSource
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     budget_list = tuple(numbers(budgets, "--budgets"))
-    config = E.EvalConfig(method_list, budget_list, gqa.value, window, max_new_tokens, kernel, pooling.value)
+    config = E.EvalConfig(
+        method_list,
+        budget_list,
+        gqa.value,
+        window,
+        32 if max_new_tokens is None else max_new_tokens,
+        kernel,
+        pooling.value,
+    )
     config.validate()
-    probe_list = E.read_inputs(probes or ([] if task else [common.default_eval_probes(model)]), task)
+    if max_length is not None and max_length < 1:
+        raise HeadprofError("--max-length must be a positive number of tokens")
+    ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
+    source = TaskSource.parse(task, ruler) if task else None
+    probe_list = E.read_inputs(probes or ([] if task else [common.default_eval_probes(model)]))
     default_scores = workspace.find_input(model, workspace.scores_file(model)).path
     if not scores and ("headkv" in method_list or default_scores.is_file()):  # also checks needle overlap
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     scores_art = load_scores(scores) if scores else None
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
-    items = E.collect_items(loaded, probe_list, task, scores_art, max_new_tokens)
+    rows: list = []
+    if source:
+        rows, notices = source.load(loaded.tokenizer, loaded.info.max_context)
+        for message in notices:
+            render.notice(message)
+    items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
     total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
     with render.progress("evaluating", total) as advance:
         records = E.evaluate(
@@ -107,6 +144,9 @@ def eval_(
         results, method_list, budget_list, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"
     )
     render.accuracy_table(len(items), budget_list, cells)
+    if any("tasks" in r for r in results):
+        header, task_rows = E.task_cells(results, method_list, budget_list)
+        render.task_table(header, task_rows)
 
 
 def ablate(

@@ -312,6 +312,25 @@ def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence
     out.print(table)
 
 
+def task_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """`eval` on tasks: each task's own metric in percent per method x budget (x length)."""
+    _table("task scores (%): RULER string match, LongBench per-dataset metric", header, rows, justify="right")
+
+
+def task_rows_written(target: Path, count: int, per_task: dict[str, int], skipped: Sequence[str]) -> None:
+    """`tasks build`: what was written, and what did not fit."""
+    for message in skipped:
+        notice(message)
+    summary = ", ".join(f"{task} {n}" for task, n in per_task.items())
+    out.print(f"wrote {count} rows ({summary}) to {target}")
+
+
+def task_registry(rows: Sequence[dict[str, Any]]) -> None:
+    """`tasks list`: every task, its metric and answer length."""
+    cells = [(r["suite"], r["task"], r["metric"], str(r["max_new_tokens"]), r["description"]) for r in rows]
+    _table("tasks", ("suite", "task", "metric", "max new tokens", "what"), cells)
+
+
 def ablation(result: dict[str, Any], method: str, trials: int, compare: Path | None) -> None:
     """`ablate`: accuracy with no heads, the top heads and random heads masked; score agreement."""
     k = result["k"]

@@ -1,0 +1,57 @@
+"""`headprof tasks build` and `headprof tasks list`: benchmark tasks as LongBench-layout JSONL files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from headprof.cli import render
+from headprof.cli.options import JsonOpt, ModelOpt, numbers
+
+
+def build(
+    spec: Annotated[str, typer.Argument(help="ruler or ruler:TASK[,TASK].")],
+    out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write (LongBench layout).")],
+    model: ModelOpt = "smollm2-135m",
+    lengths: Annotated[
+        str, typer.Option(help="Lengths in tokens of the model's tokenizer (prompt + answer).")
+    ] = "1024",
+    samples: Annotated[int, typer.Option(help="Samples per task and length.")] = 2,
+    seed: Annotated[int, typer.Option(help="Generation seed: the same seed writes the same file.")] = 42,
+    haystack: Annotated[
+        str, typer.Option(help="Essay haystack: 'builtin' (Python's own docs) or a text file / folder.")
+    ] = "builtin",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate RULER-style task rows for a model's tokenizer, to inspect or to reuse with `eval --task FILE`."""
+    from headprof.errors import HeadprofError
+    from headprof.models.loading import load_tokenizer, quiet_transformers
+    from headprof.tasks import RulerConfig, TaskSource, is_ruler_spec, write_task_file
+
+    if not is_ruler_spec(spec):
+        raise HeadprofError(f"tasks build makes RULER rows: give ruler or ruler:TASK[,TASK], got '{spec}'")
+    source = TaskSource.parse(
+        spec, RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
+    )
+    quiet_transformers()
+    with render.status(f"loading the tokenizer of {model} ..."):
+        tokenizer, info = load_tokenizer(model)
+    rows, skipped = source.load(tokenizer, info.max_context)
+    write_task_file(out_file, rows)
+    per_task = {name: sum(r.dataset == name for r in rows) for name in dict.fromkeys(r.dataset for r in rows)}
+    if as_json:
+        render.emit({"tasks": str(out_file), "count": len(rows), "per_task": per_task, "skipped": skipped})
+    else:
+        render.task_rows_written(out_file, len(rows), per_task, skipped)
+
+
+def list_(as_json: JsonOpt = False) -> None:
+    """Every task headprof scores: RULER tasks (generated) and LongBench datasets (task files), with metrics."""
+    from headprof.tasks import registry
+
+    if as_json:
+        render.emit({"tasks": registry()})
+    else:
+        render.task_registry(registry())
