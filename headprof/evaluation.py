@@ -156,7 +156,7 @@ def items_from_probes(tokenizer: PreTrainedTokenizerBase, probes: Iterable[Probe
 
 
 def items_from_rows(
-    tokenizer: Any, rows: Sequence[TaskRow], max_tokens: int, max_new_tokens: int | None = None
+    tokenizer: PreTrainedTokenizerBase, rows: Sequence[TaskRow], max_tokens: int, max_new_tokens: int | None = None
 ) -> list[EvalItem]:
     """Task rows as items: each rendered (`tasks.prompts.render_row`) to fit `max_tokens` with its answer."""
     items = []
@@ -185,7 +185,7 @@ def items_from_rows(
 
 
 def items_from_task(
-    tokenizer: Any, path: str | Path, max_tokens: int, max_new_tokens: int | None = None
+    tokenizer: PreTrainedTokenizerBase, path: str | Path, max_tokens: int, max_new_tokens: int | None = None
 ) -> list[EvalItem]:
     """LongBench-layout JSONL rows (`context`, `input`, `answers`, optional `dataset`, `all_classes`, ...);
     over-long contexts lose their middle, as LongBench does."""
@@ -386,28 +386,25 @@ def result_cells(
 def task_cells(
     results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
 ) -> tuple[list[str], list[list[str]]]:
-    """Task scores as a table: one row per method x budget (x length for RULER, as RULER's tables have one
-    row per length), one column per task, then their mean; "-" where a task has no result."""
-    tasks = list(dict.fromkeys(t["task"] for r in results for t in r.get("tasks", ())))
-    lengths = list(dict.fromkeys(t["length"] for r in results for t in r.get("tasks", ())))
+    """Task scores as a table: one row per task (x length for RULER, as RULER reports per length), one
+    column per method x budget, a last row with each column's mean; "-" where a task has no result."""
     by = {(r["method"], r["budget"]): r for r in results}
-    rows = []
-    for method in methods:
-        for budget in (None,) if method == "full" else budgets:
-            result = by.get((method, budget))
-            if not result or "tasks" not in result:
-                continue
-            for length in lengths:
-                scores = {t["task"]: t["score"] for t in result["tasks"] if t["length"] == length}
-                if not scores:
-                    continue
-                label = method if budget is None else f"{method} B={budget}"
-                rows.append(
-                    [label + (f" @{length}" if length else "")]
-                    + [f"{scores[t]:.1f}" if t in scores else "-" for t in tasks]
-                    + [f"{sum(scores.values()) / len(scores):.1f}"]
-                )
-    return ["method", *tasks, "mean"], rows
+    configs = [
+        (method, budget)
+        for method in methods
+        for budget in ((None,) if method == "full" else budgets)
+        if "tasks" in by.get((method, budget), {})
+    ]
+    keys = list(dict.fromkeys((t["task"], t["length"]) for c in configs for t in by[c]["tasks"]))
+    scores = {c: {(t["task"], t["length"]): t["score"] for t in by[c]["tasks"]} for c in configs}
+    rows = [
+        [task + (f" @{length}" if length else "")]
+        + [f"{scores[c][(task, length)]:.1f}" if (task, length) in scores[c] else "-" for c in configs]
+        for task, length in keys
+    ]
+    rows.append(["mean"] + [f"{by[c]['score']:.1f}" for c in configs])
+    header = ["task"] + [method if budget is None else f"{method} {budget}" for method, budget in configs]
+    return header, rows
 
 
 def write_figures(

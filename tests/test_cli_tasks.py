@@ -18,28 +18,12 @@ def _one_line_error(result, *fragments: str) -> None:
 
 
 def test_eval_on_a_generated_ruler_task(cli, tmp_path, loaded):
-    result = cli(
-        "eval",
-        "--task",
-        "ruler:niah_single_1",
-        "--lengths",
-        "300",
-        "--samples",
-        "2",
-        "--methods",
-        "full,snapkv",
-        "--budgets",
-        "64",
-        "--cache",
-        tmp_path / "c.jsonl",
-        "--report",
-        tmp_path / "r.json",
-        "--json",
-        cwd=tmp_path,
-    )
+    args = "eval --task ruler:niah_single_1 --lengths 300 --samples 2 --methods full,snapkv --budgets 64".split()
+    result = cli(*args, "--cache", tmp_path / "c.jsonl", "--report", tmp_path / "r.json", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    payload = result.json()
-    assert payload["n_items"] == 2 and json.loads((tmp_path / "r.json").read_text()) == payload
+    assert "task scores" in result.stdout and "niah_single_1 @300" in result.stdout and "snapkv 64" in result.stdout
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["n_items"] == 2
     by = {(r["method"], r["budget"]): r for r in payload["results"]}
     assert set(by) == {("full", None), ("snapkv", 64)}
     for r in by.values():
@@ -49,23 +33,9 @@ def test_eval_on_a_generated_ruler_task(cli, tmp_path, loaded):
     assert full["score"] > 0  # the embedded model finds the 7-digit number in ~170 tokens of noise (both samples)
     assert snap["kv_bytes"] < full["kv_bytes"]
     cached = [json.loads(line)["record"] for line in (tmp_path / "c.jsonl").read_text().splitlines()]
-    assert {(r["task"], r["kind"], r["length"]) for r in cached} == {("niah_single_1", "ruler", 300)}
-    table = cli(
-        "eval",
-        "--task",
-        "ruler:niah_single_1",
-        "--lengths",
-        "300",
-        "--samples",
-        "2",
-        "--methods",
-        "full,snapkv",
-        "--budgets",
-        "64",
-        "--cache",
-        tmp_path / "c.jsonl",
-    )  # all from the cache
-    assert table.code == 0 and "task scores" in table.stdout and "snapkv B=64 @300" in table.stdout
+    assert len(cached) == 4 and {(r["task"], r["kind"], r["length"]) for r in cached} == {
+        ("niah_single_1", "ruler", 300)
+    }
 
 
 def test_eval_on_a_longbench_file(cli, tmp_path, loaded):

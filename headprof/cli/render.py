@@ -313,8 +313,14 @@ def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence
 
 
 def task_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """`eval` on tasks: each task's own metric in percent per method x budget (x length)."""
-    _table("task scores (%): RULER string match, LongBench per-dataset metric", header, rows, justify="right")
+    """`eval` on tasks: each task's own metric in percent (rows: task x length; columns: method budget)."""
+    table = Table(title="task scores (%, each task's own metric)")
+    table.add_column(header[0])
+    for column in header[1:]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def task_rows_written(target: Path, count: int, per_task: dict[str, int], skipped: Sequence[str]) -> None:

@@ -11,9 +11,12 @@ The data itself (HF `THUDM/LongBench`) can't be downloaded here; any JSONL in it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headprof.tasks.metrics import DATASET_METRIC
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _QA_PASSAGES = (
     "Answer the question based on the given passages. Only give me the answer and do not output any other words."
@@ -150,7 +153,7 @@ def split_template(dataset: str, question: str) -> tuple[str, str]:
     return head.replace("{input}", question), tail.replace("{input}", question)
 
 
-def truncate_middle(tokenizer: Any, head: str, context: str, tail: str, max_length: int) -> str:
+def truncate_middle(tokenizer: PreTrainedTokenizerBase, head: str, context: str, tail: str, max_length: int) -> str:
     """The context, shortened so that `head + context + tail` keeps at most `max_length` tokens.
 
     LB@2e00731 pred.py keeps the first and last `max_length // 2` tokens of the whole prompt. The cut falls

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headprof.errors import HeadprofError
 from headprof.probes import encode_text, render_prompt
@@ -29,6 +29,9 @@ from headprof.tasks import longbench as LB
 from headprof.tasks import metrics as M
 from headprof.tasks.rows import TaskRow
 from headprof.tasks.ruler import RULER_TASKS, TokenCounter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 GENERIC_MAX_NEW_TOKENS = 32
 RULER_METRICS = ("string_match_all", "string_match_part")
@@ -49,7 +52,7 @@ class TaskPrompt:
     max_new_tokens: int
 
 
-def chat_prompt(tokenizer: Any, user: str) -> tuple[str, bool]:
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, user: str) -> tuple[str, bool]:
     """`user` as the one user turn of the model's chat template, ending with the assistant header;
     plain text when the tokenizer has no chat template."""
     if getattr(tokenizer, "chat_template", None):
@@ -60,14 +63,14 @@ def chat_prompt(tokenizer: Any, user: str) -> tuple[str, bool]:
     return user, False
 
 
-def ruler_prompt(tokenizer: Any, user: str, answer_prefix: str) -> tuple[str, bool]:
+def ruler_prompt(tokenizer: PreTrainedTokenizerBase, user: str, answer_prefix: str) -> tuple[str, bool]:
     """RULER's prompt: the chat-templated user turn, then the answer prefix (RULER's `answer_prefix` is
     appended after the model template, so it opens the assistant turn)."""
     prompt, templated = chat_prompt(tokenizer, user)
     return prompt + answer_prefix, templated
 
 
-def token_counter(tokenizer: Any) -> TokenCounter:
+def token_counter(tokenizer: PreTrainedTokenizerBase) -> TokenCounter:
     """Lengths as RULER measures them for this tokenizer: the whole prompt the model will read."""
 
     def prompt_tokens(user: str, prefix: str) -> int:
@@ -98,8 +101,10 @@ def _check_row(row: TaskRow, dataset: str) -> None:
         raise HeadprofError(f"task row {row.id}: {row.dataset} answers must name a paragraph ('{label}3')")
 
 
-def render_row(tokenizer: Any, row: TaskRow, max_tokens: int, max_new_tokens: int | None = None) -> TaskPrompt:
-    """The prompt of one row, its prompt plus answer within `max_tokens` (the model's window).
+def render_row(
+    tokenizer: PreTrainedTokenizerBase, row: TaskRow, max_tokens: int, max_new_tokens: int | None = None
+) -> TaskPrompt:
+    """The prompt of one row, such that prompt + answer fit in `max_tokens` (at most the model's window).
 
     `max_new_tokens` overrides the task's own answer length (RULER's tokens_to_generate, LongBench's
     dataset2maxlen, 32 for generic rows).
@@ -132,12 +137,12 @@ def render_row(tokenizer: Any, row: TaskRow, max_tokens: int, max_new_tokens: in
     return TaskPrompt(row, kind, task, prompt, templated, context, "qa_f1", limit)
 
 
-def _chat_overhead(tokenizer: Any) -> int:
+def _chat_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
     prompt, templated = chat_prompt(tokenizer, "")
     return len(encode_text(tokenizer, prompt, templated)["input_ids"]) if templated else 0
 
 
-def _drop_middle(tokenizer: Any, text: str, drop: int) -> str:
+def _drop_middle(tokenizer: PreTrainedTokenizerBase, text: str, drop: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = max(0, len(ids) - drop - 8)
     return tokenizer.decode(ids[: keep // 2]) + tokenizer.decode(ids[len(ids) - (keep - keep // 2) :])
