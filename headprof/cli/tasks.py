@@ -8,24 +8,31 @@ from typing import Annotated
 import typer
 
 from headprof.cli import render
-from headprof.cli.options import JsonOpt, ModelOpt, numbers
+from headprof.cli.options import INTS, JsonOpt, ModelOpt, numbers
 
 
 def build(
-    spec: Annotated[str, typer.Argument(help="ruler or ruler:TASK[,TASK].")],
-    out_file: Annotated[Path, typer.Option("--out", help="JSONL file to write (LongBench layout).")],
+    spec: Annotated[str, typer.Argument(metavar="<ruler|ruler:TASK,...>", help="ruler or ruler:TASK[,TASK].")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="JSONL file to write (LongBench layout); default: <workdir>/<model>/tasks.jsonl."),
+    ] = None,
     model: ModelOpt = "smollm2-135m",
     lengths: Annotated[
-        str, typer.Option(help="Lengths in tokens of the model's tokenizer (prompt + answer).")
+        str, typer.Option(metavar=INTS, help="Lengths in tokens of the model's tokenizer (prompt + answer).")
     ] = "1024",
     samples: Annotated[int, typer.Option(help="Samples per task and length.")] = 2,
     seed: Annotated[int, typer.Option(help="Generation seed: the same seed writes the same file.")] = 42,
     haystack: Annotated[
-        str, typer.Option(help="Essay haystack: 'builtin' (Python's own docs) or a text file / folder.")
+        str,
+        typer.Option(
+            metavar="<builtin|path>", help="Essay haystack: 'builtin' (Python's own docs) or a text file / folder."
+        ),
     ] = "builtin",
     as_json: JsonOpt = False,
 ) -> None:
     """Generate RULER-style task rows for a model's tokenizer, to inspect or to reuse with `eval --task FILE`."""
+    from headprof import workspace
     from headprof.errors import HeadprofError
     from headprof.models.loading import load_tokenizer, quiet_transformers
     from headprof.tasks import RulerConfig, TaskSource, is_ruler_spec, write_task_file
@@ -39,6 +46,7 @@ def build(
     with render.status(f"loading the tokenizer of {model} ..."):
         tokenizer, info = load_tokenizer(model)
     rows, skipped = source.load(tokenizer, info.max_context)
+    out_file = out_file or workspace.model_dir(model) / "tasks.jsonl"
     write_task_file(out_file, rows)
     per_task = {name: sum(r.dataset == name for r in rows) for name in dict.fromkeys(r.dataset for r in rows)}
     if as_json:
