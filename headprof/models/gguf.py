@@ -13,12 +13,15 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from headprof.errors import HeadprofError
-from headprof.fileio import sha256_file, write_text_atomic
+from headprof.errors import HeadprofError, HeadprofWarning
+from headprof.fileio import remove_orphans, sha256_file, share_mode, temp_prefix, write_text_atomic
 from headprof.models.spec import ModelSpec, first_line, slugify
 
 
@@ -58,15 +61,19 @@ def _dequantize_to_cache(spec: ModelSpec, target: Path) -> None:
     # transformers draws a bare tqdm bar on stderr while dequantizing; this one-off step stays quiet so that
     # the first command's output (an error line, --json) is the same as every later command's.
     with contextlib.redirect_stderr(io.StringIO()):
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.path, gguf_file=spec.gguf_file, dtype=torch.float32, trust_remote_code=False
+        )
     # Dequantized weights are plain float tensors: drop the GGUF marker so save_pretrained accepts them.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_orphans(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
+        share_mode(tmp, directory=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
@@ -77,14 +84,51 @@ def _dequantize_to_cache(spec: ModelSpec, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def local_weights(spec: ModelSpec) -> str:
-    """A path transformers can load without GGUF: the dequantized cache for GGUF files, else the spec's path."""
+def cache_writable(folder: Path) -> bool:
+    """Whether the dequantized cache can be written: its folder (or the nearest existing parent) takes files."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return False
+    try:  # root passes os.access everywhere; a read-only mount still refuses the write
+        probe = tempfile.TemporaryFile(dir=existing)
+    except OSError:
+        return False
+    probe.close()
+    return True
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What transformers' `from_pretrained` gets: a folder, plus `gguf_file` when the GGUF is read in memory."""
+
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def local_weights(spec: ModelSpec) -> Weights:
+    """A folder transformers can load: the dequantized cache for GGUF files, else the spec's path.
+
+    When the cache cannot be written (a read-only `HEADPROF_CACHE`), the GGUF is dequantized in memory on
+    every load instead, with a notice: slower, but the command runs, and it fails before the conversion
+    only if the GGUF itself is unreadable.
+    """
     if not spec.gguf_file:
-        return spec.path
+        return Weights(spec.path)
     cached = dequantized_dir(spec)
-    if not (cached / "config.json").is_file():
-        try:
-            _dequantize_to_cache(spec, cached)
-        except Exception as exc:  # noqa: BLE001
-            raise HeadprofError(f"cannot load GGUF {spec.gguf_file} from {spec.path}: {first_line(exc)}") from None
-    return str(cached)
+    if (cached / "config.json").is_file():
+        return Weights(str(cached))
+    if not cache_writable(cached.parent):
+        warnings.warn(
+            f"the model cache {cached.parent} is not writable: dequantizing {spec.gguf_file} in memory "
+            "(every load; set HEADPROF_CACHE to a writable folder to keep it)",
+            HeadprofWarning,
+            stacklevel=2,
+        )
+        return Weights(spec.path, {"gguf_file": spec.gguf_file})
+    try:
+        _dequantize_to_cache(spec, cached)
+    except Exception as exc:  # noqa: BLE001
+        raise HeadprofError(f"cannot load GGUF {spec.gguf_file} from {spec.path}: {first_line(exc)}") from None
+    return Weights(str(cached))

@@ -60,7 +60,8 @@ def model_info(name: str) -> ModelInfo:
     from transformers import AutoConfig
 
     try:
-        config = from_pretrained(AutoConfig.from_pretrained, local_weights(spec))
+        weights = local_weights(spec)
+        config = from_pretrained(AutoConfig.from_pretrained, weights.path, trust_remote_code=False, **weights.kwargs)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line for the user
         raise HeadprofError(f"cannot read the config of '{name}' ({spec.path}): {first_line(exc)}") from None
     return info_from_config(config, spec.model_id)
@@ -114,14 +115,16 @@ def load_model(
 
     spec = resolve_model(name)
     device = check_device(device)
+    weights = local_weights(spec)
     # transformers picks SDPA, or eager for the families SDPA would get wrong (Gemma 2, GPT-OSS)
-    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype, device)}
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype, device), "trust_remote_code": False, **weights.kwargs}
     if device_map:
         kwargs["device_map"] = device_map
-    path = local_weights(spec)
     try:
-        tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path)
-        model = from_pretrained(AutoModelForCausalLM.from_pretrained, path, **kwargs)
+        tokenizer = from_pretrained(
+            AutoTokenizer.from_pretrained, weights.path, trust_remote_code=False, **weights.kwargs
+        )
+        model = from_pretrained(AutoModelForCausalLM.from_pretrained, weights.path, **kwargs)
     except Exception as exc:  # noqa: BLE001
         tried = f"alias {name} -> {spec.path}" if name in ALIASES else spec.path
         hint = f" ({exc.reason})" if isinstance(exc, HubMiss) else ""
@@ -140,8 +143,11 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> tuple[PreTrainedTokenizerBase, 
     from transformers import AutoTokenizer
 
     spec = resolve_model(name)
+    weights = local_weights(spec)
     try:
-        tokenizer = from_pretrained(AutoTokenizer.from_pretrained, local_weights(spec))
+        tokenizer = from_pretrained(
+            AutoTokenizer.from_pretrained, weights.path, trust_remote_code=False, **weights.kwargs
+        )
     except Exception as exc:  # noqa: BLE001
         raise HeadprofError(f"cannot load the tokenizer of '{name}' ({spec.path}): {first_line(exc)}") from None
     _check_fast(tokenizer, name)

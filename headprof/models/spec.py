@@ -6,6 +6,7 @@ and checking artifacts stays a light import; reading a transformers config's lay
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,8 +96,37 @@ class ModelInfo:
 
 
 def slugify(text: str) -> str:
-    """A file-name-safe, lower-case name (`org/name` -> `org--name`) for default artifact folders."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-").lower()
+    """A file-name-safe, lower-case name (`org/name` -> `org--name`) for default artifact folders: one path
+    component that is never `.`, `..` or hidden (`...gguf` gives `model`, not a way out of the workspace)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--").replace("\\", "--")).lower()
+    slug = re.sub(r"\.{2,}", ".", slug).strip("-.")
+    return slug or "model"
+
+
+def _remote_code(folder: Path) -> str | None:
+    """The config file of a model folder that names its own Python code (`auto_map`), if any."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue  # transformers reports an unreadable config itself
+        if isinstance(data, dict) and data.get("auto_map"):
+            return name
+    return None
+
+
+def refuse_remote_code(folder: Path, name: str) -> None:
+    """headprof never runs a model's own Python code: a folder whose config maps classes to its code is
+    refused before transformers can ask (its `[y/N]` prompt would break `--json` and, answered y, run it)."""
+    found = _remote_code(folder)
+    if found:
+        raise HeadprofError(
+            f"model '{name}' ships its own Python code ('auto_map' in {folder / found}); "
+            "headprof loads only models transformers implements (trust_remote_code=False)"
+        )
 
 
 def embedded_gguf_path() -> Path:
@@ -130,11 +160,12 @@ def resolve_model(name: str) -> ModelSpec:
     if local.is_dir():
         ggufs = sorted(local.glob("*.gguf"))
         if (local / "config.json").is_file():
+            refuse_remote_code(local, name)
             return ModelSpec(name, local.resolve().name, slugify(local.resolve().name), str(local))
         if len(ggufs) == 1:
             return ModelSpec(name, ggufs[0].name, slugify(ggufs[0].stem), str(local), ggufs[0].name)
         raise HeadprofError(f"model directory {local} has no config.json (and not exactly one .gguf file)")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", target):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", target) and not any(part.strip(".") == "" for part in target.split("/")):
         return ModelSpec(name, target, slugify(target), target)
     raise HeadprofError(
         f"unknown model '{name}': not an alias ({', '.join(ALIASES)}), not an existing path, not a hub id"
