@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from headprof import validation
 from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.heads import kv_view
@@ -50,12 +51,12 @@ class AllocConfig:
             raise HeadprofError(f"unknown policy '{self.policy}' ({', '.join(POLICIES)})")
         if self.gqa not in GQA_LAYOUTS:
             raise HeadprofError(f"unknown --gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
-        if self.window < 1:
-            raise HeadprofError(f"window must be at least 1, got {self.window}")
-        if self.budget <= self.window:
-            raise HeadprofError(f"budget {self.budget} must be larger than the window {self.window}")
+        validation.budget_and_window(self.budget, self.window)
         if max_context and self.budget > max_context:
             raise HeadprofError(f"budget {self.budget} is larger than any context the model takes ({max_context})")
+        validation.finite(self.temp, "temp")
+        if self.beta is not None:
+            validation.finite(self.beta, "beta")
         if self.beta_value < 1:
             raise HeadprofError(f"beta must be >= 1, got {self.beta_value}")
         if self.temp <= 0:
@@ -112,7 +113,11 @@ def headkv(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
     """HeadKV S·M·N: each head keeps N - M, gives M = floor(N / beta) to a pool shared by score share S_i."""
     n_free = config.budget - config.window
     pooled = math.floor(n_free / config.beta_value)
+    if not bool(scores.isfinite().all()):
+        raise HeadprofError("head scores hold NaN or inf: HeadKV would silently fall back to uniform budgets")
     weights = scores.double().clamp(min=0) ** config.temp
+    if not bool(weights.isfinite().all()) or (weights.sum() == 0 and bool((scores > 0).any())):
+        raise HeadprofError(f"temp {config.temp} overflows or underflows the score weights s^temp; use a smaller temp")
     share = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / weights.numel())
     raw = (n_free - pooled) + share * pooled * scores.numel() + config.window
     return largest_remainder(raw, config.budget * scores.numel())

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from headprof import __version__
+from headprof import __version__, validation
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path, sha256_file
 from headprof.heads import kv_view
@@ -71,14 +71,19 @@ class ScoreArtifact:
         return out
 
     def subset(self, keep: list[int]) -> ScoreArtifact:
+        """The rows `keep`, with the per-probe metadata (answers, probe indices) cut to match."""
         index = torch.tensor(keep, dtype=torch.long)
+        meta = dict(self.meta)
+        for key in ("answers", "probe_indices"):
+            if isinstance(meta.get(key), list) and len(meta[key]) == len(self.probe_ids):
+                meta[key] = [meta[key][i] for i in keep]
         return ScoreArtifact(
             self.model,
             [self.probe_ids[i] for i in keep],
             [self.probe_kinds[i] for i in keep],
             self.counted[index],
             {m: t[index] for m, t in self.per_probe.items()},
-            dict(self.meta),
+            meta,
         )
 
 
@@ -179,27 +184,25 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as fh:
             header = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, an unsupported dtype: all mean "not ours"
         raise HeadprofError(f"artifact {path} is corrupt or not a safetensors file ({exc})") from None
     try:
         meta = json.loads(header["headprof"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise HeadprofError(f"artifact {path} has no headprof metadata") from None
+    if not isinstance(meta, dict):
+        raise HeadprofError(f"artifact {path} has no headprof metadata")
     if meta.get("format") != kind:
         raise HeadprofError(f"artifact {path} is a {meta.get('format', 'unknown')} file, expected {kind}")
     return tensors, meta
 
 
 def save_scores(path: str | Path, art: ScoreArtifact) -> None:
-    """Write a score artifact atomically, checking its shapes (means are stored next to the per-probe rows)."""
+    """Write a score artifact atomically, checking its shapes and values (means are stored next to the rows)."""
     n_probes = len(art.probe_ids)
     tensors = {"counted": art.counted.to(torch.uint8).contiguous()}
     for method, rows in art.per_probe.items():
-        if rows.shape != (n_probes, art.model.n_layers, art.model.n_heads):
-            raise HeadprofError(
-                f"per-probe {method} scores have shape {tuple(rows.shape)}, "
-                f"expected {(n_probes, art.model.n_layers, art.model.n_heads)}"
-            )
+        validation.score_rows(rows, f"per-probe {method} scores", (n_probes, art.model.n_layers, art.model.n_heads))
         tensors[f"per_probe.{method}"] = rows.float().contiguous()
         tensors[method] = art.scores(method).float().contiguous()
     meta = dict(art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, counts=art.counts())
@@ -208,22 +211,34 @@ def save_scores(path: str | Path, art: ScoreArtifact) -> None:
 
 
 def load_scores(path: str | Path) -> ScoreArtifact:
-    """Read and check a score artifact; its file hash goes into `meta['sha256']` so allocations can cite it."""
+    """Read and check a score artifact (dtypes, shapes, finite values, metadata types); its file hash goes
+    into `meta['sha256']` so allocations can cite it."""
     tensors, meta = _read(path, SCORES_FORMAT)
-    try:
-        model = ModelInfo(**meta.pop("model"))
-        probe_ids, kinds = meta.pop("probe_ids"), meta.pop("probe_kinds")
-        meta.pop("counts", None)
-        per_probe = {m: tensors[f"per_probe.{m}"] for m in METHODS if f"per_probe.{m}" in tensors}
-        counted = tensors["counted"].bool()
-    except (KeyError, TypeError) as exc:
-        raise HeadprofError(f"artifact {path} is missing {exc}") from None
-    expected = (len(probe_ids), model.n_layers, model.n_heads)
-    for method, rows in per_probe.items():
-        if tuple(rows.shape) != expected:
-            raise HeadprofError(f"artifact {path}: {method} scores have shape {tuple(rows.shape)}, expected {expected}")
-    if not per_probe or counted.shape != (len(probe_ids),):
-        raise HeadprofError(f"artifact {path} has no scores or inconsistent probe counts")
+    where = f"artifact {path}"
+    model = validation.model_info(meta.pop("model", None), where)
+    probe_ids = validation.string_list(meta.pop("probe_ids", None), f"{where}: probe_ids")
+    n_probes = len(probe_ids)
+    kinds = validation.string_list(meta.pop("probe_kinds", None), f"{where}: probe_kinds", n_probes)
+    meta.pop("counts", None)
+    if "answers" in meta:
+        validation.string_list(meta["answers"], f"{where}: answers", n_probes)
+    if "probe_set_size" in meta:
+        validation.int_field(meta["probe_set_size"], f"{where}: probe_set_size", 0)
+    if "probe_indices" in meta:
+        indices = validation.int_list_field(meta["probe_indices"], f"{where}: probe_indices", 0)
+        if len(indices) != n_probes or len(set(indices)) != n_probes:
+            raise HeadprofError(f"{where}: probe_indices must list {n_probes} distinct probes")
+    if "counted" not in tensors:
+        raise HeadprofError(f"{where} is missing its 'counted' flags")
+    counted = validation.counted_flags(tensors["counted"], f"{where}: counted", n_probes)
+    expected = (n_probes, model.n_layers, model.n_heads)
+    per_probe = {
+        m: validation.score_rows(tensors[f"per_probe.{m}"], f"{where}: {m} scores", expected).float()
+        for m in METHODS
+        if f"per_probe.{m}" in tensors
+    }
+    if not per_probe:
+        raise HeadprofError(f"{where} has no scores")
     meta["sha256"] = sha256_file(path)
     return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta)
 
@@ -243,17 +258,23 @@ def save_alloc(path: str | Path, art: AllocArtifact) -> None:
 
 
 def load_alloc(path: str | Path) -> AllocArtifact:
-    """Read an allocation artifact, refusing budgets that disagree with its metadata."""
+    """Read an allocation artifact: integer budgets of its layout's shape, each at least its window, the window
+    within the model, and a total that agrees with the metadata."""
     tensors, meta = _read(path, ALLOC_FORMAT)
-    try:
-        model = ModelInfo(**meta.pop("model"))
-        budgets = tensors["budgets"]
-    except (KeyError, TypeError) as exc:
-        raise HeadprofError(f"artifact {path} is missing {exc}") from None
-    art = AllocArtifact(model, budgets, meta)
+    where = f"artifact {path}"
+    model = validation.model_info(meta.pop("model", None), where)
+    if "budgets" not in tensors:
+        raise HeadprofError(f"{where} is missing its budgets")
+    if meta.get("gqa", "query") not in ("kv", "query"):
+        raise HeadprofError(f"{where}: gqa must be kv or query, got {meta.get('gqa')!r}")
+    window = validation.int_field(meta.get("window", 1), f"{where}: window", 1, validation.MAX_CONTEXT)
+    art = AllocArtifact(model, tensors["budgets"], meta)
     heads = model.n_kv_heads if art.gqa == "kv" else model.n_heads
-    if tuple(budgets.shape) != (model.n_layers, heads) or int(budgets.sum()) != meta.get("total"):
-        raise HeadprofError(f"artifact {path}: budgets of shape {tuple(budgets.shape)} do not match its metadata")
+    validation.budget_table(
+        art.budgets, f"{where}: budgets", (model.n_layers, heads), window, model.max_context, model.window_layers
+    )
+    if int(art.budgets.sum()) != meta.get("total"):
+        raise HeadprofError(f"{where}: budgets sum to {int(art.budgets.sum())}, its metadata says {meta.get('total')}")
     return art
 
 
@@ -278,12 +299,15 @@ def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) 
             if index in rows:
                 raise HeadprofError(f"shards overlap: probe {part.probe_ids[pos]} appears twice")
             rows[index] = (part, pos)
-    wanted = sorted(expected) if expected is not None else list(range(first.meta.get("probe_set_size", len(rows))))
+    # Compare counts before listing indices: a forged probe_set_size of 10^9 must not allocate 10^9 entries.
+    size = len(expected) if expected is not None else first.meta.get("probe_set_size", len(rows))
+    if size != len(rows):
+        raise HeadprofError(f"shards are incomplete: they hold {len(rows)} probes of a set of {size}")
+    wanted = sorted(expected) if expected is not None else list(range(size))
     missing = sorted(set(wanted) - set(rows))
-    if missing or len(rows) != len(wanted):
+    if missing:
         raise HeadprofError(
-            f"shards are incomplete: {len(missing)} of {len(wanted)} probes missing"
-            + (f" (first index {missing[0]})" if missing else " or extra probes present")
+            f"shards are incomplete: {len(missing)} of {len(wanted)} probes missing (first index {missing[0]})"
         )
     order = [rows[i] for i in wanted]
     per_probe = {m: torch.stack([p.per_probe[m][pos] for p, pos in order]) for m in first.per_probe}

@@ -15,17 +15,17 @@ from typing import Any
 import torch
 
 from headprof.artifacts import ScoreArtifact, merge_scores
-from headprof.errors import HeadprofError
+from headprof.errors import HeadprofError, UsageError
 
 
 def shard_indices(n_probes: int, shard: str | None) -> tuple[list[int], dict[str, Any]]:
     """`i/N` -> probes i, i+N, i+2N, ... (interleaved, so every shard gets all lengths and kinds)."""
     if not shard:
         return list(range(n_probes)), {}
-    try:
-        index, count = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise HeadprofError(f"--shard must look like i/N, got '{shard}'") from None
+    parts = shard.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() and p.isascii() for p in parts):
+        raise UsageError(f"Invalid value for '--shard': must look like i/N, got '{shard}'")
+    index, count = (int(x) for x in parts)
     if count < 1 or not 0 <= index < count:
         raise HeadprofError(f"--shard {shard}: need 0 <= i < N")
     return list(range(index, n_probes, count)), {"shard": f"{index}/{count}"}

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headprof import validation
 from headprof.artifacts import ScoreArtifact
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
 from headprof.heads import rank_agreement, ranked_heads
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
-from headprof.probes import Probe, encode_text, load_probes, render_prompt
+from headprof.probes import Probe, context_span, encode_text, load_probes
 from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
 from headprof.runtime.generation import context_prefix_length, generate_answer
 from headprof.scoring import needle_hashes
@@ -120,13 +121,11 @@ class EvalRecord:
 
 
 def _context_span(tokenizer: PreTrainedTokenizerBase, prompt: str, question: str) -> tuple[int, int]:
-    """Where the context sits in a rendered prompt: render a placeholder context and diff."""
-    marker = "\u2063HEADPROF\u2063"
-    template, _ = render_prompt(tokenizer, marker, question)
-    head, tail = template.split(marker)
-    if not (prompt.startswith(head) and prompt.endswith(tail)):
+    """Where the context sits in a rendered prompt."""
+    span = context_span(tokenizer, prompt, question)
+    if span is None:
         raise HeadprofError("prompt does not follow the model's template; cannot locate the context")
-    return len(head), len(prompt) - len(tail)
+    return span
 
 
 def _key(*parts: object) -> str:
@@ -193,8 +192,16 @@ def items_from_task(
 
 
 def read_inputs(probe_files: Sequence[Path] | None) -> list[Probe]:
-    """Read (and check) the probes of eval/ablate before the model loads, so bad input fails fast."""
-    return [p for path in probe_files or [] for p in load_probes(path)]
+    """Read (and check) the probes of eval/ablate before the model loads, so bad input fails fast: every probe
+    file parses, no file is given twice, no probe id appears twice (a task file is checked by `TaskSource`)."""
+    files = list(probe_files or [])
+    validation.no_duplicates([str(Path(f).resolve()) for f in files], "--probes")
+    probes = [p for path in files for p in load_probes(path)]
+    ids = [p.id for p in probes]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise HeadprofError(f"probe {twice} is in more than one --probes file: it would be counted twice")
+    return probes
 
 
 def collect_items(
@@ -435,10 +442,16 @@ def write_figures(
         if rows:
             label = method if method == "full" else f"{method} B={chosen}"
             lengths, depths, grids[label] = needle_grid(rows)
-    needles_png = png.with_name(png.stem + "-needles" + png.suffix)
+    needles_png = needles_png_path(png)
     if grids:
         plots.needle_grids(grids, lengths, depths, needles_png, f"{title}: accuracy by length x depth")
     return needles_png
+
+
+def needles_png_path(png: str | Path) -> Path:
+    """Where `write_figures` puts the length x depth heatmap next to the accuracy plot."""
+    png = Path(png)
+    return png.with_name(png.stem + "-needles" + png.suffix)
 
 
 def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], torch.Tensor]:
@@ -481,10 +494,8 @@ def greedy_accuracy(
 
 def head_count(top: str, n_heads_total: int) -> int:
     """`5%` -> a share of all heads, `12` -> a count."""
-    try:
-        k = round(float(top[:-1]) / 100 * n_heads_total) if top.endswith("%") else int(top)
-    except ValueError:
-        raise HeadprofError(f"--top must be a count or a percent, got '{top}'") from None
+    number, share = validation.percent_or_count(top, "--top")
+    k = round(number / 100 * n_heads_total) if share else int(number)
     if not 1 <= k <= n_heads_total:
         raise HeadprofError(f"--top {top} selects {k} heads; the model has {n_heads_total}")
     return k

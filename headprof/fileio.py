@@ -1,46 +1,129 @@
-"""Atomic writes: a crash or Ctrl-C never leaves a half-written artifact behind."""
+"""Atomic writes, orphan clean-up and one writer per output: a crash, Ctrl-C or kill -9 never leaves a
+half-written artifact, and a temp file left by a killed run is removed by the next write to that path.
+
+Temp files are named `.<name>.<pid>.<random>.tmp` next to their target, so a later write can tell a
+dead run's leftovers (its pid is gone) from a live concurrent writer's.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from headprof.errors import HeadprofError
+from headprof.validation import is_regular_or_absent
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_mode(path: str | Path, directory: bool = False) -> None:
+    """mkstemp / mkdtemp create 0600 / 0700; outputs are ordinary files, with the modes the umask allows."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(path: Path) -> None:
+    """Delete temp files (and temp folders) of `path` left by runs that no longer exist."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if not match or int(match[1]) == os.getpid() or pid_alive(int(match[1])):
+            continue
+        with contextlib.suppress(OSError):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink()
+
+
+def temp_prefix(path: Path) -> str:
+    """The prefix of this process's temp names for `path` (mkstemp / mkdtemp add a random part)."""
+    return f".{path.name}.{os.getpid()}."
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block finishes."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block finishes.
+
+    Refuses a target that exists and is not a regular file: a rename would replace a device such as
+    `/dev/full` or a named pipe with the new file.
+    """
     path = Path(path)
+    if not is_regular_or_absent(path):
+        raise HeadprofError(f"{path} exists and is not a regular file; not replacing it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise HeadprofError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; artifacts are ordinary shared files
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        share_mode(tmp_path)  # after the block: writers such as safetensors recreate the file as 0600
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def check_writable(target: str | Path) -> None:
-    """Fail before a long run, not after it; create nothing (the atomic write makes the directory)."""
-    target = Path(target)
-    existing = target.parent.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise HeadprofError(f"output directory {target.parent} is not writable ({existing})")
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Hold `<path>.lock` for the block: a second run writing the same output is refused, not interleaved.
+
+    The lock is an advisory `flock`, released by the kernel when a run dies (even by kill -9), so a
+    stale lock file never blocks the next run; the file is removed when the block ends.
+    """
+    lock = Path(f"{path}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise HeadprofError(f"cannot write to {lock.parent}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise HeadprofError(
+                f"another headprof run (pid {holder}) is writing {what} {path}; wait for it or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

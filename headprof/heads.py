@@ -5,6 +5,7 @@ allocating and showing artifacts stays a light import.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,9 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
     if not 1 <= k <= a.numel():
         raise HeadprofError(f"top-k must be between 1 and the number of heads ({a.numel()}), got {k}")
     flat_a, flat_b = a.flatten().double().numpy(), b.flatten().double().numpy()
-    rho = float(spearmanr(flat_a, flat_b).statistic)
+    with warnings.catch_warnings():  # a constant table has no rank correlation: NaN, shown as null in --json
+        warnings.simplefilter("ignore")
+        rho = float(spearmanr(flat_a, flat_b).statistic)
     top_a, top_b = set(ranked_heads(a)[:k]), set(ranked_heads(b)[:k])
     return {"spearman": rho, f"top{k}_overlap": len(top_a & top_b) / k}
 

@@ -7,8 +7,10 @@ list. Importing keeps the lists as per-probe rows (all counted), so import -> ex
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +20,33 @@ from headprof.fileio import sha256_file, write_text_atomic
 from headprof.models.spec import ModelInfo
 
 FORMATS = ("headkv-json",)
-_KEY = re.compile(r"(\d+)-(\d+)")
+_KEY = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)")  # canonical only: "00-00" is not "0-0"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def read_json_strict(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity literals, no number overflowing a float, no repeated
+    keys (Python's json accepts all three silently)."""
+    return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_unique_keys)
 
 
 def guess_method(path: str | Path) -> str:
@@ -31,9 +59,11 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
     path = Path(path)
     method = method or guess_method(path)
     try:
-        data = json.loads(path.read_text())
+        data = read_json_strict(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HeadprofError(f"score file {path} not found") from None
+    except RecursionError:
+        raise HeadprofError(f"score file {path} is nested too deeply to be a score file") from None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise HeadprofError(f"score file {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not data:
@@ -42,9 +72,8 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
     if len(lengths) != 1 or -1 in lengths or 0 in lengths:
         raise HeadprofError(f"score file {path}: every head needs a non-empty list of per-probe scores of one length")
     n_probes = lengths.pop()
-    rows = torch.zeros(n_probes, model.n_layers, model.n_heads)
-    seen = set()
-    for key, values in data.items():
+    heads = {}
+    for key in data:
         match = _KEY.fullmatch(key)
         if not match:
             raise HeadprofError(f"score file {path}: key '{key}' is not 'layer-head'")
@@ -54,15 +83,24 @@ def import_scores(path: str | Path, model: ModelInfo, method: str | None = None)
                 f"score file {path} has head {key}, outside {model.model_id} "
                 f"({model.n_layers} layers x {model.n_heads} heads)"
             )
-        try:
-            rows[:, layer, head] = torch.tensor([float(v) for v in values])
-        except (TypeError, ValueError):
-            raise HeadprofError(f"score file {path}: head {key} has non-numeric scores") from None
-        seen.add((layer, head))
-    if len(seen) != model.n_layers * model.n_heads:
+        heads[key] = (layer, head)
+    # Keys are unique, canonical and inside the model: as many as the model's heads means every head once.
+    if len(heads) != model.n_layers * model.n_heads:
         raise HeadprofError(
-            f"score file {path} covers {len(seen)} heads; {model.model_id} has {model.n_layers * model.n_heads}"
+            f"score file {path} covers {len(heads)} heads; {model.model_id} has {model.n_layers * model.n_heads}"
         )
+    rows = torch.zeros(n_probes, model.n_layers, model.n_heads)
+    for key, (layer, head) in heads.items():
+        values = data[key]
+        if not all(type(v) in (int, float) for v in values):
+            raise HeadprofError(f"score file {path}: head {key} has non-numeric scores")
+        try:
+            column = torch.tensor([float(v) for v in values], dtype=torch.float64).float()
+        except OverflowError:  # an integer such as 10**400
+            column = torch.tensor([math.inf])
+        if not bool(column.isfinite().all()):
+            raise HeadprofError(f"score file {path}: head {key} has scores beyond the float32 range")
+        rows[:, layer, head] = column
     meta = {
         "mode": "imported",
         "methods": [method],
@@ -93,4 +131,4 @@ def export_scores(art: ScoreArtifact, path: str | Path, method: str) -> None:
         for layer in range(art.model.n_layers)
         for head in range(art.model.n_heads)
     }
-    write_text_atomic(path, json.dumps(payload))
+    write_text_atomic(path, json.dumps(payload, allow_nan=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,24 @@ DEFAULT_DEPTHS = (10, 50, 90)
 DEFAULT_SEED = 0
 INSTRUCTION = "Answer briefly, using the exact words from the text."
 _NEEDLE_FIELDS = ("needle", "question", "answer", "kind")
+_MAX_TOKENS = 1 << 24
+# Required probe fields and the JSON types each may have (bool is not an int here).
+_PROBE_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "needle_id": (str,),
+    "kind": (str,),
+    "prompt": (str,),
+    "templated": (bool,),
+    "needle_chars": (list,),
+    "span_chars": (list,),
+    "question": (str,),
+    "answer": (str,),
+    "target": (str,),
+    "length": (int,),
+    "n_tokens": (int,),
+    "depth": (int, float),
+    "seed": (int,),
+}
 
 
 @dataclass(frozen=True)
@@ -66,25 +85,56 @@ class Probe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Probe:
-        """Parse one JSONL row; a wrong type or an out-of-range span raises ValueError naming the field."""
+        """Parse one JSONL row; a wrong type, an out-of-range number or span, or a prompt that no longer holds
+        the needle's scoring span raises ValueError naming the field."""
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         data = dict(data)
-        for key in ("id", "needle_id", "kind", "prompt", "question", "answer", "target", "tokenizer"):
-            if key in data and not isinstance(data[key], str):
-                raise ValueError(f"field '{key}' must be a string")
+        missing = [key for key in _PROBE_TYPES if key not in data]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        for key, kinds in _PROBE_TYPES.items():
+            value = data[key]
+            if type(value) not in kinds:
+                raise ValueError(f"field '{key}' must be {' or '.join(k.__name__ for k in kinds)}")
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"field '{key}' holds a lone surrogate, not text") from None
+        if "extra" in data and not isinstance(data["extra"], dict):
+            raise ValueError("field 'extra' must be an object")
+        if "tokenizer" in data and not isinstance(data["tokenizer"], str):
+            raise ValueError("field 'tokenizer' must be a string")
         for key in ("needle_chars", "span_chars"):
-            span = data.get(key)
+            span = data[key]
             if (
                 not isinstance(span, list)
                 or len(span) != 2
                 or not all(type(x) is int for x in span)
-                or not 0 <= span[0] < span[1] <= len(data.get("prompt", ""))
+                or not 0 <= span[0] < span[1] <= len(data["prompt"])
             ):
                 raise ValueError(f"field '{key}' must be [start, end] inside the prompt")
             data[key] = tuple(span)
-        if data.get("kind") not in KINDS:
+        if data["kind"] not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if not 1 <= data["length"] <= _MAX_TOKENS or not 1 <= data["n_tokens"] <= data["length"]:
+            raise ValueError("fields 'length' and 'n_tokens' must satisfy 1 <= n_tokens <= length")
+        if not (math.isfinite(data["depth"]) and 0 <= data["depth"] <= 100):
+            raise ValueError("field 'depth' must be a percent in [0, 100]")
+        (n_start, n_end), (s_start, s_end) = data["needle_chars"], data["span_chars"]
+        if not n_start <= s_start < s_end <= n_end:
+            raise ValueError("field 'span_chars' must lie inside 'needle_chars'")
+        if data["prompt"][s_start:s_end] != data["target"].strip():
+            raise ValueError(
+                "the prompt does not hold the scoring span at 'span_chars' (needle text changed or removed)"
+            )
+        if not data["answer"].strip() or data["answer"].lower() not in data["target"].lower():
+            raise ValueError("field 'answer' must be non-empty and occur in the target")
+        for key in ("id", "needle_id", "question"):
+            if not data[key].strip():
+                raise ValueError(f"field '{key}' must not be empty")
+        data["depth"] = float(data["depth"])
         return cls(**data)
 
 
@@ -341,6 +391,22 @@ def _depth_index(token_counts: Sequence[int], depth: float) -> int:
     return best
 
 
+def check_grid(lengths: Sequence[int], depths: Sequence[float], max_context: int = 0) -> None:
+    """Lengths positive (within the model's window when known), depths percents, neither empty nor repeated."""
+    for length in lengths:
+        if length <= 0:
+            raise HeadprofError(f"context length must be positive, got {length}")
+        if max_context and length > max_context:
+            raise HeadprofError(f"context length {length} exceeds the model's context window ({max_context} tokens)")
+    for depth in depths:
+        if not 0 <= depth <= 100:
+            raise HeadprofError(f"depth must be a percent in [0, 100], got {depth}")
+    if not lengths or not depths:
+        raise HeadprofError("need at least one context length and one depth")
+    if len(set(lengths)) != len(lengths) or len({float(d) for d in depths}) != len(depths):
+        raise HeadprofError("repeated context lengths or depths would build the same probe twice")
+
+
 def build_probes(
     needles: Iterable[Needle],
     tokenizer: PreTrainedTokenizerBase,
@@ -356,20 +422,9 @@ def build_probes(
     needles = list(needles)
     if not needles:
         raise HeadprofError("no needles to build probes from")
-    for length in lengths:
-        if length <= 0:
-            raise HeadprofError(f"context length must be positive, got {length}")
-        if max_context and length > max_context:
-            raise HeadprofError(f"context length {length} exceeds the model's context window ({max_context} tokens)")
-    for depth in depths:
-        if not 0 <= depth <= 100:
-            raise HeadprofError(f"depth must be a percent in [0, 100], got {depth}")
-    if not lengths or not depths:
-        raise HeadprofError("need at least one context length and one depth")
+    check_grid(lengths, depths, max_context)
     if len({n.id for n in needles}) != len(needles):
         raise HeadprofError("needle ids must be unique across the needle files")
-    if len(set(lengths)) != len(lengths) or len({float(d) for d in depths}) != len(depths):
-        raise HeadprofError("repeated context lengths or depths would build the same probe twice")
     sentences = load_haystack(haystack)
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
     probes = []
@@ -405,7 +460,7 @@ def load_probes(path: str | Path) -> list[Probe]:
             continue
         try:
             probes.append(Probe.from_dict(json.loads(line)))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise HeadprofError(f"probe file {path} line {lineno} is corrupt: {exc}") from None
     if not probes:
         raise HeadprofError(f"probe file {path} has no probes")
@@ -445,6 +500,28 @@ def char_span_to_tokens(offsets: Sequence[tuple[int, int]], chars: tuple[int, in
     return hits[0], hits[-1] + 1
 
 
+def context_span(tokenizer: PreTrainedTokenizerBase, prompt: str, question: str) -> tuple[int, int] | None:
+    """Where the context sits in a prompt rendered with this tokenizer's template (None: another template)."""
+    marker = "\u2063HEADPROF\u2063"
+    head, tail = render_prompt(tokenizer, marker, question)[0].split(marker)
+    if not (prompt.startswith(head) and prompt.endswith(tail)) or len(head) + len(tail) > len(prompt):
+        return None
+    return len(head), len(prompt) - len(tail)
+
+
+def check_needle_in_context(tokenizer: PreTrainedTokenizerBase, probe: Probe, needle_ids: Sequence[int]) -> None:
+    """The needle must be user text: no special token inside it, and, for a prompt in this tokenizer's
+    template, inside the context (a span on template tokens would score the template, not retrieval)."""
+    special = set(tokenizer.all_special_ids) | {
+        i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)
+    }
+    if special & set(needle_ids):
+        raise HeadprofError(f"probe {probe.id}: the needle span covers template (special) tokens")
+    context = context_span(tokenizer, probe.prompt, probe.question)
+    if context is not None and not context[0] <= probe.needle_chars[0] < probe.needle_chars[1] <= context[1]:
+        raise HeadprofError(f"probe {probe.id}: the needle span lies on the prompt template, not in the context")
+
+
 def encode_probe(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> EncodedProbe:
     """Tokenize the prompt and map the needle and scoring span to token ranges, exactly, from offsets."""
     enc = encode_text(tokenizer, probe.prompt, probe.templated, offsets=True)
@@ -456,6 +533,7 @@ def encode_probe(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> EncodedPro
     covered = (offsets[span[0]][0], offsets[span[1] - 1][1])
     if covered[0] > probe.span_chars[0] or covered[1] < probe.span_chars[1]:
         raise HeadprofError(f"probe {probe.id}: tokens cover chars {covered}, not the whole span {probe.span_chars}")
+    check_needle_in_context(tokenizer, probe, enc["input_ids"][needle[0] : needle[1]])
     target_ids = tokenizer(probe.target, add_special_tokens=False)["input_ids"]
     if not target_ids:
         raise HeadprofError(f"probe {probe.id}: empty answer target")

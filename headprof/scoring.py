@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from headprof.artifacts import METHODS, ScoreArtifact, load_scores, save_scores
+from headprof import __version__
+from headprof.artifacts import METHODS, SCORES_FORMAT, ScoreArtifact, load_scores, save_scores
 from headprof.capture import AttentionCapture
-from headprof.errors import HeadprofError
+from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.metrics import CRITERIA
 from headprof.models import LoadedModel
 from headprof.probes import EncodedProbe, Probe, encode_probe, probes_sha256
@@ -206,9 +208,15 @@ def needle_hashes(probes: Sequence[Probe]) -> list[str]:
     return sorted(hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts)
 
 
-def run_key(loaded: LoadedModel, probe_set_sha256: str, config: ScoreConfig) -> str:
-    """What must match for a checkpoint to be resumed: weights, probes, parameters."""
-    blob = json.dumps([loaded.info.to_dict(), probe_set_sha256, asdict(config)], sort_keys=True)
+def run_key(
+    loaded: LoadedModel, probe_set_sha256: str, config: ScoreConfig, extra: dict[str, Any] | None = None
+) -> str:
+    """What must match for a checkpoint to be resumed: headprof version and format, weights, probes, every
+    scoring parameter, and the run's extra metadata (its shard)."""
+    blob = json.dumps(
+        [__version__, SCORES_FORMAT, loaded.info.to_dict(), probe_set_sha256, asdict(config), extra or {}],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -245,14 +253,35 @@ def _artifact(
     )
 
 
-def _load_checkpoint(path: Path | None, key: str) -> dict[str, ProbeResult]:
+def _load_checkpoint(
+    path: Path | None, key: str, probes: Sequence[Probe], config: ScoreConfig
+) -> dict[str, ProbeResult]:
+    """Results of a checkpoint of this very run; any other checkpoint is set aside with a notice, never merged.
+
+    Besides the run key, every row is checked against the probe set (id, kind, position) and the
+    scores asked for, so a checkpoint edited, copied from another run or torn is not trusted.
+    """
     if path is None or not path.is_file():
         return {}
     try:
         art = load_scores(path)
-    except HeadprofError:
+    except HeadprofError as exc:
+        warnings.warn(f"ignoring the unreadable checkpoint {path}: {exc}", HeadprofWarning, stacklevel=2)
         return {}
-    if art.meta.get("run_key") != key:
+    index = {p.id: (i, p.kind) for i, p in enumerate(probes)}
+    rows = zip(art.probe_ids, art.probe_kinds, art.meta.get("probe_indices") or [None] * len(art.probe_ids))
+    if (
+        art.meta.get("run_key") != key
+        or art.meta.get("version") != __version__
+        or set(art.per_probe) != set(config.methods)
+        or any(index.get(pid) != (pos, kind) for pid, kind, pos in rows)
+        or "answers" not in art.meta
+    ):
+        warnings.warn(
+            f"checkpoint {path} is from another run (version, model, probes or parameters differ): starting over",
+            HeadprofWarning,
+            stacklevel=2,
+        )
         return {}
     return {
         pid: ProbeResult(
@@ -282,13 +311,13 @@ def score_probes(
     probe_sha = probes_sha256(probes)
     meta = dict(
         extra_meta or {},
-        run_key=run_key(loaded, probe_sha, config),
+        run_key=run_key(loaded, probe_sha, config, extra_meta),
         probe_set_sha256=probe_sha,
         probe_set_size=len(probes),
         needle_sha256=needle_hashes(probes),
     )
     ckpt = Path(checkpoint) if checkpoint else None
-    done = _load_checkpoint(ckpt, meta["run_key"])
+    done = _load_checkpoint(ckpt, meta["run_key"], probes, config)
     # Check every probe of the set, not only ours: under torchrun all ranks must fail alike, not hang.
     encoded = {i: encode_probe(loaded.tokenizer, probe) for i, probe in enumerate(probes)}
     limit = loaded.info.max_context

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ import typer
 
 from headprof import workspace
 from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show, tasks
-from headprof.errors import HeadprofError
+from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
 # Help is plain text (rich_markup_mode=None): help strings are not read as markup, and flags show no type.
@@ -35,8 +36,12 @@ probes_app = typer.Typer(
 )
 
 
+_invoked: list[str] = []  # the command being run, for its Ctrl-C message
+
+
 @app.callback()
 def _options(
+    ctx: typer.Context,
     workdir: Annotated[
         Path | None,
         typer.Option(
@@ -47,6 +52,7 @@ def _options(
     ] = None,
 ) -> None:
     workspace.set_root(workdir)
+    _invoked[:] = [ctx.invoked_subcommand or ""]
 
 
 app.add_typer(probes_app, name="probes")
@@ -72,13 +78,36 @@ app.command(short_help="Write scores as HeadKV / Retrieval-head JSON.")(interop.
 app.command(short_help="Spearman and top-k overlap of two score artifacts.")(interop.compare)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+    """Library notices (`HeadprofWarning`) print as `notice:` lines; other warnings as Python prints them."""
+    if issubclass(category, HeadprofWarning):
+        render.notice(str(message))
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry: every HeadprofError, bad option or Ctrl-C ends with one line and a non-zero exit."""
+    for stream in (sys.stdout, sys.stderr):  # a path or answer that is not UTF-8 prints escaped, never crashes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    _invoked[:] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", HeadprofWarning)
+        warnings.showwarning = _show_warning
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         code = app(args=argv, standalone_mode=False, prog_name="headprof")
     except HeadprofError as exc:
         render.error(str(exc))
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     except typer.TyperException as exc:  # bad options and arguments (typer's click exceptions)
@@ -90,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         render.error(f"{exc.strerror or exc}: {exc.filename or ''}")
         sys.exit(1)
+    except RecursionError:
+        render.error("input nested too deeply to read")
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - a bug or an input we did not foresee: still one line
         if os.environ.get("HEADPROF_DEBUG"):
             raise
@@ -97,6 +129,6 @@ def main(argv: list[str] | None = None) -> None:
         render.error(f"internal error: {type(exc).__name__}: {first} (set HEADPROF_DEBUG=1 for the traceback)")
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into exit code 130 when not standalone
-        render.interrupted()
+        render.interrupted(_invoked[0] if _invoked else None)
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -49,14 +49,17 @@ def allocate(
     from headprof.allocation import AllocConfig, allocate_artifact, summarize_budgets
     from headprof.artifacts import load_scores, save_alloc
     from headprof.errors import HeadprofError
+    from headprof.validation import check_outputs
 
     if bytes_per_value < 1 or (context is not None and context < 1):
         raise HeadprofError("--bytes-per-value and --context must be positive")
-    source = scores or common.default_input(model, workspace.scores_file(model), "scores")
-    art = load_scores(source)
     config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value)
-    alloc = allocate_artifact(art, config, score_method.value, source)
+    config.validate()
+    source = scores or common.default_input(model, workspace.scores_file(model), "scores")
     target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value, model)
+    check_outputs([("--out", target)], [source])
+    art = load_scores(source)
+    alloc = allocate_artifact(art, config, score_method.value, source)
     save_alloc(target, alloc)
     summary = summarize_budgets(alloc.budgets, config, art.model, context or art.model.max_context, bytes_per_value)
     if as_json:

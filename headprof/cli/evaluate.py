@@ -89,11 +89,14 @@ def eval_(
     from headprof import workspace
     from headprof.artifacts import load_scores
     from headprof.errors import HeadprofError
-    from headprof.fileio import write_text_atomic
+    from headprof.fileio import exclusive, write_text_atomic
     from headprof.tasks import RulerConfig, TaskSource
+    from headprof.validation import check_outputs, no_duplicates
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     budget_list = tuple(numbers(budgets, "--budgets"))
+    no_duplicates(method_list, "--methods")
+    no_duplicates(budget_list, "--budgets")
     config = E.EvalConfig(
         method_list,
         budget_list,
@@ -108,10 +111,17 @@ def eval_(
         raise HeadprofError("--max-length must be a positive number of tokens")
     ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
     source = TaskSource.parse(task, ruler) if task else None
-    probe_list = E.read_inputs(probes or ([] if task else [common.default_eval_probes(model)]))
+    probe_files = probes or ([] if task else [common.default_eval_probes(model)])
+    probe_list = E.read_inputs(probe_files)
     default_scores = workspace.find_input(model, workspace.scores_file(model)).path
     if not scores and ("headkv" in method_list or default_scores.is_file()):  # also checks needle overlap
         scores = common.default_input(model, workspace.scores_file(model), "scores")
+    cache_path = cache_file or workspace.eval_cache_file(model)
+    needles_png = E.needles_png_path(png) if png else None
+    check_outputs(
+        [("--cache", cache_path), ("--report", report), ("--png", png), ("the needle heatmap", needles_png)],
+        [*probe_files, *(source.inputs if source else ()), scores],
+    )
     scores_art = load_scores(scores) if scores else None
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
@@ -122,21 +132,14 @@ def eval_(
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
     total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
-    with render.progress("evaluating", total) as advance:
-        records = E.evaluate(
-            loaded,
-            items,
-            config,
-            scores_art,
-            cache_file or workspace.eval_cache_file(model),
-            on_result=lambda _r: advance(),
-        )
+    with exclusive(cache_path, "the results cache"), render.progress("evaluating", total) as advance:
+        records = E.evaluate(loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance())
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
     if png:
         payload["png"] = [str(png), str(E.write_figures(records, results, png, loaded.info.model_id))]
     if report:
-        write_text_atomic(report, json.dumps(payload, indent=1) + "\n")
+        write_text_atomic(report, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     if as_json:
         render.emit(payload)
         return
@@ -188,6 +191,15 @@ def ablate(
     if method.value not in score_art.per_probe:
         raise HeadprofError(f"the score artifact has no '{method.value}' scores ({', '.join(score_art.methods)})")
     k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
+    # Everything that needs no model runs first: a bad --compare or too few needles fail in a second.
+    split_half = E.split_half_agreement(score_art, method.value)
+    vs_compare = None
+    if compare:
+        other = load_scores(compare)
+        check_model(other.model, score_art.model, "comparison artifact")
+        if method.value not in other.per_probe:
+            raise HeadprofError(f"{compare} has no '{method.value}' scores ({', '.join(other.methods)})")
+        vs_compare = E.rank_agreement(score_art.scores(method.value), other.scores(method.value))
     loaded = common.load(model, dtype.value, device)
     check_model(score_art.model, loaded.info, "score artifact")
     common.warn_foreign_probes(probe_list, loaded.spec.name)
@@ -206,11 +218,9 @@ def ablate(
             max_new_tokens,
             on_item=advance,
         )
-    result["split_half"] = E.split_half_agreement(score_art, method.value)
-    if compare:
-        other = load_scores(compare)
-        check_model(other.model, score_art.model, "comparison artifact")
-        result["vs_compare"] = E.rank_agreement(score_art.scores(method.value), other.scores(method.value))
+    result["split_half"] = split_half
+    if vs_compare is not None:
+        result["vs_compare"] = vs_compare
     if as_json:
         render.emit(result)
     else:

@@ -18,7 +18,10 @@ def merge(
 ) -> None:
     """Join score shards; refuses shards of different runs, overlaps and gaps."""
     from headprof.artifacts import load_scores, merge_scores, save_scores
+    from headprof.validation import check_outputs, no_duplicates
 
+    no_duplicates([str(p.resolve()) for p in parts], "PART")
+    check_outputs([("--out", out_file)], parts)
     merged = merge_scores([load_scores(p) for p in parts])
     save_scores(out_file, merged)
     if as_json:
@@ -48,10 +51,12 @@ def import_(
     from headprof.heads import top_heads
     from headprof.interop import guess_method, import_scores
     from headprof.models import model_info
+    from headprof.validation import check_outputs
 
     name = method.value if method else guess_method(source)
-    art = import_scores(source, model_info(model), name)
     target = out_file or workspace.imported_scores_file(model, name)
+    check_outputs([("--out", target)], [source])
+    art = import_scores(source, model_info(model), name)
     save_scores(target, art)
     if as_json:
         top = top_heads(art.scores(name), 10)
@@ -74,7 +79,9 @@ def export(
     """Write scores in the HeadKV / Retrieval-head JSON layout, to use them in those codebases."""
     from headprof.artifacts import load_scores
     from headprof.interop import export_scores
+    from headprof.validation import check_outputs
 
+    check_outputs([("--out", out_file)], [artifact])
     art = load_scores(artifact)
     name = method.value if method else art.default_method
     export_scores(art, out_file, name)
@@ -102,11 +109,12 @@ def compare(
     from headprof.artifacts import check_architecture, load_scores
     from headprof.heads import top_k_agreement
 
+    sizes = numbers(k, "--k")
     a, b = load_scores(first), load_scores(second)
     check_architecture(a.model, b.model, f"{first} and {second}")
     name_a = method.value if method else a.default_method
     name_b = method_b.value if method_b else (name_a if name_a in b.per_probe else b.methods[0])
-    rows = top_k_agreement(a.scores(name_a), b.scores(name_b), numbers(k, "--k"))
+    rows = top_k_agreement(a.scores(name_a), b.scores(name_b), sizes)
     if as_json:
         top_k = [{"k": r["k"], "overlap": r["overlap"]} for r in rows]
         payload = {"a": str(first), "b": str(second), "method_a": name_a, "method_b": name_b}

@@ -144,8 +144,7 @@ PoolingOpt = Annotated[
 
 
 def numbers(text: str, what: str, kind: type = int) -> list:
-    """Comma-separated numbers (`--lengths 1024,2048`); a bad entry is an error line naming the option."""
-    try:
-        return [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HeadprofError(f"{what} must be comma-separated {kind.__name__}s, got '{text}'") from None
+    """Comma-separated numbers (`--lengths 1024,2048`); a malformed entry is a usage error (exit 2)."""
+    from headprof import validation
+
+    return validation.int_list(text, what) if kind is int else validation.float_list(text, what)

@@ -48,23 +48,25 @@ def build(
     from headprof import probes as P
     from headprof import workspace
     from headprof.errors import HeadprofError
-    from headprof.fileio import check_writable
     from headprof.models.loading import load_tokenizer, quiet_transformers
+    from headprof.validation import check_outputs, no_duplicates
 
     if needles and eval_set:
         raise HeadprofError("give --needles or --eval, not both")
+    lengths_list, depths_list = numbers(lengths, "--lengths"), numbers(depths, "--depths", float)
+    P.check_grid(lengths_list, depths_list)
+    no_duplicates([str(p.resolve()) for p in needles or []], "--needles")
     kinds = P.KINDS if kind is Kind.both else (kind.value,)
     packaged = workspace.eval_needle_file if eval_set else workspace.needle_file
     needle_list = P.select_needles(needles or [packaged(k) for k in kinds], kinds)
     if limit:
         needle_list = [n for k in kinds for n in [m for m in needle_list if m.kind == k][:limit]]
     target = out_file or (workspace.eval_probe_file(model) if eval_set else workspace.probe_file(model))
-    check_writable(target)
+    check_outputs([("--out", target)], [*(needles or []), None if haystack == "builtin" else Path(haystack)])
     quiet_transformers()
     with render.status(f"loading the tokenizer of {model}"):
         tokenizer, info = load_tokenizer(model)
     started = time.time()
-    lengths_list, depths_list = numbers(lengths, "--lengths"), numbers(depths, "--depths", float)
     with render.progress("building probes", len(needle_list) * len(lengths_list) * len(depths_list)) as advance:
         probe_list = P.build_probes(
             needle_list,

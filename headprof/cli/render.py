@@ -9,6 +9,7 @@ Long steps show a rich bar on a terminal and plain progress lines otherwise (`Pl
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -30,27 +31,58 @@ if TYPE_CHECKING:
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
 
-INTERRUPTED = "finished probes are checkpointed; rerun the same command to resume"
+# What Ctrl-C leaves behind, per command: only `score` checkpoints and `eval` caches results.
+INTERRUPTED = {
+    "score": "finished probes are checkpointed; rerun the same command to resume",
+    "eval": "finished results are in the results cache; rerun the same command to resume",
+}
+INTERRUPTED_DEFAULT = "nothing was written"
+
+
+def printable(text: str) -> str:
+    """User text as it can be printed: lone surrogates (argv or JSON bytes that are not UTF-8) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def strict_json(payload: Any) -> tuple[Any, list[str]]:
+    """`payload` with NaN and infinities replaced by null, and the paths of the replaced values."""
+    replaced: list[str] = []
+
+    def walk(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(where or "value")
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return walk(payload, ""), replaced
 
 
 def emit(payload: dict[str, Any]) -> None:
-    """The `--json` output: exactly one JSON object on one stdout line."""
-    sys.stdout.write(json.dumps(payload) + "\n")
+    """The `--json` output: exactly one strict JSON object on one stdout line (NaN/inf become null, with a notice)."""
+    clean, replaced = strict_json(payload)
+    if replaced:
+        notice(f"not a finite number, written as null: {', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}")
+    sys.stdout.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
-    err.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", printable(message)), soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """A warning that does not stop the command."""
-    err.print(Text.assemble(("notice:", "yellow"), " ", message), soft_wrap=True)
+    err.print(Text.assemble(("notice:", "yellow"), " ", printable(message)), soft_wrap=True)
 
 
-def interrupted() -> None:
-    """Ctrl-C: what was kept and how to resume."""
-    err.print(Text.assemble(("interrupted", "yellow"), ": ", INTERRUPTED), soft_wrap=True)
+def interrupted(command: str | None) -> None:
+    """Ctrl-C: what `command` kept and how to resume."""
+    kept = INTERRUPTED.get(command or "", INTERRUPTED_DEFAULT)
+    err.print(Text.assemble(("interrupted", "yellow"), ": ", kept), soft_wrap=True)
 
 
 def help_text(text: str) -> None:
@@ -183,7 +215,7 @@ def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
 
 def line(text: str) -> None:
     """One line of plain output."""
-    out.print(text)
+    out.print(printable(text))
 
 
 def mib(n: float) -> str:

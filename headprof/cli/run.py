@@ -60,14 +60,14 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about a long context with a compressed KV cache."""
-    from headprof import workspace
+    from headprof import validation, workspace
     from headprof.artifacts import load_alloc, load_scores
     from headprof.errors import HeadprofError
     from headprof.runtime import Press, build_method, default_method, plan_budgets
     from headprof.runtime.generation import answer_question
 
-    text = _read_context(context_file, context)
-    if not question.strip():
+    text = validation.text(_read_context(context_file, context), "the context")
+    if not validation.text(question, "--question").strip():
         raise HeadprofError("empty question")
     allocation = load_alloc(alloc) if alloc else None
     if method is MethodName.headkv and not alloc and not scores:  # headkv needs scores: the model's default ones
@@ -75,6 +75,10 @@ def run(
     score_art = load_scores(scores) if scores and not alloc else None
     name = method.value if method else default_method(allocation is not None or score_art is not None)
     compressor = build_method(name, kernel=kernel, pooling=pooling.value)
+    if compressor.compresses and allocation is None:
+        validation.budget_and_window(budget, window, "--")
+    if max_new_tokens < 1:
+        raise HeadprofError("--max-new-tokens must be at least 1")
     if allocation is not None and gqa is not None and gqa.value != allocation.gqa:
         render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
     loaded = common.load(model, dtype.value, device)

@@ -62,7 +62,8 @@ def score(
     from headprof import probes as P
     from headprof.artifacts import save_scores
     from headprof.errors import HeadprofError
-    from headprof.fileio import check_writable
+    from headprof.fileio import exclusive
+    from headprof.validation import check_outputs
 
     methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
     config = scoring.ScoreConfig(methods, mode.value, max_new_tokens, criterion.value)
@@ -73,29 +74,31 @@ def score(
     probe_list = P.load_probes(source)
     select, shard_meta = distributed.shard_indices(len(probe_list), shard)
     target = out_file or workspace.scores_file(model, mode.value, shard_meta.get("shard"))
-    check_writable(target)
+    check_outputs([("--out", target)], [source])
     world = distributed.World.from_env()
     wanted, select = select, world.split(select)
-    loaded = common.load(model, dtype.value, world.device(device), device_map)
-    common.warn_foreign_probes(probe_list, loaded.spec.name)
-    started = time.time()
-    with render.progress(f"scoring {loaded.spec.name}", len(select)) as advance:
-        art = scoring.score_probes(
-            loaded,
-            probe_list,
-            config,
-            select=select,
-            checkpoint=world.checkpoint(target),
-            on_probe=lambda _r: advance(),
-            extra_meta=shard_meta,
-        )
-    art = world.gather(art, wanted)
-    seconds = time.time() - started
-    world.close()
-    if not world.is_main:
-        return
-    save_scores(target, art)
-    scoring.remove_checkpoints(target)
+    checkpoint = world.checkpoint(target)
+    with exclusive(checkpoint, "the scores"):
+        loaded = common.load(model, dtype.value, world.device(device), device_map)
+        common.warn_foreign_probes(probe_list, loaded.spec.name)
+        started = time.time()
+        with render.progress(f"scoring {loaded.spec.name}", len(select)) as advance:
+            art = scoring.score_probes(
+                loaded,
+                probe_list,
+                config,
+                select=select,
+                checkpoint=checkpoint,
+                on_probe=lambda _r: advance(),
+                extra_meta=shard_meta,
+            )
+        art = world.gather(art, wanted)
+        seconds = time.time() - started
+        world.close()
+        if not world.is_main:
+            return
+        save_scores(target, art)
+        scoring.remove_checkpoints(target)
     _report(art, target, seconds, as_json)
 
 

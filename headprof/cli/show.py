@@ -33,10 +33,12 @@ def show(
     from headprof.artifacts import head_table
     from headprof.errors import HeadprofError
     from headprof.heads import layer_summary, top_heads
+    from headprof.validation import check_outputs
 
     if top < 1:
         raise HeadprofError(f"--top must be at least 1, got {top}")
     artifact = artifact or common.default_input(model, workspace.scores_file(model), "scores")
+    check_outputs([("--png", png)], [artifact])
     table = head_table(artifact, method.value if method else None, gqa.value)
     if png:
         from headprof.plots import score_heatmap

@@ -93,6 +93,13 @@ class TaskSource:
             return cls(spec, ruler=chosen)
         return cls(spec, rows=tuple(read_task_file(spec)))
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The files this source reads (a task file, a haystack): no output of the command may be one of them."""
+        if self.ruler is None:
+            return (self.spec,)
+        return () if self.ruler.haystack == "builtin" else (self.ruler.haystack,)
+
     def load(self, tokenizer: Any, max_context: int = 0) -> tuple[list[TaskRow], list[str]]:
         """The rows, and notices: RULER tasks skipped because a length is too short for them (only for the
         whole suite, `ruler`; a named task that can't fit is an error), or rows scored generically."""

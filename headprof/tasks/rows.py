@@ -12,6 +12,7 @@ inspected and reused with `--task FILE.jsonl`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,19 +56,33 @@ class TaskRow:
         return row
 
 
+def _text(value: str, name: str) -> str:
+    """Text a tokenizer can encode: JSON's `\\ud800` escapes decode to lone surrogates, which are not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"'{name}' holds a lone surrogate, not text") from None
+    return value
+
+
 def _string_list(value: Any, name: str, allow_numbers: bool) -> tuple[str, ...]:
-    """A non-empty list of strings (answers: numbers too, and a bare string as a one-answer list)."""
+    """A non-empty list of non-empty strings (answers: finite numbers too, and a bare string as a one-answer
+    list); an empty answer would match every output."""
     scalars = (str, int, float) if allow_numbers else (str,)
     if isinstance(value, str) and allow_numbers:
-        return (value,)
+        value = [value]
     if (
         not isinstance(value, list)
         or not value
         or not all(isinstance(v, scalars) and not isinstance(v, bool) for v in value)
+        or any(isinstance(v, float) and not math.isfinite(v) for v in value)
     ):
         kinds = "strings or numbers" if allow_numbers else "strings"
         raise ValueError(f"'{name}' must be a non-empty list of {kinds}, got {json.dumps(value)[:60]}")
-    return tuple(str(v) for v in value)
+    texts = tuple(_text(str(v), name) for v in value)
+    if not all(t.strip() for t in texts):
+        raise ValueError(f"'{name}' holds an empty string")
+    return texts
 
 
 def row_from_json(data: Any, default_id: str) -> TaskRow:
@@ -82,23 +97,33 @@ def row_from_json(data: Any, default_id: str) -> TaskRow:
         raise ValueError("'context' must be a non-empty string")
     if not isinstance(question, str):
         raise ValueError("'input' must be a string (\"\" when the task has no question)")
+    _text(context, "context")
+    _text(question, "input")
     answers = _string_list(data["answers"], "answers", allow_numbers=True)
     classes = data.get("all_classes")
     all_classes = None if classes is None else _string_list(classes, "all_classes", allow_numbers=False)
     dataset = data.get("dataset") or ""
     if not isinstance(dataset, str):
         raise ValueError("'dataset' must be a string")
+    _text(dataset, "dataset")
     length = data.get("length")
     if length is not None and (type(length) is not int or length < 0):
         raise ValueError("'length' must be a non-negative integer")
     prefix = data.get("answer_prefix") or ""
     if not isinstance(prefix, str):
         raise ValueError("'answer_prefix' must be a string")
+    _text(prefix, "answer_prefix")
     limit = data.get("max_new_tokens")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError("'max_new_tokens' must be a positive integer")
     language = data.get("language") or "en"
+    if not isinstance(language, str):
+        raise ValueError("'language' must be a string")
     row_id = data.get("_id", data.get("id"))
+    if row_id is not None and type(row_id) not in (str, int):
+        raise ValueError("'_id' must be a string or an integer")
+    if isinstance(row_id, str):
+        _text(row_id, "_id")
     return TaskRow(
         str(row_id) if row_id is not None else default_id,
         dataset,
@@ -109,7 +134,7 @@ def row_from_json(data: Any, default_id: str) -> TaskRow:
         all_classes,
         prefix,
         limit,
-        str(language),
+        language,
     )
 
 
@@ -132,10 +157,17 @@ def read_task_file(path: str | Path) -> list[TaskRow]:
             rows.append(row_from_json(json.loads(line), f"{path.stem}-{lineno}"))
         except json.JSONDecodeError as exc:
             raise HeadprofError(f"task file {path} line {lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise HeadprofError(f"task file {path} line {lineno}: nested too deeply to read") from None
         except ValueError as exc:
             raise HeadprofError(f"task file {path} line {lineno}: {exc}") from None
     if not rows:
         raise HeadprofError(f"task file {path} has no rows")
+    seen: set[str] = set()
+    for row in rows:
+        if row.id in seen:
+            raise HeadprofError(f"task file {path} has row id {row.id} twice: it would be counted twice")
+        seen.add(row.id)
     return rows
 
 

@@ -28,6 +28,7 @@ import string
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from headprof.errors import HeadprofError
 from headprof.tasks import words as W
@@ -591,6 +592,9 @@ class RulerConfig:
             raise HeadprofError(f"length {max(self.lengths)} exceeds the model's context window ({max_context} tokens)")
         if self.samples < 1:
             raise HeadprofError("--samples must be at least 1")
+        uses_essay = any(RULER_TASKS[t].haystack == "essay" for t in self.tasks if t in RULER_TASKS)
+        if uses_essay and self.haystack != "builtin" and not Path(self.haystack).exists():
+            raise HeadprofError(f"haystack {self.haystack} not found")  # before the model loads, not after
 
 
 def generate_suite(
