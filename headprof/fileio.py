@@ -101,6 +101,7 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
     stale lock file never blocks the next run; the file is removed when the block ends.
     """
     lock = Path(f"{path}.lock")
+    created = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]  # deepest first
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -124,6 +125,9 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
             lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
+        for folder in created:  # a run that wrote nothing leaves no empty output folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -209,6 +209,13 @@ CASES = [
         "key '[/]' is not",
         lambda b: scores_json(b, lambda d: d.__setitem__("[/]", d.pop("0-0"))),
     ),
+    (
+        "markup",
+        ["score", "--probes", "p.jsonl"],
+        1,
+        "must be [start, end] inside the prompt",
+        lambda b: edit_probe(b, _set("span_chars", [5, 3])),
+    ),
     ("markup", ["show", "[bold]x[/].safetensors"], 1, "artifact [bold]x[/].safetensors not found", None),
     ("markup", ["probes", "build", "--needles", "[red]n[/red].jsonl"], 1, "needle file [red]n[/red].jsonl", None),
     # an output that is an input, a directory or a device (these overwrote inputs)
