@@ -198,6 +198,9 @@ def huge_shard(box: Path) -> None:
     forge_scores(box / "s.safetensors", meta=meta)
 
 
+ALLOCATE = ["allocate", "--scores", "s.safetensors", "--budget", "128"]
+RUN_ALLOC = ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"]
+
 # (class, args, exit code, fragment of the error line, setup)
 CASES = [
     # markup in user text: printed literally, never parsed (these were tracebacks)
@@ -221,14 +224,14 @@ CASES = [
     # an output that is an input, a directory or a device (these overwrote inputs)
     (
         "data loss",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--out", "s.safetensors"],
+        [*ALLOCATE, "--out", "s.safetensors"],
         1,
         "also an input",
         None,
     ),
     (
         "data loss",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--out", "./x/../s.safetensors"],
+        [*ALLOCATE, "--out", "./x/../s.safetensors"],
         1,
         "also an input",
         lambda b: (b / "x").mkdir(),
@@ -252,7 +255,7 @@ CASES = [
     ("data loss", ["export", "s.safetensors", "--out", "/dev/null"], 1, "not a regular file", None),
     (
         "data loss",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--out", "d"],
+        [*ALLOCATE, "--out", "d"],
         1,
         "is a directory",
         lambda b: (b / "d").mkdir(),
@@ -268,49 +271,49 @@ CASES = [
     # accepted before, giving wrong results
     (
         "wrong result",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--out", "o.st"],
+        [*ALLOCATE, "--out", "o.st"],
         1,
         "non-finite values",
         lambda b: forge_scores(b / "s.safetensors", nan_in_one_probe),
     ),
     (
         "wrong result",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--temp", "nan", "--out", "o.st"],
+        [*ALLOCATE, "--temp", "nan", "--out", "o.st"],
         1,
         "temp must be a finite number",
         None,
     ),
     (
         "wrong result",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--temp", "1e6", "--out", "o.st"],
+        [*ALLOCATE, "--temp", "1e6", "--out", "o.st"],
         1,
         "overflows",
         None,
     ),
     (
         "wrong result",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "below the window",
         lambda b: forge_alloc(b / "a.safetensors", lambda t: torch.zeros_like(t)),
     ),
     (
         "wrong result",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "below the window",
         lambda b: forge_alloc(b / "a.safetensors", lambda t: t - 100),
     ),
     (
         "wrong result",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "window 100000",
         lambda b: forge_alloc(b / "a.safetensors", meta=lambda h: h.__setitem__("window", 100000)),
     ),
     (
         "wrong result",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "window",
         lambda b: forge_alloc(b / "a.safetensors", meta=lambda h: h.__setitem__("window", -3)),
@@ -474,28 +477,28 @@ CASES = [
     ("internal", ["run", "--context", "x", "--question", "\udcff?"], 1, "--question contains bytes", None),
     (
         "internal",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--beta", "nan", "--out", "o.st"],
+        [*ALLOCATE, "--beta", "nan", "--out", "o.st"],
         1,
         "beta must be a finite",
         None,
     ),
     (
         "internal",
-        ["allocate", "--scores", "s.safetensors", "--budget", "128", "--beta", "inf", "--out", "o.st"],
+        [*ALLOCATE, "--beta", "inf", "--out", "o.st"],
         1,
         "beta must be a finite",
         None,
     ),
     (
         "internal",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "integer budgets",
         lambda b: forge_alloc(b / "a.safetensors", lambda t: t.float()),
     ),
     (
         "internal",
-        ["run", "--alloc", "a.safetensors", "--context", "x", "--question", "y"],
+        RUN_ALLOC,
         1,
         "shape",
         lambda b: forge_alloc(b / "a.safetensors", lambda t: t[:3]),
