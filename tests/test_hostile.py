@@ -252,6 +252,24 @@ CASES = [
     ("data loss", ["merge", "s.safetensors", "--out", "s.safetensors"], 1, "also an input", None),
     ("data loss", ["import", "s.json", "--model", "llama3-8b", "--out", "s.json"], 1, "also an input", None),
     ("data loss", ["export", "s.safetensors", "--out", "/dev/full"], 1, "not a regular file", None),
+    ("data loss", ["eval", "--task", "task.jsonl", "--report", "task.jsonl"], 1, "also an input", None),
+    ("data loss", ["eval", "--task", "task.jsonl", "--cache", "./task.jsonl"], 1, "also an input", None),
+    (
+        "data loss",
+        ["eval", "--task", "ruler:niah_single_2", "--haystack", "h.txt", "--report", "h.txt"],
+        1,
+        "also an input",
+        write("h.txt", "An essay sentence of some length. " * 40),
+    ),
+    (
+        "data loss",
+        ["tasks", "build", "ruler:niah_single_2", "--haystack", "h.txt", "--out", "h.txt"],
+        1,
+        "also an input",
+        write("h.txt", "An essay sentence of some length. " * 40),
+    ),
+    ("data loss", ["tasks", "build", "ruler:vt", "--out", "/dev/null"], 1, "not a regular file", None),
+    ("data loss", ["tasks", "build", "ruler:vt", "--out", "d"], 1, "is a directory", lambda b: (b / "d").mkdir()),
     ("data loss", ["export", "s.safetensors", "--out", "/dev/null"], 1, "not a regular file", None),
     (
         "data loss",
@@ -386,6 +404,21 @@ CASES = [
         write("t.jsonl", json.dumps({"context": "c", "input": "q", "answers": [None]})),
     ),
     ("wrong result", ["merge", "s.safetensors", "s.safetensors", "--out", "m.st"], 1, "PART lists", None),
+    (
+        "wrong result",
+        ["eval", "--task", "t.jsonl"],
+        1,
+        "row id a twice",
+        write("t.jsonl", 2 * (json.dumps({"_id": "a", "context": "c", "input": "q", "answers": ["x"]}) + "\n")),
+    ),
+    (
+        "internal",
+        ["eval", "--task", "t.jsonl"],
+        1,
+        "lone surrogate",
+        write("t.jsonl", '{"context": "c\\ud800", "input": "q", "answers": ["x"]}'),
+    ),
+    ("internal", ["eval", "--task", "t.jsonl"], 1, "nested too deeply", write("t.jsonl", deep_json(100000))),
     # internal errors before
     (
         "internal",
@@ -542,6 +575,15 @@ CASES = [
     ),
     ("late", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl"], 1, "two needles", one_needle_scores),
     ("late", ["probes", "build", "--lengths", "-5"], 1, "must be positive", None),
+    ("late", ["tasks", "build", "ruler:vt", "--out", "f/t.jsonl"], 1, "not writable", write("f", "x")),
+    ("late", ["eval", "--task", "ruler:vt", "--lengths", "10000000"], 1, "exceeds the model's context window", None),
+    ("late", ["eval", "--task", "ruler:vt", "--lengths", "0"], 1, "--lengths must be positive", None),
+    ("late", ["eval", "--task", "ruler:vt", "--lengths", "512,512"], 1, "repeated --lengths", None),
+    ("late", ["eval", "--task", "ruler:vt", "--samples", "0"], 1, "--samples must be at least 1", None),
+    ("late", ["eval", "--task", "ruler:niah_single_2", "--haystack", "none.txt"], 1, "haystack none.txt not", None),
+    ("late", ["tasks", "build", "ruler:niah_single_2", "--haystack", "none.txt"], 1, "haystack none.txt not", None),
+    ("late", ["eval", "--task", "ruler:qa_1"], 1, "not available offline", None),
+    ("late", ["eval", "--task", "task.jsonl", "--max-length", "0"], 1, "--max-length must be", None),
     ("late", ["probes", "build", "--depths", "150"], 1, "percent", None),
     # malformed values headprof parses itself: exit 2, like typer's usage errors
     ("usage", ["probes", "build", "--lengths", "abc"], 2, "Invalid value for '--lengths'", None),
@@ -555,6 +597,11 @@ CASES = [
     ("usage", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl", "--top", "inf%"], 2, "--top", None),
     ("usage", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl", "--top", "abc"], 2, "--top", None),
     ("usage", ["allocate", "--budget", "many"], 2, "Invalid value for '--budget'", None),
+    ("usage", ["eval", "--task", "ruler:vt", "--lengths", "abc"], 2, "Invalid value for '--lengths'", None),
+    ("usage", ["eval", "--task", "ruler:vt", "--lengths", "1e3"], 2, "Invalid value for '--lengths'", None),
+    ("usage", ["eval", "--task", "ruler:vt", "--samples", "two"], 2, "Invalid value for '--samples'", None),
+    ("usage", ["eval", "--task", "task.jsonl", "--max-length", "1.5"], 2, "Invalid value for '--max-length'", None),
+    ("usage", ["tasks", "build", "ruler:vt", "--lengths", "1k"], 2, "Invalid value for '--lengths'", None),
 ]
 
 

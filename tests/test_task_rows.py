@@ -37,6 +37,13 @@ def _write(tmp_path, *rows) -> str:
         ({"context": "x", "input": "q", "answers": ["a"], "dataset": 3}, "'dataset' must be a string"),
         ({"context": "x"}, "line 1: needs context, input, answers (missing input, answers)"),
         ("[1, 2]", "line 1: expected a JSON object"),
+        ({"context": "x", "input": "q", "answers": [""]}, "line 1: 'answers' holds an empty string"),
+        ('{"context": "x", "input": "q", "answers": [NaN]}', "line 1: 'answers' must be a non-empty list"),
+        ({"context": "x", "input": "q\ud800", "answers": ["a"]}, "line 1: 'input' holds a lone surrogate"),
+        ({"context": "x", "input": "q", "answers": ["a"], "_id": {"a": 1}}, "'_id' must be a string or an integer"),
+        ({"context": "x", "input": "q", "answers": ["a"], "language": 7}, "'language' must be a string"),
+        ({"context": "x", "input": "q", "answers": ["a"], "length": -3}, "'length' must be a non-negative integer"),
+        ({"context": "x", "input": "q", "answers": ["a"], "max_new_tokens": 0}, "'max_new_tokens' must be a positive"),
         ("{oops", "line 1: not valid JSON"),
     ],
 )
@@ -65,6 +72,9 @@ def test_reading_accepts_longbench_rows(tmp_path):
     assert second.answers == ("12",) and second.id == "task-2"
     with pytest.raises(HeadprofError, match="not found"):
         read_task_file(tmp_path / "none.jsonl")
+    row = {"context": "c", "input": "q", "answers": ["a"], "_id": 7}
+    with pytest.raises(HeadprofError, match="row id 7 twice"):
+        read_task_file(_write(tmp_path, row, row))
 
 
 def test_longbench_prompts(tokenizer):

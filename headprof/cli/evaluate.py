@@ -111,6 +111,10 @@ def eval_(
         raise HeadprofError("--max-length must be a positive number of tokens")
     ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
     source = TaskSource.parse(task, ruler) if task else None
+    if source and source.ruler:  # lengths beyond the model's window fail now, not after it loads
+        from headprof.models.loading import model_info
+
+        source.ruler.validate(model_info(model).max_context)
     probe_files = probes or ([] if task else [common.default_eval_probes(model)])
     probe_list = E.read_inputs(probe_files)
     default_scores = workspace.find_input(model, workspace.scores_file(model)).path

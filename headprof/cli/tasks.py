@@ -36,17 +36,19 @@ def build(
     from headprof.errors import HeadprofError
     from headprof.models.loading import load_tokenizer, quiet_transformers
     from headprof.tasks import RulerConfig, TaskSource, is_ruler_spec, write_task_file
+    from headprof.validation import check_outputs
 
     if not is_ruler_spec(spec):
         raise HeadprofError(f"tasks build makes RULER rows: give ruler or ruler:TASK[,TASK], got '{spec}'")
     source = TaskSource.parse(
         spec, RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
     )
+    out_file = out_file or workspace.model_dir(model) / "tasks.jsonl"
+    check_outputs([("--out", out_file)], source.inputs)
     quiet_transformers()
     with render.status(f"loading the tokenizer of {model} ..."):
         tokenizer, info = load_tokenizer(model)
     rows, skipped = source.load(tokenizer, info.max_context)
-    out_file = out_file or workspace.model_dir(model) / "tasks.jsonl"
     write_task_file(out_file, rows)
     per_task = {name: sum(r.dataset == name for r in rows) for name in dict.fromkeys(r.dataset for r in rows)}
     if as_json:
