@@ -815,6 +815,28 @@ def test_int_lists(text, error):
         assert validation.int_list(text, "--x") == [int(x) for x in text.split(",") if x.strip()]
 
 
+def test_sliding_window_layers_are_not_budgeted_and_their_rows_checked():
+    """Models with sliding-window layers (families) allocate over the global layers only: a window layer's
+    row is 0, which must load; a forged budget there, or a malformed layer list, must not."""
+    budgets = torch.full((3, 2), 64)
+    budgets[1] = 0
+    validation.budget_table(budgets, "budgets", (3, 2), 8, 1024, window_layers=[1])
+    budgets[1] = 64
+    with pytest.raises(HeadprofError, match=r"sliding-window layers \[1\]"):
+        validation.budget_table(budgets, "budgets", (3, 2), 8, 1024, window_layers=[1])
+    block = {"model_id": "m", "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "head_dim": 8, "max_context": 64}
+    kinds = ["sliding_attention", "full_attention"]
+    assert validation.model_info({**block, "layer_types": kinds, "sliding_window": 16}, "a").window_layers == [0]
+    for bad, message in [
+        ({"layer_types": "sliding"}, "layer_types must be a list"),
+        ({"layer_types": kinds[:1]}, "layer_types has 1 entries"),
+        ({"layer_types": [1, 2]}, "layer_types must be a list of strings"),
+        ({"sliding_window": -1}, "sliding_window must be an integer"),
+    ]:
+        with pytest.raises(HeadprofError, match=message):
+            validation.model_info({**block, **bad}, "a")
+
+
 def test_needle_span_on_template_tokens_is_refused():
     from headprof.models.loading import load_tokenizer
     from headprof.probes import Probe, encode_probe
