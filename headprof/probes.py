@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headprof import validation
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path
 from headprof.models.spec import resolve_model
@@ -97,11 +98,8 @@ class Probe:
             value = data[key]
             if type(value) not in kinds:
                 raise ValueError(f"field '{key}' must be {' or '.join(k.__name__ for k in kinds)}")
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError(f"field '{key}' holds a lone surrogate, not text") from None
+            if isinstance(value, str) and not validation.is_text(value):
+                raise ValueError(f"field '{key}' holds a lone surrogate, not text")
         if "extra" in data and not isinstance(data["extra"], dict):
             raise ValueError("field 'extra' must be an object")
         if "tokenizer" in data and not isinstance(data["tokenizer"], str):

@@ -146,12 +146,20 @@ def budget_and_window(budget: int, window: int, what: str = "") -> None:
         raise HeadprofError(f"{what}budget {budget} must be larger than the window {window}")
 
 
-def text(value: str, option: str) -> str:
-    """User text that must be real Unicode (argv bytes that are not UTF-8 arrive as lone surrogates)."""
+def is_text(value: str) -> bool:
+    """Real Unicode a tokenizer can encode: argv bytes that are not UTF-8, and JSON's `\\ud800` escapes,
+    arrive as lone surrogates, which are not."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise HeadprofError(f"{option} contains bytes that are not UTF-8 text") from None
+        return False
+    return True
+
+
+def text(value: str, option: str) -> str:
+    """User text that must be real Unicode (`is_text`)."""
+    if not is_text(value):
+        raise HeadprofError(f"{option} contains bytes that are not UTF-8 text")
     return value
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path
+from headprof.validation import is_text
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,8 @@ class TaskRow:
 
 
 def _text(value: str, name: str) -> str:
-    """Text a tokenizer can encode: JSON's `\\ud800` escapes decode to lone surrogates, which are not."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"'{name}' holds a lone surrogate, not text") from None
+    if not is_text(value):
+        raise ValueError(f"'{name}' holds a lone surrogate, not text")
     return value
 
 
