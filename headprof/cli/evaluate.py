@@ -142,6 +142,7 @@ def eval_(
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
     if png:
         payload["png"] = [str(png), str(E.write_figures(records, results, png, loaded.info.model_id))]
+    payload = render.finite(payload)  # the report is strict JSON too: a NaN after all that work is not a crash
     if report:
         write_text_atomic(report, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     if as_json:

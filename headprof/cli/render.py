@@ -61,12 +61,17 @@ def strict_json(payload: Any) -> tuple[Any, list[str]]:
     return walk(payload, ""), replaced
 
 
-def emit(payload: dict[str, Any]) -> None:
-    """The `--json` output: exactly one strict JSON object on one stdout line (NaN/inf become null, with a notice)."""
+def finite(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` ready for strict JSON (a file or `--json`): NaN/inf become null, with a notice naming them."""
     clean, replaced = strict_json(payload)
     if replaced:
         notice(f"not a finite number, written as null: {', '.join(replaced[:5])}{' ...' if len(replaced) > 5 else ''}")
-    sys.stdout.write(json.dumps(clean, allow_nan=False) + "\n")
+    return clean
+
+
+def emit(payload: dict[str, Any]) -> None:
+    """The `--json` output: exactly one strict JSON object on one stdout line (`finite`)."""
+    sys.stdout.write(json.dumps(finite(payload), allow_nan=False) + "\n")
 
 
 def error(message: str) -> None:
