@@ -1,6 +1,7 @@
 """Regenerate benchmarks/RESULTS.md and the README figures for the embedded model.
 
-    python benchmarks/results.py            # about 1.5 hours on 2 CPU cores; results are cached
+    python benchmarks/results.py               # about 1.5 hours on 2 CPU cores; results are cached
+    python benchmarks/results.py --plots-only  # redraw docs/accuracy*.png from the cached results, no model
 
 1. the evaluation probe set headprof/data/reference/smollm2-135m/eval-probes.jsonl (8 evaluation
    needles, disjoint from the scoring needles, x 1024/2048 tokens x depths 25/75), built if missing
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from headprof import evaluation as E
@@ -35,6 +37,9 @@ MODEL = "smollm2-135m"
 REFERENCE = workspace.reference_file(MODEL, "scores.safetensors")
 EVAL_PROBES = workspace.reference_file(MODEL, "eval-probes.jsonl")
 EVAL_CACHE = workspace.eval_cache_file(MODEL)
+RESULTS_JSON = Path("benchmarks/results.json")
+# The main sweep's per-item results (one EvalRecord per line): what the needle figure is drawn from.
+RECORDS_JSONL = Path("benchmarks/results-records.jsonl")
 METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip")
 
 
@@ -44,6 +49,23 @@ def _table(results: list[dict], budgets: list[int], methods: tuple[str, ...] = M
     return "\n".join(header + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _title(n_items: int, window: int) -> str:
+    return f"SmolLM2-135M, {n_items} retrieval probes (1k/2k tokens), window {window}"
+
+
+def plots_only() -> None:
+    """Redraw the accuracy figures from the cached results, without loading the model: the accuracy figure
+    from benchmarks/results.json, the needle figure only when the per-item records file is there."""
+    payload = json.loads(RESULTS_JSON.read_text())
+    records = []
+    if RECORDS_JSONL.is_file():
+        records = [E.EvalRecord(**json.loads(line)) for line in RECORDS_JSONL.read_text().splitlines() if line]
+    needles = E.write_figures(
+        records, payload["results"], "docs/accuracy.png", _title(payload["n_items"], payload["window"]), 128
+    )
+    print("wrote docs/accuracy.png" + (f" and {needles}" if records else f" ({RECORDS_JSONL} missing: {needles} kept)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="64,128,256,512")
@@ -51,7 +73,11 @@ def main() -> None:
     parser.add_argument("--small-window-budgets", default="32,64,128,256")
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from the cache")
     args = parser.parse_args()
+    if args.plots_only:
+        plots_only()
+        return
     budgets = [int(b) for b in args.budgets.split(",")]
     started = time.time()
     loaded = load_model(MODEL, device="cpu")
@@ -75,9 +101,10 @@ def main() -> None:
         records,
         results,
         "docs/accuracy.png",
-        f"SmolLM2-135M, {len(items)} retrieval probes (1k/2k tokens), window {args.window}",
+        _title(len(items), args.window),
         128,
     )
+    write_text_atomic(RECORDS_JSONL, "".join(json.dumps(asdict(r)) + "\n" for r in records))
     small_budgets = [int(b) for b in args.small_window_budgets.split(",")]
     small = E.summarize(
         E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24), reference, EVAL_CACHE)
@@ -109,7 +136,7 @@ def main() -> None:
         "n_items": len(items),
         "minutes": round((time.time() - started) / 60, 1),
     }
-    write_text_atomic("benchmarks/results.json", json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(RESULTS_JSON, json.dumps(payload, indent=1) + "\n")
     random_masked = f"{ablation['random_masked_mean']:.2f} ± {ablation['random_masked_std']:.2f}"
     agreement = {
         name: f"{row['spearman']:.3f} | {row['top10_overlap']:.0%}"

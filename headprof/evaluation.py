@@ -28,6 +28,7 @@ from headprof.artifacts import ScoreArtifact
 from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
 from headprof.heads import rank_agreement, ranked_heads
+from headprof.intervals import wilson_interval
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, context_span, encode_text, load_probes
@@ -39,6 +40,8 @@ from headprof.tasks.rows import TaskRow, read_task_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from headprof.plots import AccuracyPoint
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,20 @@ def task_cells(
     return header, rows
 
 
+def accuracy_points(results: Sequence[dict[str, Any]]) -> dict[str, list[AccuracyPoint]]:
+    """Figure points per method from `summarize` rows (or the same rows read back from a results file), each
+    with the 95% Wilson interval of its exact-match accuracy over its `n` items (exact match is yes/no per
+    item, so the accuracy is a binomial proportion)."""
+    from headprof.plots import AccuracyPoint
+
+    points: dict[str, list[AccuracyPoint]] = defaultdict(list)
+    for r in results:
+        successes = round(r["accuracy"] * r["n"])
+        interval = wilson_interval(successes, r["n"])
+        points[r["method"]].append(AccuracyPoint(r["kv_bytes"], r["accuracy"], r["budget"], interval))
+    return points
+
+
 def write_figures(
     records: Sequence[EvalRecord],
     results: Sequence[dict[str, Any]],
@@ -421,19 +438,17 @@ def write_figures(
     title: str,
     grid_budget: int | None = None,
 ) -> Path:
-    """Accuracy vs KV bytes (one line per method, full cache as reference) at `png`, and a length x depth
-    needle heatmap per method at `<png>-needles.png` (at `grid_budget`, default the middle budget)."""
+    """Accuracy vs KV bytes (one line per method, full cache as reference, 95% Wilson interval bars) at `png`,
+    and a length x depth needle heatmap per method at `<png>-needles.png` (at `grid_budget`, default the middle
+    budget) when `records` hold needle probes."""
     from headprof import plots
 
     png = Path(png)
-    curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    full = None
-    for r in results:
-        if r["method"] == "full":
-            full = (r["kv_bytes"], r["accuracy"])
-        else:
-            curves[r["method"]].append((r["kv_bytes"], r["accuracy"]))
-    plots.accuracy_vs_bytes(curves, full, png, f"{title}: accuracy vs KV cache")
+    curves = accuracy_points(results)
+    full = curves.pop("full", [None])[0]
+    sizes = sorted({r["n"] for r in results})
+    note = f"bars: 95% Wilson score interval of each accuracy over its {'/'.join(map(str, sizes))} items"
+    plots.accuracy_vs_bytes(curves, full, png, f"{title}: accuracy vs KV cache", note)
     budgets = sorted({r.budget for r in records if r.budget is not None})
     chosen = grid_budget if grid_budget is not None else (budgets[len(budgets) // 2] if budgets else None)
     grids, lengths, depths = {}, [], []
