@@ -29,11 +29,30 @@ ALLOC_FORMAT = "headprof.alloc/1"
 METHODS = ("retrieval", "r2")
 
 
+def polarity_counted(right: torch.Tensor, kinds: list[str], groups: list[str], positions: list[str]) -> torch.Tensor:
+    """Which probes count: right answers; a reasoning probe only when every probe of its needle at its
+    position (the needle asked the other way round: older/younger, ...) is right too, so that an answer
+    found by position or by ignoring the comparison does not count."""
+    together: dict[tuple[str, str], bool] = {}
+    for ok, kind, group, position in zip(right.tolist(), kinds, groups, positions):
+        if kind == "reasoning":
+            together[(group, position)] = together.get((group, position), True) and ok
+    return torch.tensor(
+        [
+            ok and (kind != "reasoning" or together[(group, position)])
+            for ok, kind, group, position in zip(right.tolist(), kinds, groups, positions)
+        ],
+        dtype=torch.bool,
+    )
+
+
 @dataclass
 class ScoreArtifact:
     """Per-probe head scores of one model on one probe set.
 
     `meta` holds the run description: mode, parameters, probe_set_sha256, shard, created, version.
+    `groups` are the probes' needle keys (`probes.needle_key`; older artifacts: the needle id in the
+    probe id); `right` says which answers were right, `counted` which probes count (`polarity_counted`).
     """
 
     model: ModelInfo
@@ -42,6 +61,19 @@ class ScoreArtifact:
     counted: torch.Tensor
     per_probe: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+    right: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.groups:  # probe ids are "<needle>@<length>@<depth>"
+            self.groups = [pid.split("@")[0] for pid in self.probe_ids]
+        if self.right is None:
+            self.right = self.counted.clone()
+
+    @property
+    def positions(self) -> list[str]:
+        """`<length>@<depth>` of every probe, from its id."""
+        return [pid.partition("@")[2] for pid in self.probe_ids]
 
     @property
     def methods(self) -> list[str]:
@@ -62,15 +94,17 @@ class ScoreArtifact:
         return rows.mean(dim=0)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Probes total / counted per kind."""
+        """Probes total / answered right / counted per kind (they differ in generate mode only)."""
         out: dict[str, dict[str, int]] = {}
-        for kind, counted in zip(self.probe_kinds, self.counted.tolist()):
-            entry = out.setdefault(kind, {"total": 0, "counted": 0})
+        for kind, right, counted in zip(self.probe_kinds, self.right.tolist(), self.counted.tolist()):
+            entry = out.setdefault(kind, {"total": 0, "right": 0, "counted": 0})
             entry["total"] += 1
+            entry["right"] += int(right)
             entry["counted"] += int(counted)
         return out
 
     def subset(self, keep: list[int]) -> ScoreArtifact:
+        """The artifact of some probes (`counted` as stored: the polarity rule is not re-applied)."""
         index = torch.tensor(keep, dtype=torch.long)
         return ScoreArtifact(
             self.model,
@@ -79,6 +113,8 @@ class ScoreArtifact:
             self.counted[index],
             {m: t[index] for m, t in self.per_probe.items()},
             dict(self.meta),
+            [self.groups[i] for i in keep],
+            self.right[index],
         )
 
 
@@ -187,7 +223,10 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
 def save_scores(path: str | Path, art: ScoreArtifact) -> None:
     """Write a score artifact atomically, checking its shapes (means are stored next to the per-probe rows)."""
     n_probes = len(art.probe_ids)
-    tensors = {"counted": art.counted.to(torch.uint8).contiguous()}
+    tensors = {
+        "counted": art.counted.to(torch.uint8).contiguous(),
+        "right": art.right.to(torch.uint8).contiguous(),
+    }
     for method, rows in art.per_probe.items():
         if rows.shape != (n_probes, art.model.n_layers, art.model.n_heads):
             raise HeadprofError(
@@ -196,7 +235,9 @@ def save_scores(path: str | Path, art: ScoreArtifact) -> None:
             )
         tensors[f"per_probe.{method}"] = rows.float().contiguous()
         tensors[method] = art.scores(method).float().contiguous()
-    meta = dict(art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, counts=art.counts())
+    meta = dict(
+        art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, probe_groups=art.groups, counts=art.counts()
+    )
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=_header(SCORES_FORMAT, art.model, meta))
 
@@ -207,19 +248,26 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     try:
         model = ModelInfo(**meta.pop("model"))
         probe_ids, kinds = meta.pop("probe_ids"), meta.pop("probe_kinds")
+        groups = meta.pop("probe_groups", None) or []
         meta.pop("counts", None)
         per_probe = {m: tensors[f"per_probe.{m}"] for m in METHODS if f"per_probe.{m}" in tensors}
         counted = tensors["counted"].bool()
+        right = tensors["right"].bool() if "right" in tensors else None
     except (KeyError, TypeError) as exc:
         raise HeadprofError(f"artifact {path} is missing {exc}") from None
     expected = (len(probe_ids), model.n_layers, model.n_heads)
     for method, rows in per_probe.items():
         if tuple(rows.shape) != expected:
             raise HeadprofError(f"artifact {path}: {method} scores have shape {tuple(rows.shape)}, expected {expected}")
-    if not per_probe or counted.shape != (len(probe_ids),):
+    if (
+        not per_probe
+        or counted.shape != (len(probe_ids),)
+        or (right is not None and right.shape != counted.shape)
+        or (groups and len(groups) != len(probe_ids))
+    ):
         raise HeadprofError(f"artifact {path} has no scores or inconsistent probe counts")
     meta["sha256"] = sha256_file(path)
-    return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta)
+    return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta, groups, right)
 
 
 def save_alloc(path: str | Path, art: AllocArtifact) -> None:
@@ -281,15 +329,13 @@ def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) 
         )
     order = [rows[i] for i in wanted]
     per_probe = {m: torch.stack([p.per_probe[m][pos] for p, pos in order]) for m in first.per_probe}
+    ids, kinds = [p.probe_ids[pos] for p, pos in order], [p.probe_kinds[pos] for p, pos in order]
+    groups = [p.groups[pos] for p, pos in order]
+    right = torch.stack([p.right[pos] for p, pos in order])
     meta = {k: v for k, v in first.meta.items() if k not in ("shard", "sha256")}
     if len({p.meta.get("shard") for p in parts}) == 1 and first.meta.get("shard"):
         meta["shard"] = first.meta["shard"]
     meta.update(answers=[p.meta["answers"][pos] for p, pos in order], probe_indices=wanted)
-    return ScoreArtifact(
-        first.model,
-        [p.probe_ids[pos] for p, pos in order],
-        [p.probe_kinds[pos] for p, pos in order],
-        torch.stack([p.counted[pos] for p, pos in order]),
-        per_probe,
-        meta,
-    )
+    # a reasoning needle's two polarities may sit in different shards: count them once joined
+    counted = polarity_counted(right, kinds, groups, [pid.partition("@")[2] for pid in ids])
+    return ScoreArtifact(first.model, ids, kinds, counted, per_probe, meta, groups, right)
