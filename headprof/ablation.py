@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from headprof.models.loading import LoadedModel
 
 ABLATIONS = ("mean", "zero")
-DEFAULT_SIZES = "1%,2%,5%,10%"
 
 
 @dataclass(frozen=True)

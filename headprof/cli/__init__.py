@@ -2,7 +2,7 @@
 
 Each command parses its options (`options.py`), calls the library, and hands what it got to
 `render.py`, the one module that prints. Command modules: `probes`, `score`, `allocate`, `show`,
-`run`, `evaluate` (eval, ablate), `interop` (merge, import, export, compare).
+`run`, `evaluate` (eval, ablate), `check` (the score drift gate), `interop` (merge, import, export, compare).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from headprof import workspace
-from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show
+from headprof.cli import allocate, check, evaluate, interop, probes, render, run, score, show
 from headprof.errors import HeadprofError
 from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
@@ -54,9 +54,10 @@ probes_app.command("build", short_help="Build a probe set: needles x lengths x d
 app.command(short_help="Score every head on the probes (captured attention).")(score.score)
 app.command(short_help="Per-head KV budgets from head scores (HeadKV, uniform, PyramidKV).")(allocate.allocate)
 app.command(short_help="Top heads and a heatmap of a score or allocation artifact.")(show.show)
+app.command(short_help="Re-score a sample of a reference's probes; exit 1 if head scores drifted.")(check.check)
 app.command(short_help="Answer a question about a long context with a compressed KV cache.")(run.run)
 app.command("eval", short_help="Accuracy against KV bytes, every method x budget.")(evaluate.eval_)
-app.command(short_help="Mask the top heads (and random ones) and compare retrieval.")(evaluate.ablate)
+app.command(short_help="Mask the top heads (and matched random ones) and compare retrieval.")(evaluate.ablate)
 app.command(short_help="Join score shards into one artifact.")(interop.merge)
 app.command("import", short_help="Read a published head-score JSON into a score artifact.")(interop.import_)
 app.command(short_help="Write scores as HeadKV / Retrieval-head JSON.")(interop.export)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from headprof.ablation import DEFAULT_SIZES
 from headprof.cli import common, render
 from headprof.cli.options import (
     GQA_MESSAGE,
@@ -127,7 +126,7 @@ def ablate(
             metavar="<percent%|count,...>",
             help="Heads to mask, comma-separated: percents of all heads (5%) or counts.",
         ),
-    ] = DEFAULT_SIZES,
+    ] = "1%,2%,5%,10%",
     random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 10,
     ablation: Annotated[
         Ablation,

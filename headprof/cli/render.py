@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from headprof.allocation import BudgetSummary
+    from headprof.check import CheckReport
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -390,3 +391,37 @@ def agreement_table(title: str, rows: Sequence[dict[str, Any]]) -> None:
     """`compare`: top-k overlap per k, Spearman over all heads."""
     cells = [(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}") for r in rows]
     _table(title, ("top-k", "overlap", "Spearman (all heads)"), cells, justify="right")
+
+
+def check_report(report: CheckReport, junit: Path | None) -> None:
+    """`check`: one row per comparison, the heads that moved most when something failed, the verdict."""
+    for text in report.notices:
+        notice(text)
+    rows = [
+        (
+            case.name,
+            "[green]pass[/green]" if case.passed else "[red]DRIFT[/red]",
+            f"{case.value:.4g}",
+            f"{case.limit:g}",
+        )
+        for case in report.cases
+    ]
+    title = f"{report.reference} vs {report.model}, {report.mode} mode, {len(report.probes)} probes re-scored"
+    _table(title, ("check", "result", "value", "limit"), rows)
+    if not report.passed:
+        moved = [
+            (
+                m["score"],
+                f"L{m['layer']}H{m['head']}",
+                f"{m['reference']:.4f}",
+                f"{m['fresh']:.4f}",
+                f"{m['diff']:+.4f}",
+                f"{m['rank_reference']} -> {m['rank_fresh']}",
+            )
+            for m in report.moved
+        ]
+        _table("heads that moved most (sample means)", ("score", "head", "reference", "now", "change", "rank"), moved)
+    if junit:
+        out.print(f"wrote {junit}")
+    verdict = "[green]scores stable[/green]" if report.passed else "[red]scores drifted[/red]"
+    out.print(f"{verdict} ({report.seconds:.1f} s)")
