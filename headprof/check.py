@@ -166,7 +166,7 @@ def check_scores(
     score_config = ScoreConfig(
         tuple(ref.methods),
         mode,
-        params.get("span", "answer"),
+        params.get("span", "reference"),
         params.get("criterion", "f1"),
         float(params.get("threshold", 0.5)),
     )

@@ -2,7 +2,9 @@
 
 For every probe the model reads `prompt + answer`. At answer step t (token y_t being produced) each
 head has an attention row a_t over the visible positions, and the scoring span is a token range of
-the needle (`answer`: the answer inside the answer sentence, by default; `sentence`: the whole sentence):
+the needle: by default each score's reference span (`reference`: retrieval on the answer inside the
+answer sentence, the Retrieval-head code's `real_needle`; r2 on the whole answer sentence, HeadKV's
+`real_needle`), or `answer` / `sentence` for both:
 - retrieval (Wu et al.): the head copies if argmax a_t lies in the span on the token being produced
   (compared without a leading space marker, `probes.copy_keys`); probe score = copies / |span|.
 - r2 (HeadKV): with k = |span|, add a_t[j] / |span| for every top-k position j inside the span,
@@ -37,6 +39,12 @@ from headprof.models import LoadedModel
 from headprof.probes import SPANS, EncodedProbe, Probe, copy_keys, encode_probe, needle_key, probes_sha256
 
 MODES = ("teacher", "generate")
+# The scoring span of each score under `span="reference"`: the span its reference code scores.
+# Retrieval_Head (retrieval_head_detection.py, nightdessert/Retrieval_Head@3ac171a): `real_needle`, the answer
+# part of the needle; HeadKV R2 (retrieval_head_detection_r2.py, FYYFU/HeadKV@0862a09): `real_needle`, the whole
+# answer sentence.
+REFERENCE_SPANS = {"retrieval": "answer", "r2": "sentence"}
+SPAN_CHOICES = ("reference", *SPANS)
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,13 @@ class ScoreConfig:
 
     methods: tuple[str, ...] = METHODS
     mode: str = "teacher"
-    span: str = "answer"
+    span: str = "reference"
     criterion: str = "f1"
     threshold: float = 0.5
+
+    def span_of(self, method: str) -> str:
+        """The needle span (`answer` or `sentence`) that `method` is scored on."""
+        return REFERENCE_SPANS[method] if self.span == "reference" else self.span
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -55,8 +67,8 @@ class ScoreConfig:
             raise HeadprofError(f"unknown scoring method {', '.join(unknown) or '(none)'} (retrieval, r2, both)")
         if self.mode not in MODES:
             raise HeadprofError(f"unknown mode '{self.mode}' ({', '.join(MODES)})")
-        if self.span not in SPANS:
-            raise HeadprofError(f"unknown scoring span '{self.span}' ({', '.join(SPANS)})")
+        if self.span not in SPAN_CHOICES:
+            raise HeadprofError(f"unknown scoring span '{self.span}' ({', '.join(SPAN_CHOICES)})")
         if self.criterion not in CRITERIA:
             raise HeadprofError(f"unknown correctness criterion '{self.criterion}' ({', '.join(CRITERIA)})")
 
@@ -110,7 +122,8 @@ def r2_scores(mass: torch.Tensor) -> torch.Tensor:
 
 
 class _Recorder:
-    """Collects per-layer step statistics as attention rows arrive (one call per layer per forward)."""
+    """Collects per-layer step statistics as attention rows arrive (one call per layer per forward): the argmax
+    position, and the r2 mass on `span` (the r2 score's span)."""
 
     def __init__(self, n_layers: int, n_heads: int, n_steps: int, span: tuple[int, int]):
         self.span = span
@@ -131,9 +144,9 @@ class _Recorder:
 
 
 def _probe_scores(
-    recorder: _Recorder, prompt_keys: list[str], answer_keys: list[str], methods: Sequence[str]
+    recorder: _Recorder, enc: EncodedProbe, answer_keys: list[str], config: ScoreConfig
 ) -> dict[str, torch.Tensor]:
-    n = len(answer_keys)
+    n, prompt_keys, methods = len(answer_keys), enc.prompt_keys, config.methods
     out: dict[str, torch.Tensor] = {}
     if "retrieval" in methods:
         table = {key: i for i, key in enumerate(dict.fromkeys(prompt_keys + answer_keys))}
@@ -141,7 +154,7 @@ def _probe_scores(
             recorder.argmax[..., :n],
             torch.tensor([table[k] for k in answer_keys]),
             torch.tensor([table[k] for k in prompt_keys + answer_keys]),
-            recorder.span,
+            enc.span(config.span_of("retrieval")),
         )
     if "r2" in methods:
         out["r2"] = r2_scores(recorder.mass[..., :n])
@@ -152,9 +165,8 @@ def _probe_scores(
 def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> ProbeResult:
     """Score one probe; the model must be inside an `AttentionCapture` block."""
     info, model, device, tokenizer = loaded.info, loaded.model, loaded.device, loaded.tokenizer
-    probe, span = enc.probe, enc.span(config.span)
-    n_target = len(enc.target_ids)
-    recorder = _Recorder(info.n_layers, info.n_heads, n_target, span)
+    probe, n_target = enc.probe, len(enc.target_ids)
+    recorder = _Recorder(info.n_layers, info.n_heads, n_target, enc.span(config.span_of("r2")))
     if config.mode == "teacher":
         answer_ids = enc.target_ids
         inputs = torch.tensor([enc.prompt_ids + answer_ids[:-1]], device=device)
@@ -183,7 +195,7 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
         right = bool(answer_ids) and criterion.metric(answer, reference) > config.threshold
     if answer_ids:
-        scores = _probe_scores(recorder, enc.prompt_keys, answer_keys, config.methods)
+        scores = _probe_scores(recorder, enc, answer_keys, config)
     else:  # the model ended its answer at once: no answer step to score
         scores = {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
     return ProbeResult(

@@ -167,7 +167,10 @@ def test_answer_span_is_the_answer_and_its_first_step_can_be_a_copy(loaded, tiny
     with AttentionCapture(loaded.model):
         by_answer = score_probe(loaded, enc, ScoreConfig(span="answer"))
         by_sentence = score_probe(loaded, enc, ScoreConfig(span="sentence"))
+        by_reference = score_probe(loaded, enc, ScoreConfig())  # each score on its reference code's span
     assert not torch.equal(by_answer.scores["r2"], by_sentence.scores["r2"])
+    assert torch.equal(by_reference.scores["retrieval"], by_answer.scores["retrieval"])
+    assert torch.equal(by_reference.scores["r2"], by_sentence.scores["r2"])
 
 
 def test_generate_mode_stops_at_the_target_length_and_counts_f1(loaded, tiny_probes):
@@ -196,7 +199,7 @@ def test_generate_mode_scores_the_answer_steps_without_the_eos_step(loaded, tiny
     long_cap = replace(probe, target=probe.target + " It was written down long ago by the vault keeper himself.")
     enc = encode_probe(loaded.tokenizer, long_cap)
     with AttentionCapture(loaded.model):
-        result = score_probe(loaded, enc, ScoreConfig(mode="generate"))
+        result = score_probe(loaded, enc, ScoreConfig(mode="generate", span="answer"))
     answer_ids = loaded.tokenizer(result.answer, add_special_tokens=False)["input_ids"]
     assert 0 < len(answer_ids) < len(enc.target_ids)  # stopped by EOS, not by the cap
     rows = _captured(loaded, enc.prompt_ids + answer_ids[:-1], len(answer_ids))

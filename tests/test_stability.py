@@ -35,7 +35,7 @@ def test_committed_probe_set_rebuilds_identically(tokenizer):
 @pytest.mark.parametrize("mode, sample", [("teacher", 4), ("generate", 2)])
 def test_rescoring_reproduces_the_reference(loaded, mode, sample):
     reference = load_scores(REFERENCES[mode])
-    assert reference.meta["mode"] == mode and reference.meta["params"]["span"] == "answer"
+    assert reference.meta["mode"] == mode and reference.meta["params"]["span"] == "reference"
     assert reference.model.fingerprint == loaded.info.fingerprint
     report = assert_scores_stable(REFERENCES[mode], model=loaded, probes=PROBES, sample=sample, mode=mode)
     assert len(report.probes) == sample and {"r2.rows", "retrieval.rows"} <= {c.name for c in report.cases}

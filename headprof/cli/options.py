@@ -53,8 +53,9 @@ class Criterion(str, Enum):
 
 
 class Span(str, Enum):
-    """Which needle tokens the head scores measure: the answer, or the whole answer sentence."""
+    """Which needle tokens the head scores measure: each score's reference span, the answer, or its sentence."""
 
+    reference = "reference"
     answer = "answer"
     sentence = "sentence"
 
