@@ -173,6 +173,7 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         with AttentionCapture.rows(n_target, recorder):
             model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
         answer_keys, right = enc.target_keys, True
+        answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
     else:
         inputs = torch.tensor([enc.prompt_ids], device=device)
         with AttentionCapture.rows(1, recorder):
@@ -198,15 +199,7 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         scores = _probe_scores(recorder, enc, answer_keys, config)
     else:  # the model ended its answer at once: no answer step to score
         scores = {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
-    return ProbeResult(
-        probe.id,
-        probe.kind,
-        right,
-        scores,
-        tokenizer.decode(answer_ids, skip_special_tokens=True),
-        needle_key(probe),
-        probe.position,
-    )
+    return ProbeResult(probe.id, probe.kind, right, scores, answer, needle_key(probe), probe.position)
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
