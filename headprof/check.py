@@ -114,11 +114,12 @@ def sample_indices(reference: ScoreArtifact, n: int) -> list[int]:
 
 
 def _moved(ref: torch.Tensor, fresh: torch.Tensor, n_heads: int, limit: int = 10) -> list[dict[str, Any]]:
-    """The heads whose sample-mean score changed most, with both values and ranks."""
+    """The heads whose sample-mean score changed most (unchanged heads are not listed), with both values and ranks."""
     flat_ref, flat_fresh = ref.flatten(), fresh.flatten()
     rank_ref = {h: r for r, h in enumerate(ranked_heads(ref), 1)}
     rank_fresh = {h: r for r, h in enumerate(ranked_heads(fresh), 1)}
-    order = torch.argsort((flat_fresh - flat_ref).abs(), descending=True, stable=True)[:limit].tolist()
+    change = (flat_fresh - flat_ref).abs()
+    order = [h for h in torch.argsort(change, descending=True, stable=True)[:limit].tolist() if change[h] > 0]
     return [
         {
             "layer": h // n_heads,

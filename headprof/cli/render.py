@@ -192,7 +192,9 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], justify: str = "left", **kw: Any) -> None:
+def _table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str | Text]], justify: str = "left", **kw: Any
+) -> None:
     table = Table(title=title, **kw)
     for column in columns:
         table.add_column(column, justify=justify)
@@ -400,7 +402,7 @@ def check_report(report: CheckReport, junit: Path | None) -> None:
     rows = [
         (
             case.name,
-            "[green]pass[/green]" if case.passed else "[red]DRIFT[/red]",
+            Text("pass", style="green") if case.passed else Text("DRIFT", style="red"),
             f"{case.value:.4g}",
             f"{case.limit:g}",
         )
@@ -423,5 +425,5 @@ def check_report(report: CheckReport, junit: Path | None) -> None:
         _table("heads that moved most (sample means)", ("score", "head", "reference", "now", "change", "rank"), moved)
     if junit:
         out.print(f"wrote {junit}")
-    verdict = "[green]scores stable[/green]" if report.passed else "[red]scores drifted[/red]"
-    out.print(f"{verdict} ({report.seconds:.1f} s)")
+    verdict = Text("scores stable", style="green") if report.passed else Text("scores drifted", style="red")
+    out.print(Text.assemble(verdict, f" ({report.seconds:.1f} s)"))
