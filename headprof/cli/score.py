@@ -50,9 +50,11 @@ def score(
     span: Annotated[
         Span,
         choice(
-            Span, "unknown scoring span '{value}' ({choices})", "Needle tokens scored: the answer, or its sentence."
+            Span,
+            "unknown scoring span '{value}' ({choices})",
+            "Needle tokens scored. reference: each score's own (retrieval: the answer, r2: its sentence).",
         ),
-    ] = Span.answer,
+    ] = Span.reference,
     criterion: Annotated[
         Criterion,
         choice(
