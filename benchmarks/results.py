@@ -9,10 +9,12 @@
 2. every method x budget 64/128/256/512 (window 32), exact match and KV bytes -> table,
    docs/accuracy.png, docs/accuracy-needles.png; and every method again with window 8 at
    32/64/128/256, to show what a window that no longer reaches the question does;
-3. head ablation: top 5% of heads by r2 vs 5 random sets of 5%;
-4. rank agreement of scores: two disjoint halves of the scoring needles, and built-in vs another
+3. head ablation, a dose-response: the top 1/2/5/10% of heads by r2 mean-ablated vs 10 random sets of
+   as many heads matched per layer -> table and docs/ablation.png;
+4. how much the scores depend on the needles: split-half agreement over 200 random needle-balanced
+   splits (median, 5th percentile) of the teacher and generate references, and built-in vs another
    haystack (/usr/share/common-licenses, or --haystack PATH);
-5. docs/heads-r2.png, the reference artifact's r2 heatmap.
+5. docs/heads-r2.png, the reference artifact's r2 heatmap, and docs/heads-r2-reliability.png.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from headprof import ablation as A
 from headprof import evaluation as E
 from headprof import plots, workspace
 from headprof.artifacts import load_scores
@@ -31,10 +34,12 @@ from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
+from headprof.reliability import artifact_reliability
 from headprof.scoring import ScoreConfig, score_probes
 
 MODEL = "smollm2-135m"
 REFERENCE = workspace.reference_file(MODEL, "scores.safetensors")
+GENERATE_REFERENCE = workspace.reference_file(MODEL, "scores-generate.safetensors")
 EVAL_PROBES = workspace.reference_file(MODEL, "eval-probes.jsonl")
 EVAL_CACHE = workspace.eval_cache_file(MODEL)
 RESULTS_JSON = Path("benchmarks/results.json")
@@ -72,7 +77,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--small-window-budgets", default="32,64,128,256")
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--ablate-top", default="1%,2%,5%,10%")
     parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from the cache")
     args = parser.parse_args()
     if args.plots_only:
@@ -110,9 +116,12 @@ def main() -> None:
         E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24), reference, EVAL_CACHE)
     )
 
-    k = E.head_count("5%", loaded.info.n_layers * loaded.info.n_heads)
-    ablation = E.ablate(loaded, reference, items, k, "r2", args.trials, 0, 24)
-    halves = {m: E.split_half_agreement(reference, m) for m in ("r2", "retrieval")}
+    sizes = A.head_counts(args.ablate_top, loaded.info.n_layers * loaded.info.n_heads)
+    ablation = A.dose_response(loaded, reference, items, A.AblationConfig(sizes, args.trials, max_new_tokens=24))
+    plots.dose_response(ablation["rows"], "docs/ablation.png", f"SmolLM2-135M: mean ablation, {len(items)} probes")
+    reliability = {"teacher": artifact_reliability(reference)}
+    if GENERATE_REFERENCE.is_file():
+        reliability["generate"] = artifact_reliability(load_scores(GENERATE_REFERENCE))
 
     needles = [n for kind in ("retrieval", "reasoning") for n in load_needles(workspace.needle_file(kind))]
     haystack_scores = {}
@@ -120,28 +129,33 @@ def main() -> None:
         hay_probes = build_probes(needles, loaded.tokenizer, lengths=(1024,), depths=(50,), haystack=source)
         haystack_scores[name] = score_probes(loaded, hay_probes, ScoreConfig()).scores("r2")
     haystack = rank_agreement(haystack_scores["builtin"], haystack_scores["other"])
-    plots.score_heatmap(
-        reference.scores("r2"),
-        "docs/heads-r2.png",
-        "SmolLM2-135M-Instruct: HeadKV r2 head scores (168 teacher-forced probes)",
-    )
+    title = f"SmolLM2-135M-Instruct: HeadKV r2 head scores ({len(reference.probe_ids)} teacher-forced probes)"
+    plots.score_heatmap(reference.scores("r2"), "docs/heads-r2.png", title)
+    plots.reliability_figure(reliability["teacher"], "docs/heads-r2-reliability.png", title)
 
     payload = {
         "results": results,
         "results_window8": small,
         "ablation": ablation,
-        "split_half": halves,
+        "split_half": {mode: {m: r["split_half"] for m, r in reports.items()} for mode, reports in reliability.items()},
         "haystack": haystack,
         "window": args.window,
         "n_items": len(items),
         "minutes": round((time.time() - started) / 60, 1),
     }
     write_text_atomic(RESULTS_JSON, json.dumps(payload, indent=1) + "\n")
-    random_masked = f"{ablation['random_masked_mean']:.2f} ± {ablation['random_masked_std']:.2f}"
-    agreement = {
-        name: f"{row['spearman']:.3f} | {row['top10_overlap']:.0%}"
-        for name, row in (("r2", halves["r2"]), ("retrieval", halves["retrieval"]), ("haystack", haystack))
-    }
+    dose = "\n".join(
+        f"| {r['k']} ({r['share']:.0%}) | {r['top']:.2f} | {r['random_mean']:.2f} ± {r['random_sd']:.2f} | "
+        f"{r['random_min']:.2f} - {r['random_max']:.2f} | {r['random_at_or_below_top']}/{len(r['random'])} |"
+        for r in ablation["rows"]
+    )
+    halves = "\n".join(
+        f"| {method}, {mode} | {r['split_half']['spearman_median']:.3f} | {r['split_half']['spearman_p5']:.3f} | "
+        f"{r['split_half']['top10_overlap_median']:.0%} |"
+        for mode, reports in reliability.items()
+        for method, r in reports.items()
+        if r["split_half"]
+    )
     write_text_atomic(
         "benchmarks/RESULTS.md",
         f"""# Results on the embedded model
@@ -174,24 +188,29 @@ reconstructing the context), does not depend on the window.
 
 ## Do the scores mean anything?
 
-Masking the top {k} of {ablation["heads_total"]} heads by r2 score (attention output zeroed) vs
-{args.trials} random sets of {k} heads, on the same {len(items)} probes, no compression:
+Mean ablation (a masked head outputs its mean output over the measured prompts) of the top-k heads
+by r2 vs {args.trials} random sets of k heads drawn outside the top set, matched per layer, on the same
+{len(items)} probes, no compression; nothing masked: {ablation["baseline"]:.2f}.
 
-| heads masked | retrieval accuracy |
-|---|---|
-| none | {ablation["no_mask"]:.2f} |
-| top {k} by r2 | {ablation["top_masked"]:.2f} |
-| random {k} (mean ± sd of {args.trials}) | {random_masked} |
+| heads masked | top k by r2 | random k (mean ± sd) | random min - max | random <= top |
+|---|---|---|---|---|
+{dose}
 
-Rank agreement of head scores (Spearman over all {ablation["heads_total"]} heads, top-10 overlap):
+![dose-response](../docs/ablation.png)
 
-| comparison | Spearman | top-10 overlap |
-|---|---|---|
-| r2, two disjoint halves of the scoring needles | {agreement["r2"]} |
-| retrieval, two disjoint halves | {agreement["retrieval"]} |
-| r2, built-in haystack vs {args.haystack} (28 needles, 1024 tokens) | {agreement["haystack"]} |
+How much the scores depend on the needles: Spearman over all {ablation["heads_total"]} heads between the
+scores of two disjoint needle halves, over 200 random needle-balanced splits (a reasoning needle's two
+polarities stay together), and the top-10 overlap:
+
+| score, mode | median | 5th percentile | top-10 overlap (median) |
+|---|---|---|---|
+{halves}
+
+r2, built-in haystack vs {args.haystack} ({len(needles)} needles, 1024 tokens, depth 50): Spearman
+{haystack["spearman"]:.3f}, top-10 overlap {haystack["top10_overlap"]:.0%}.
 
 ![r2 head scores](../docs/heads-r2.png)
+![split halves and bootstrap intervals](../docs/heads-r2-reliability.png)
 """,
     )
     print(Path("benchmarks/RESULTS.md").read_text())

@@ -29,11 +29,30 @@ ALLOC_FORMAT = "headprof.alloc/1"
 METHODS = ("retrieval", "r2")
 
 
+def polarity_counted(right: torch.Tensor, kinds: list[str], groups: list[str], positions: list[str]) -> torch.Tensor:
+    """Which probes count: right answers; a reasoning probe only when every probe of its needle at its
+    position (the needle asked the other way round: older/younger, ...) is right too, so that an answer
+    found by position or by ignoring the comparison does not count."""
+    together: dict[tuple[str, str], bool] = {}
+    for ok, kind, group, position in zip(right.tolist(), kinds, groups, positions):
+        if kind == "reasoning":
+            together[(group, position)] = together.get((group, position), True) and ok
+    return torch.tensor(
+        [
+            ok and (kind != "reasoning" or together[(group, position)])
+            for ok, kind, group, position in zip(right.tolist(), kinds, groups, positions)
+        ],
+        dtype=torch.bool,
+    )
+
+
 @dataclass
 class ScoreArtifact:
     """Per-probe head scores of one model on one probe set.
 
     `meta` holds the run description: mode, parameters, probe_set_sha256, shard, created, version.
+    `groups` are the probes' needle keys (`probes.needle_key`; older artifacts: the needle id in the
+    probe id); `right` says which answers were right, `counted` which probes count (`polarity_counted`).
     """
 
     model: ModelInfo
@@ -42,6 +61,19 @@ class ScoreArtifact:
     counted: torch.Tensor
     per_probe: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+    right: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.groups:  # probe ids are "<needle>@<length>@<depth>"
+            self.groups = [pid.split("@")[0] for pid in self.probe_ids]
+        if self.right is None:
+            self.right = self.counted.clone()
+
+    @property
+    def positions(self) -> list[str]:
+        """`<length>@<depth>` of every probe, from its id."""
+        return [pid.partition("@")[2] for pid in self.probe_ids]
 
     @property
     def methods(self) -> list[str]:
@@ -62,16 +94,18 @@ class ScoreArtifact:
         return rows.mean(dim=0)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Probes total / counted per kind."""
+        """Probes total / answered right / counted per kind (they differ in generate mode only)."""
         out: dict[str, dict[str, int]] = {}
-        for kind, counted in zip(self.probe_kinds, self.counted.tolist()):
-            entry = out.setdefault(kind, {"total": 0, "counted": 0})
+        for kind, right, counted in zip(self.probe_kinds, self.right.tolist(), self.counted.tolist()):
+            entry = out.setdefault(kind, {"total": 0, "right": 0, "counted": 0})
             entry["total"] += 1
+            entry["right"] += int(right)
             entry["counted"] += int(counted)
         return out
 
     def subset(self, keep: list[int]) -> ScoreArtifact:
-        """The rows `keep`, with the per-probe metadata (answers, probe indices) cut to match."""
+        """The rows `keep`, with the per-probe metadata (answers, probe indices) cut to match (`counted` as
+        stored: the polarity rule is not re-applied)."""
         index = torch.tensor(keep, dtype=torch.long)
         meta = dict(self.meta)
         for key in ("answers", "probe_indices"):
@@ -84,6 +118,8 @@ class ScoreArtifact:
             self.counted[index],
             {m: t[index] for m, t in self.per_probe.items()},
             meta,
+            [self.groups[i] for i in keep],
+            self.right[index],
         )
 
 
@@ -200,12 +236,17 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
 def save_scores(path: str | Path, art: ScoreArtifact) -> None:
     """Write a score artifact atomically, checking its shapes and values (means are stored next to the rows)."""
     n_probes = len(art.probe_ids)
-    tensors = {"counted": art.counted.to(torch.uint8).contiguous()}
+    tensors = {
+        "counted": art.counted.to(torch.uint8).contiguous(),
+        "right": art.right.to(torch.uint8).contiguous(),
+    }
     for method, rows in art.per_probe.items():
         validation.score_rows(rows, f"per-probe {method} scores", (n_probes, art.model.n_layers, art.model.n_heads))
         tensors[f"per_probe.{method}"] = rows.float().contiguous()
         tensors[method] = art.scores(method).float().contiguous()
-    meta = dict(art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, counts=art.counts())
+    meta = dict(
+        art.meta, probe_ids=art.probe_ids, probe_kinds=art.probe_kinds, probe_groups=art.groups, counts=art.counts()
+    )
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=_header(SCORES_FORMAT, art.model, meta))
 
@@ -220,6 +261,9 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     n_probes = len(probe_ids)
     kinds = validation.string_list(meta.pop("probe_kinds", None), f"{where}: probe_kinds", n_probes)
     meta.pop("counts", None)
+    groups = validation.string_list(meta.pop("probe_groups", None) or [], f"{where}: probe_groups")
+    if groups and len(groups) != n_probes:
+        raise HeadprofError(f"{where}: probe_groups must list {n_probes} groups")
     if "answers" in meta:
         validation.string_list(meta["answers"], f"{where}: answers", n_probes)
     if "probe_set_size" in meta:
@@ -231,6 +275,7 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     if "counted" not in tensors:
         raise HeadprofError(f"{where} is missing its 'counted' flags")
     counted = validation.counted_flags(tensors["counted"], f"{where}: counted", n_probes)
+    right = validation.counted_flags(tensors["right"], f"{where}: right", n_probes) if "right" in tensors else None
     expected = (n_probes, model.n_layers, model.n_heads)
     per_probe = {
         m: validation.score_rows(tensors[f"per_probe.{m}"], f"{where}: {m} scores", expected).float()
@@ -240,7 +285,7 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     if not per_probe:
         raise HeadprofError(f"{where} has no scores")
     meta["sha256"] = sha256_file(path)
-    return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta)
+    return ScoreArtifact(model, probe_ids, kinds, counted, per_probe, meta, groups, right)
 
 
 def save_alloc(path: str | Path, art: AllocArtifact) -> None:
@@ -311,15 +356,13 @@ def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) 
         )
     order = [rows[i] for i in wanted]
     per_probe = {m: torch.stack([p.per_probe[m][pos] for p, pos in order]) for m in first.per_probe}
+    ids, kinds = [p.probe_ids[pos] for p, pos in order], [p.probe_kinds[pos] for p, pos in order]
+    groups = [p.groups[pos] for p, pos in order]
+    right = torch.stack([p.right[pos] for p, pos in order])
     meta = {k: v for k, v in first.meta.items() if k not in ("shard", "sha256")}
     if len({p.meta.get("shard") for p in parts}) == 1 and first.meta.get("shard"):
         meta["shard"] = first.meta["shard"]
     meta.update(answers=[p.meta["answers"][pos] for p, pos in order], probe_indices=wanted)
-    return ScoreArtifact(
-        first.model,
-        [p.probe_ids[pos] for p, pos in order],
-        [p.probe_kinds[pos] for p, pos in order],
-        torch.stack([p.counted[pos] for p, pos in order]),
-        per_probe,
-        meta,
-    )
+    # a reasoning needle's two polarities may sit in different shards: count them once joined
+    counted = polarity_counted(right, kinds, groups, [pid.partition("@")[2] for pid in ids])
+    return ScoreArtifact(first.model, ids, kinds, counted, per_probe, meta, groups, right)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headprof.attention import attention_rows
+from headprof.errors import HeadprofError
 from headprof.models.registry import (
     attention_switched,
     model_attention,
@@ -97,7 +98,20 @@ class AttentionCapture:
 # ---------------------------------------------------------------- head ablation
 
 ABLATE_IMPL = "headprof_ablate"
-_MASK: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("headprof_head_mask", default=None)
+
+
+@dataclass
+class _Ablation:
+    """What the ablating attention does: replace masked heads' output (`values`: `[L, H, d]`, None = zero),
+    and/or add every head's output summed over positions to `sums` (`[L, H, d]`, float64) for means."""
+
+    mask: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    sums: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # [L] positions summed per layer
+
+
+_ABLATION: contextvars.ContextVar[_Ablation | None] = contextvars.ContextVar("headprof_ablation", default=None)
 
 
 def _ablating_attention(
@@ -110,10 +124,16 @@ def _ablating_attention(
 ) -> tuple[torch.Tensor, None]:
     scaling, extras = pop_logit_options(query, kwargs)
     output = model_attention(module, query, key, value, attention_mask, scaling, extras, **kwargs)
-    mask = _MASK.get()
-    if mask is not None and bool(mask[module.layer_idx].any()):
-        keep = (~mask[module.layer_idx]).to(output.dtype).to(output.device)
-        output = output * keep[None, None, :, None]  # [B, q, H, d]: the head contributes nothing to o_proj
+    state, layer = _ABLATION.get(), module.layer_idx
+    if state is None:
+        return output, None
+    if state.sums is not None:  # output [B, q, H, d]: the per-head vectors o_proj reads
+        state.sums[layer] += output.detach().double().sum(dim=(0, 1)).cpu()
+        state.positions[layer] += output.shape[0] * output.shape[1]
+    if state.mask is not None and bool(state.mask[layer].any()):
+        masked = state.mask[layer].to(output.device)[None, None, :, None]
+        fill = 0.0 if state.values is None else state.values[layer].to(output.device, output.dtype)[None, None]
+        output = torch.where(masked, fill, output)
     return output, None
 
 
@@ -121,11 +141,46 @@ register_attention(ABLATE_IMPL, _ablating_attention)
 
 
 @contextlib.contextmanager
-def masked_heads(model: PreTrainedModel, mask: torch.Tensor) -> Iterator[None]:
-    """Zero the attention output of the heads where `mask[layer, head]` is True, for a `with` block."""
+def _ablating(model: PreTrainedModel, state: _Ablation) -> Iterator[_Ablation]:
     with attention_switched(model, ABLATE_IMPL):
-        token = _MASK.set(mask.bool())
+        token = _ABLATION.set(state)
         try:
-            yield
+            yield state
         finally:
-            _MASK.reset(token)
+            _ABLATION.reset(token)
+
+
+def masked_heads(model: PreTrainedModel, mask: torch.Tensor, values: torch.Tensor | None = None) -> Any:
+    """For a `with` block, replace the attention output of the heads where `mask[layer, head]` is True:
+    by `values[layer, head]` (`[L, H, d]`, e.g. `HeadMeans.means()`: mean ablation), or by zero."""
+    return _ablating(model, _Ablation(mask=mask.bool(), values=values))
+
+
+class HeadMeans:
+    """Every head's attention output (the vector o_proj reads) averaged over all positions of the forwards run
+    inside `with HeadMeans(model) as means:`; `means.means()` is `[L, H, d]`."""
+
+    def __init__(self, model: PreTrainedModel):
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        n_heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+        self.model = model
+        self.state = _Ablation(
+            sums=torch.zeros(text.num_hidden_layers, n_heads, head_dim, dtype=torch.float64),
+            positions=torch.zeros(text.num_hidden_layers, dtype=torch.float64),
+        )
+        self._context: Any = None
+
+    def __enter__(self) -> HeadMeans:
+        self._context = _ablating(self.model, self.state)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+
+    def means(self) -> torch.Tensor:
+        """`[L, H, d]` float32 means; an error if nothing was recorded."""
+        if not bool((self.state.positions > 0).all()):
+            raise HeadprofError("no forward pass was recorded for the head means")
+        return (self.state.sums / self.state.positions[:, None, None]).float()

@@ -6,15 +6,13 @@ answer) and token F1 (best over gold answers), and task items also by their task
 (`headprof.tasks`). Results are cached per (model, method, budget, parameters, item) in a JSONL
 file, so an interrupted run resumes and adding a method reruns nothing else.
 
-`ablate`: zero the attention output of the top-k heads by score, and of k random heads, and
-measure retrieval accuracy; plus split-half and cross-artifact rank agreement of the scores.
+Head ablation lives in `ablation.py`, the agreement of scores across needles in `reliability.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,9 +23,7 @@ import torch
 
 from headprof import validation
 from headprof.artifacts import ScoreArtifact
-from headprof.capture import masked_heads
 from headprof.errors import HeadprofError
-from headprof.heads import rank_agreement, ranked_heads
 from headprof.intervals import wilson_interval
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
@@ -480,91 +476,3 @@ def needle_grid(records: Iterable[EvalRecord]) -> tuple[list[int], list[float], 
         hits[i, j] += float(r.exact)
         counts[i, j] += 1
     return lengths, depths, hits / counts.clamp(min=1)
-
-
-# ---------------------------------------------------------------- ablation and score agreement
-
-
-def greedy_accuracy(
-    loaded: LoadedModel,
-    items: Sequence[EvalItem],
-    max_new_tokens: int = 32,
-    mask: torch.Tensor | None = None,
-    on_item: Callable[[], None] | None = None,
-) -> float:
-    """Share of items whose greedy answer (full cache) contains a gold answer, optionally with heads masked out."""
-    full = build_method("full")
-    press = Press(loaded.model, full, plan_budgets(full, loaded.info))
-    if mask is None:
-        mask = torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)
-    hits = 0
-    for item in items:
-        with masked_heads(loaded.model, mask):
-            answer = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, max_new_tokens).answer
-        hits += any(exact_match(answer, gold) for gold in item.answers)
-        if on_item:
-            on_item()
-    return hits / max(1, len(items))
-
-
-def head_count(top: str, n_heads_total: int) -> int:
-    """`5%` -> a share of all heads, `12` -> a count."""
-    number, share = validation.percent_or_count(top, "--top")
-    k = round(number / 100 * n_heads_total) if share else int(number)
-    if not 1 <= k <= n_heads_total:
-        raise HeadprofError(f"--top {top} selects {k} heads; the model has {n_heads_total}")
-    return k
-
-
-def ablate(
-    loaded: LoadedModel,
-    scores: ScoreArtifact,
-    items: Sequence[EvalItem],
-    k: int,
-    method: str = "r2",
-    trials: int = 5,
-    seed: int = 0,
-    max_new_tokens: int = 32,
-    on_item: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Accuracy with no heads, the top-k heads by score and k random heads masked (the scores' causal test)."""
-    n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
-    order = ranked_heads(scores.scores(method))
-    top = torch.zeros(n_layers * n_heads, dtype=torch.bool)
-    top[order[:k]] = True
-    baseline = greedy_accuracy(loaded, items, max_new_tokens, None, on_item)
-    top_acc = greedy_accuracy(loaded, items, max_new_tokens, top.view(n_layers, n_heads), on_item)
-    rng = random.Random(seed)
-    randoms = []
-    for _ in range(trials):
-        mask = torch.zeros(n_layers * n_heads, dtype=torch.bool)
-        mask[rng.sample(range(n_layers * n_heads), k)] = True
-        randoms.append(greedy_accuracy(loaded, items, max_new_tokens, mask.view(n_layers, n_heads), on_item))
-    mean = sum(randoms) / len(randoms) if randoms else float("nan")
-    spread = (sum((r - mean) ** 2 for r in randoms) / max(1, len(randoms) - 1)) ** 0.5 if len(randoms) > 1 else 0.0
-    return {
-        "k": k,
-        "heads_total": n_layers * n_heads,
-        "n_items": len(items),
-        "no_mask": baseline,
-        "top_masked": top_acc,
-        "random_masked_mean": mean,
-        "random_masked_std": spread,
-        "random_masked": randoms,
-        "top_heads": [[i // n_heads, i % n_heads] for i in order[:k]],
-    }
-
-
-def split_half_agreement(scores: ScoreArtifact, method: str = "r2", k: int = 10) -> dict[str, float]:
-    """Rank agreement of scores from two disjoint halves of the probes, split by needle (alternating per kind)."""
-    needles: dict[str, list[str]] = defaultdict(list)
-    for probe_id, kind in zip(scores.probe_ids, scores.probe_kinds):
-        name = probe_id.split("@")[0]
-        if name not in needles[kind]:
-            needles[kind].append(name)
-    half_a = {n for names in needles.values() for n in sorted(names)[0::2]}
-    rows_a = [i for i, p in enumerate(scores.probe_ids) if p.split("@")[0] in half_a]
-    rows_b = [i for i, p in enumerate(scores.probe_ids) if p.split("@")[0] not in half_a]
-    if not rows_a or not rows_b:
-        raise HeadprofError("need probes from at least two needles to split the scores in halves")
-    return rank_agreement(scores.subset(rows_a).scores(method), scores.subset(rows_b).scores(method), k)

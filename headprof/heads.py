@@ -15,9 +15,9 @@ from headprof.errors import HeadprofError
 
 
 def kv_view(scores: torch.Tensor, n_kv_heads: int, reduce: str = "sum") -> torch.Tensor:
-    """`[L, Hq]` -> `[L, Hkv]`: aggregate the g query heads that share a KV head (sum by default)."""
-    n_layers, n_heads = scores.shape
-    grouped = scores.reshape(n_layers, n_kv_heads, n_heads // n_kv_heads)
+    """`[..., L, Hq]` -> `[..., L, Hkv]`: aggregate the g query heads that share a KV head (sum by default)."""
+    n_heads = scores.shape[-1]
+    grouped = scores.reshape(*scores.shape[:-1], n_kv_heads, n_heads // n_kv_heads)
     return grouped.sum(-1) if reduce == "sum" else grouped.mean(-1)
 
 

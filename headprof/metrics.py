@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -51,4 +53,22 @@ def exact_match(prediction: str, gold: str) -> bool:
     return bool(ref) and f" {ref} " in f" {normalize_answer(prediction)} "
 
 
-CRITERIA = {"recall": answer_recall, "f1": token_f1}
+@dataclass(frozen=True)
+class Criterion:
+    """When a generated answer counts: `metric(answer, reference) > threshold`, the reference being the
+    probe's target sentence or its gold answer."""
+
+    metric: Callable[[str, str], float]
+    reference: str  # "sentence" or "answer"
+    doc: str
+
+
+CRITERIA = {
+    # HeadKV R2 (retrieval_head_detection_r2.py, FYYFU/HeadKV@0862a09): qa_f1_score(response, answer) > 0.5
+    # with `answer` the whole correct sentence (`real_needle`).
+    "f1": Criterion(token_f1, "sentence", "token F1 against the target sentence > 0.5 (HeadKV)"),
+    # Retrieval-head (retrieval_head_detection.py, nightdessert/Retrieval_Head@3ac171a): ROUGE-1 recall of the
+    # answer part (`real_needle`) > 0.5; headprof counts tokens without the Porter stemmer.
+    "recall": Criterion(answer_recall, "answer", "recall of the gold answer's tokens > 0.5 (Retrieval-head)"),
+    "f1-answer": Criterion(token_f1, "answer", "token F1 against the gold answer > 0.5"),
+}

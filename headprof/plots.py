@@ -201,3 +201,63 @@ def needle_grids(
         bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def reliability_figure(reports: Mapping[str, Mapping], path: str | Path, title: str) -> None:
+    """Left: split-half Spearman over random needle splits per score (median and 5th percentile marked).
+    Right: the first score's top heads with their bootstrap intervals."""
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    colours = {"r2": "tab:blue", "retrieval": "tab:orange"}
+    for method, report in reports.items():
+        values = report.get("split_half_values")
+        if not values:
+            continue
+        half = report["split_half"]
+        colour = colours.get(method, "tab:gray")
+        left.hist(values, bins=30, alpha=0.55, color=colour, label=f"{method} (median {half['spearman_median']:.3f})")
+        left.axvline(half["spearman_median"], color=colour, linewidth=1.5)
+        left.axvline(half["spearman_p5"], color=colour, linewidth=1.5, linestyle="--")
+    left.set_xlabel("Spearman between the two halves (all heads)")
+    left.set_ylabel("splits")
+    left.set_title("split-half agreement (solid: median, dashed: 5th pct)", fontsize=8)
+    if left.get_legend_handles_labels()[0]:
+        left.legend(fontsize=7, loc="upper left")
+    method, report = next(iter(reports.items()))
+    rows = report.get("top_heads") or []
+    if rows:
+        labels = [f"L{int(r[0])}H{int(r[1])}" for r in rows]
+        scores = [r[2] for r in rows]
+        errors = [[r[2] - r[3] for r in rows], [r[4] - r[2] for r in rows]]
+        positions = list(range(len(rows)))[::-1]
+        right.errorbar(scores, positions, xerr=errors, fmt="o", color=colours.get(method, "tab:gray"), capsize=3)
+        right.set_yticks(positions, labels, fontsize=7)
+        for y, r in zip(positions, rows):
+            right.annotate(f"{r[5]:.0%}", (r[4], y), xytext=(4, -3), textcoords="offset points", fontsize=6)
+        right.set_xlabel(f"{method} score (bootstrap interval; % of resamples in the top 10)")
+        right.set_title(f"top {method} heads", fontsize=8)
+        right.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def dose_response(rows: Sequence[Mapping], path: str | Path, title: str) -> None:
+    """Accuracy against heads masked: the top-k heads (line) and every random trial (dots, mean line)."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    ks = [r["k"] for r in rows]
+    ax.plot(ks, [r["top"] for r in rows], marker="o", color="tab:red", label="top-k heads by score")
+    for r in rows:
+        ax.scatter([r["k"]] * len(r["random"]), r["random"], color="tab:blue", alpha=0.35, s=14)
+    ax.plot(ks, [r["random_mean"] for r in rows], marker="s", color="tab:blue", label="random k (matched per layer)")
+    if rows:
+        ax.axhline(rows[0]["baseline"], color="black", linestyle="--", linewidth=1, label="nothing masked")
+    ax.set_xticks(ks, [f"{r['k']}\n({r['share']:.0%})" for r in rows], fontsize=7)
+    ax.set_xlabel("heads masked")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -1,8 +1,13 @@
 """Needle-in-a-haystack probes: needle files, the haystack, building probes and locating spans in tokens.
 
 A probe file is JSONL (one probe a line, loadable with `datasets.load_dataset("json", ...)`). Each
-probe carries its full prompt text and character spans, so that scoring never has to rebuild the
-prompt; the spans are mapped to token ids with the tokenizer's offset mapping at scoring time.
+probe carries its full prompt text and character spans (the needle, the sentence that answers the
+question, and the answer inside that sentence), so that scoring never has to rebuild the prompt; the
+spans are mapped to token ids with the tokenizer's offset mapping at scoring time.
+
+Probes of one length share one haystack order: at a given (length, depth) every needle is preceded by
+the same text, and a shallower depth's prefix is a prefix of a deeper one's, so a scorer can compute
+that prefix's KV once.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 KINDS = ("retrieval", "reasoning")
-DEFAULT_LENGTHS = (1024, 2048)
+DEFAULT_LENGTHS = (1024,)
 DEFAULT_DEPTHS = (10, 50, 90)
 DEFAULT_SEED = 0
 INSTRUCTION = "Answer briefly, using the exact words from the text."
@@ -40,7 +45,8 @@ _PROBE_TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
     "templated": (bool,),
     "needle_chars": (list,),
-    "span_chars": (list,),
+    "sentence_chars": (list,),
+    "answer_chars": (list,),
     "question": (str,),
     "answer": (str,),
     "target": (str,),
@@ -49,23 +55,32 @@ _PROBE_TYPES: dict[str, tuple[type, ...]] = {
     "depth": (int, float),
     "seed": (int,),
 }
+SPANS = ("answer", "sentence")
+# Token-string markers of a leading space (byte-level BPE, SentencePiece), for the copy check.
+_SPACE_MARKERS = ("\u0120", "\u2581", " ")
 
 
 @dataclass(frozen=True)
 class Needle:
-    """One fact to hide: its text, the question and answer, and the span whose attention is scored."""
+    """One fact to hide: its text, the question, the sentence that answers it and the answer inside that sentence.
+
+    `sentence` is what the model is expected to say (the teacher-forced target, and HeadKV's F1 reference);
+    `answer` is the part of it that carries the fact (the Retrieval-head code's scoring span). Reasoning
+    needles come in polarity pairs: the same needle text asked both ways (older/younger, ...).
+    """
 
     id: str
     kind: str
     needle: str
     question: str
     answer: str
-    span: str
+    sentence: str
 
 
 @dataclass
 class Probe:
-    """One prompt with one needle. Character spans index into `prompt`; `target` is the teacher-forced answer."""
+    """One prompt with one needle. Character spans index into `prompt`; `target` is the answer sentence as it
+    follows the prompt (a leading space after a plain `Answer:`), the teacher-forced answer."""
 
     id: str
     needle_id: str
@@ -73,7 +88,8 @@ class Probe:
     prompt: str
     templated: bool
     needle_chars: tuple[int, int]
-    span_chars: tuple[int, int]
+    sentence_chars: tuple[int, int]
+    answer_chars: tuple[int, int]
     question: str
     answer: str
     target: str
@@ -91,6 +107,9 @@ class Probe:
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         data = dict(data)
+        if "span_chars" in data and "sentence_chars" not in data:  # probe files before the answer span
+            data["sentence_chars"] = data.pop("span_chars")
+            data.setdefault("answer_chars", _legacy_answer_chars(data))
         missing = [key for key in _PROBE_TYPES if key not in data]
         if missing:
             raise ValueError(f"missing field(s) {', '.join(missing)}")
@@ -104,7 +123,7 @@ class Probe:
             raise ValueError("field 'extra' must be an object")
         if "tokenizer" in data and not isinstance(data["tokenizer"], str):
             raise ValueError("field 'tokenizer' must be a string")
-        for key in ("needle_chars", "span_chars"):
+        for key in ("needle_chars", "sentence_chars", "answer_chars"):
             span = data[key]
             if (
                 not isinstance(span, list)
@@ -120,13 +139,16 @@ class Probe:
             raise ValueError("fields 'length' and 'n_tokens' must satisfy 1 <= n_tokens <= length")
         if not (math.isfinite(data["depth"]) and 0 <= data["depth"] <= 100):
             raise ValueError("field 'depth' must be a percent in [0, 100]")
-        (n_start, n_end), (s_start, s_end) = data["needle_chars"], data["span_chars"]
-        if not n_start <= s_start < s_end <= n_end:
-            raise ValueError("field 'span_chars' must lie inside 'needle_chars'")
+        (n_start, n_end), (s_start, s_end) = data["needle_chars"], data["sentence_chars"]
+        a_start, a_end = data["answer_chars"]
+        if not n_start <= s_start <= a_start < a_end <= s_end <= n_end:
+            raise ValueError("fields 'answer_chars' and 'sentence_chars' must lie inside 'needle_chars', in that order")
         if data["prompt"][s_start:s_end] != data["target"].strip():
             raise ValueError(
-                "the prompt does not hold the scoring span at 'span_chars' (needle text changed or removed)"
+                "the prompt does not hold the answer sentence at 'sentence_chars' (needle text changed or removed)"
             )
+        if data["prompt"][a_start:a_end].lower() != data["answer"].lower():
+            raise ValueError("the prompt does not hold the answer at 'answer_chars'")
         if not data["answer"].strip() or data["answer"].lower() not in data["target"].lower():
             raise ValueError("field 'answer' must be non-empty and occur in the target")
         for key in ("id", "needle_id", "question"):
@@ -135,16 +157,44 @@ class Probe:
         data["depth"] = float(data["depth"])
         return cls(**data)
 
+    @property
+    def position(self) -> str:
+        """`<length>@<depth>`: probes at one position share the haystack around the needle."""
+        return f"{self.length}@{self.depth:g}"
+
+
+def _legacy_answer_chars(data: dict[str, Any]) -> list[int]:
+    """Older probe files kept only the sentence span: find the gold answer inside it (case-insensitive)."""
+    prompt, answer, span = data.get("prompt", ""), data.get("answer", ""), data.get("sentence_chars")
+    if not isinstance(span, list) or len(span) != 2 or not all(type(x) is int for x in span):
+        raise ValueError("field 'span_chars' must be [start, end] inside the prompt")
+    offset = prompt[span[0] : span[1]].lower().find(str(answer).lower())
+    if not answer or offset < 0:
+        raise ValueError("the answer does not occur in the span")
+    return [span[0] + offset, span[0] + offset + len(answer)]
+
 
 @dataclass(frozen=True)
 class EncodedProbe:
-    """Token view of a probe: `span` and `needle` are half-open token ranges inside `prompt_ids`."""
+    """Token view of a probe. `spans` (answer, sentence) and `needle` are half-open token ranges inside
+    `prompt_ids`; `target_ids` are the target's tokens as they follow the prompt; `answer_steps` is the
+    range of target steps that produce the answer. `prompt_keys`/`target_keys` are the tokens' strings
+    without a leading space marker, what the copy check compares (see `copy_keys`)."""
 
     probe: Probe
     prompt_ids: list[int]
     target_ids: list[int]
-    span: tuple[int, int]
+    spans: dict[str, tuple[int, int]]
     needle: tuple[int, int]
+    answer_steps: tuple[int, int]
+    prompt_keys: list[str]
+    target_keys: list[str]
+
+    def span(self, which: str = "answer") -> tuple[int, int]:
+        """The scoring span: `answer` (the answer inside the sentence) or `sentence` (the whole sentence)."""
+        if which not in self.spans:
+            raise HeadprofError(f"unknown scoring span '{which}' ({', '.join(SPANS)})")
+        return self.spans[which]
 
 
 # ---------------------------------------------------------------- needles
@@ -181,27 +231,19 @@ def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
                 raise HeadprofError(f"{where}: missing or empty field '{key}'")
         if row["kind"] not in KINDS:
             raise HeadprofError(f"{where}: kind must be one of {', '.join(KINDS)}, got '{row['kind']}'")
-        span = row.get("span") or row["needle"]
-        if not isinstance(span, str):
-            raise HeadprofError(f"{where}: field 'span' must be a string")
-        if span not in row["needle"]:
-            raise HeadprofError(f"{where}: span is not a substring of the needle")
-        if row["answer"].lower() not in span.lower():
-            raise HeadprofError(f"{where}: answer '{row['answer']}' does not occur in the span")
+        sentence = row.get("sentence", row.get("span")) or row["needle"]  # `span`: the field's older name
+        if not isinstance(sentence, str):
+            raise HeadprofError(f"{where}: field 'sentence' must be a string")
+        sentence, answer = sentence.strip(), row["answer"].strip()
+        if row["needle"].count(sentence) != 1:
+            raise HeadprofError(f"{where}: the sentence must occur exactly once in the needle")
+        if answer.lower() not in sentence.lower():
+            raise HeadprofError(f"{where}: answer '{answer}' does not occur in the sentence")
         needle_id = str(row.get("id") or f"{path.stem}-{lineno}")
         if needle_id in seen:
             raise HeadprofError(f"{where}: duplicate needle id '{needle_id}'")
         seen.add(needle_id)
-        needles.append(
-            Needle(
-                needle_id,
-                row["kind"],
-                row["needle"].strip(),
-                row["question"].strip(),
-                row["answer"].strip(),
-                span.strip(),
-            )
-        )
+        needles.append(Needle(needle_id, row["kind"], row["needle"].strip(), row["question"].strip(), answer, sentence))
     if not needles:
         raise HeadprofError(f"needle file {path} has no needles")
     if kind is not None:
@@ -306,58 +348,31 @@ def _stable_rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def build_probe(
+def _count(tokenizer: PreTrainedTokenizerBase, prompt: str, templated: bool) -> int:
+    return len(encode_text(tokenizer, prompt, templated)["input_ids"])
+
+
+def _make_probe(
     needle: Needle,
     tokenizer: PreTrainedTokenizerBase,
-    sentences: Sequence[str],
-    sentence_tokens: Sequence[int],
+    hay: Sequence[str],
+    cut: int,
     length: int,
     depth: float,
     seed: int,
-    tokenizer_name: str = "",
 ) -> Probe:
-    """Fill the prompt to at most `length` tokens with haystack sentences, needle at `depth`% (sentence boundary)."""
+    """The probe with `needle` after the first `cut` haystack sentences; its prompt may exceed `length`."""
+    context = " ".join([*hay[:cut], needle.needle, *hay[cut:]])
+    prompt, templated = render_prompt(tokenizer, context, needle.question)
     probe_id = f"{needle.id}@{length}@{depth:g}"
-    overhead = len(encode_text(tokenizer, *render_prompt(tokenizer, needle.needle, needle.question))["input_ids"])
-    if overhead >= length:
-        raise HeadprofError(
-            f"probe {probe_id}: the needle and question alone take {overhead} tokens, "
-            f"more than the context length {length}"
-        )
-    rng = _stable_rng(seed, needle.id, length, float(depth))  # 50 and 50.0 must give the same probe
-    start = rng.randrange(len(sentences))
-    chosen: list[int] = []
-    budget = length - overhead
-    total = 0
-    while total < budget and len(chosen) < len(sentences):
-        idx = (start + len(chosen)) % len(sentences)
-        chosen.append(idx)
-        total += sentence_tokens[idx] + 1
-    # Per-sentence counts only approximate the joined text: trim until the real prompt fits.
-    while True:
-        hay = [sentences[i] for i in chosen]
-        cut = _depth_index([sentence_tokens[i] for i in chosen], depth)
-        context = " ".join(hay[:cut] + [needle.needle] + hay[cut:])
-        prompt, templated = render_prompt(tokenizer, context, needle.question)
-        n_tokens = len(encode_text(tokenizer, prompt, templated)["input_ids"])
-        if n_tokens <= length or not chosen:
-            break
-        excess = n_tokens - length
-        drop = max(1, excess // max(1, round(sum(sentence_tokens[i] for i in chosen) / len(chosen))))
-        chosen = chosen[:-drop] if drop < len(chosen) else []
-    if n_tokens < 0.5 * length:  # a haystack too short for this length
-        raise HeadprofError(
-            f"probe {probe_id}: the haystack fills only {n_tokens} of {length} tokens "
-            "(give a longer haystack or smaller --lengths)"
-        )
     if prompt.count(needle.needle) != 1:
         raise HeadprofError(
             f"probe {probe_id}: the needle text occurs {prompt.count(needle.needle)} times "
             "in the prompt (the template changed it, or the haystack contains it)"
         )
     n_start = prompt.index(needle.needle)
-    s_start = n_start + needle.needle.index(needle.span)
-    target = needle.span if templated else " " + needle.span
+    s_start = n_start + needle.needle.index(needle.sentence)
+    a_start = s_start + needle.sentence.lower().index(needle.answer.lower())
     return Probe(
         id=probe_id,
         needle_id=needle.id,
@@ -365,16 +380,70 @@ def build_probe(
         prompt=prompt,
         templated=templated,
         needle_chars=(n_start, n_start + len(needle.needle)),
-        span_chars=(s_start, s_start + len(needle.span)),
+        sentence_chars=(s_start, s_start + len(needle.sentence)),
+        answer_chars=(a_start, a_start + len(needle.answer)),
         question=needle.question,
         answer=needle.answer,
-        target=target,
+        target=needle.sentence if templated else " " + needle.sentence,
         length=length,
-        n_tokens=n_tokens,
+        n_tokens=_count(tokenizer, prompt, templated),
         depth=float(depth),
         seed=seed,
-        tokenizer=tokenizer_name,
     )
+
+
+def _probes_at_length(
+    needles: Sequence[Needle],
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: Sequence[str],
+    sentence_tokens: Sequence[int],
+    length: int,
+    depths: Sequence[float],
+    seed: int,
+) -> list[Probe]:
+    """Every needle x depth at one length, all on one haystack: the same sentences in the same order.
+
+    The haystack is sized for the longest needle + question, so no probe needs trimming and the text
+    before the needle is identical for every needle at a depth (and a prefix of the deeper depths').
+    Per-sentence token counts only approximate the joined text: if a prompt still overflows, the
+    haystack is shortened for all needles at once and the depths recomputed.
+    """
+    overheads = [_count(tokenizer, *render_prompt(tokenizer, n.needle, n.question)) for n in needles]
+    widest = max(range(len(needles)), key=overheads.__getitem__)
+    if overheads[widest] >= length:
+        raise HeadprofError(
+            f"probe {needles[widest].id}@{length}@{depths[0]:g}: the needle and question alone take "
+            f"{overheads[widest]} tokens, more than the context length {length}"
+        )
+    start = _stable_rng(seed, length).randrange(len(sentences))  # 50 and 50.0 must give the same probe
+    order = [(start + i) % len(sentences) for i in range(len(sentences))]
+    budget = length - overheads[widest]
+    while True:
+        chosen: list[int] = []
+        total = 0
+        for idx in order:
+            if total + sentence_tokens[idx] > budget:
+                break
+            chosen.append(idx)
+            total += sentence_tokens[idx]
+        hay = [sentences[i] for i in chosen]
+        counts = [sentence_tokens[i] for i in chosen]
+        probes = [
+            _make_probe(needle, tokenizer, hay, _depth_index(counts, depth), length, depth, seed)
+            for depth in depths
+            for needle in needles
+        ]
+        excess = max(p.n_tokens for p in probes) - length
+        if excess <= 0 or not chosen:
+            break
+        budget -= excess
+    shortest = min(p.n_tokens for p in probes)
+    if shortest < 0.5 * length:  # a haystack too short for this length
+        raise HeadprofError(
+            f"probe {probes[0].id}: the haystack fills only {shortest} of {length} tokens "
+            "(give a longer haystack or smaller --lengths)"
+        )
+    return probes
 
 
 def _depth_index(token_counts: Sequence[int], depth: float) -> int:
@@ -416,7 +485,8 @@ def build_probes(
     tokenizer_name: str = "",
     on_probe: Callable[[Probe], None] | None = None,
 ) -> list[Probe]:
-    """Every needle x length x depth, deterministic under `seed`; `on_probe` sees each probe as it is built."""
+    """Every needle x length x depth (in that order), deterministic under `seed`; one haystack per length;
+    `on_probe` sees each probe as it is built."""
     needles = list(needles)
     if not needles:
         raise HeadprofError("no needles to build probes from")
@@ -425,15 +495,18 @@ def build_probes(
         raise HeadprofError("needle ids must be unique across the needle files")
     sentences = load_haystack(haystack)
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
-    probes = []
-    for needle in needles:
-        for length in lengths:
-            for depth in depths:
-                probe = build_probe(needle, tokenizer, sentences, sentence_tokens, length, depth, seed, tokenizer_name)
-                probes.append(probe)
-                if on_probe is not None:
-                    on_probe(probe)
-    return probes
+    built: dict[str, Probe] = {}
+    for length in lengths:
+        for probe in _probes_at_length(needles, tokenizer, sentences, sentence_tokens, length, depths, seed):
+            built[probe.id] = probe
+            if on_probe is not None:
+                on_probe(probe)
+    return [
+        replace(built[f"{n.id}@{length}@{float(depth):g}"], tokenizer=tokenizer_name)
+        for n in needles
+        for length in lengths
+        for depth in depths
+    ]
 
 
 # ---------------------------------------------------------------- files
@@ -480,6 +553,12 @@ def foreign_tokenizers(probes: Sequence[Probe], model: str) -> list[str]:
     return sorted({p.tokenizer for p in probes if p.tokenizer and model_id(p.tokenizer) != mine})
 
 
+def needle_key(probe: Probe) -> str:
+    """Short hash of the probe's needle text: probes with one key are one needle (a reasoning needle's two
+    polarities share it), the unit that split halves and bootstraps resample and evaluation keeps apart."""
+    return hashlib.sha256(probe.prompt[slice(*probe.needle_chars)].encode()).hexdigest()[:16]
+
+
 def probes_sha256(probes: Sequence[Probe]) -> str:
     """Content hash of a probe set, independent of file formatting and order."""
     rows = sorted(json.dumps(asdict(p), sort_keys=True, ensure_ascii=False) for p in probes)
@@ -520,19 +599,65 @@ def check_needle_in_context(tokenizer: PreTrainedTokenizerBase, probe: Probe, ne
         raise HeadprofError(f"probe {probe.id}: the needle span lies on the prompt template, not in the context")
 
 
+def copy_keys(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """Token strings without one leading space marker: what the retrieval copy check compares.
+
+    The Retrieval-head code compares raw ids (`inp == prompt_ids[i]`, retrieval_head_detection.py,
+    nightdessert/Retrieval_Head@3ac171a). Its prompts end in "Answer:", so an answer word carries the
+    same leading space as in the needle. After a chat template's newline the first word carries none
+    ("The" vs the needle's " The"): ignoring one leading space marker keeps the reference's meaning (the
+    same word was copied) and equals the raw-id rule whenever both or neither token has the space.
+    """
+    keys = []
+    for token in tokenizer.convert_ids_to_tokens(list(ids)):
+        token = str(token)
+        keys.append(token[1:] if len(token) > 1 and token[0] in _SPACE_MARKERS else token)
+    return keys
+
+
+def _target_ids(tokenizer: PreTrainedTokenizerBase, probe: Probe, prompt_ids: list[int]) -> tuple[list[int], Any]:
+    """The target's tokens as they follow the prompt (tokenized together), with their offsets."""
+    enc = encode_text(tokenizer, probe.prompt + probe.target, probe.templated, offsets=True)
+    ids = list(enc["input_ids"])
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise HeadprofError(f"probe {probe.id}: the answer merges with the prompt's last token; cannot split them")
+    return ids[len(prompt_ids) :], enc["offset_mapping"][len(prompt_ids) :]
+
+
 def encode_probe(tokenizer: PreTrainedTokenizerBase, probe: Probe) -> EncodedProbe:
-    """Tokenize the prompt and map the needle and scoring span to token ranges, exactly, from offsets."""
+    """Tokenize the prompt and map the needle, sentence and answer to token ranges, exactly, from offsets."""
     enc = encode_text(tokenizer, probe.prompt, probe.templated, offsets=True)
+    prompt_ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    span = char_span_to_tokens(offsets, probe.span_chars)
+    spans = {}
+    for name, chars in (("answer", probe.answer_chars), ("sentence", probe.sentence_chars)):
+        span = char_span_to_tokens(offsets, chars)
+        if span is None:
+            raise HeadprofError(f"probe {probe.id}: scoring span {chars} not found in the tokenized prompt")
+        covered = (offsets[span[0]][0], offsets[span[1] - 1][1])
+        if covered[0] > chars[0] or covered[1] < chars[1]:
+            raise HeadprofError(f"probe {probe.id}: tokens cover chars {covered}, not the whole span {chars}")
+        spans[name] = span
     needle = char_span_to_tokens(offsets, probe.needle_chars)
-    if span is None or needle is None:
-        raise HeadprofError(f"probe {probe.id}: scoring span {probe.span_chars} not found in the tokenized prompt")
-    covered = (offsets[span[0]][0], offsets[span[1] - 1][1])
-    if covered[0] > probe.span_chars[0] or covered[1] < probe.span_chars[1]:
-        raise HeadprofError(f"probe {probe.id}: tokens cover chars {covered}, not the whole span {probe.span_chars}")
-    check_needle_in_context(tokenizer, probe, enc["input_ids"][needle[0] : needle[1]])
-    target_ids = tokenizer(probe.target, add_special_tokens=False)["input_ids"]
+    if needle is None:
+        raise HeadprofError(f"probe {probe.id}: the needle {probe.needle_chars} is not in the tokenized prompt")
+    check_needle_in_context(tokenizer, probe, prompt_ids[needle[0] : needle[1]])
+    target_ids, target_offsets = _target_ids(tokenizer, probe, prompt_ids)
     if not target_ids:
         raise HeadprofError(f"probe {probe.id}: empty answer target")
-    return EncodedProbe(probe, list(enc["input_ids"]), list(target_ids), span, needle)
+    # the answer inside the target, in characters of prompt + target
+    sentence = probe.prompt[slice(*probe.sentence_chars)]
+    start = len(probe.prompt) + probe.target.index(sentence) + (probe.answer_chars[0] - probe.sentence_chars[0])
+    steps = char_span_to_tokens([tuple(o) for o in target_offsets], (start, start + len(probe.answer)))
+    if steps is None:
+        raise HeadprofError(f"probe {probe.id}: the answer is not in the tokenized target")
+    return EncodedProbe(
+        probe,
+        prompt_ids,
+        target_ids,
+        spans,
+        needle,
+        steps,
+        copy_keys(tokenizer, prompt_ids),
+        copy_keys(tokenizer, target_ids),
+    )

@@ -1,17 +1,23 @@
 """Head scores from captured answer-step attention (METHOD.md §2).
 
 For every probe the model reads `prompt + answer`. At answer step t (token y_t being produced) each
-head has an attention row a_t over the visible positions:
-- retrieval (Wu et al.): the head copies if argmax a_t lies in the scoring span and the token there
-  equals y_t; probe score = copies / |span|.
+head has an attention row a_t over the visible positions, and the scoring span is a token range of
+the needle: by default each score's reference span (`reference`: retrieval on the answer inside the
+answer sentence, the Retrieval-head code's `real_needle`; r2 on the whole answer sentence, HeadKV's
+`real_needle`), or `answer` / `sentence` for both:
+- retrieval (Wu et al.): the head copies if argmax a_t lies in the span on the token being produced
+  (compared without a leading space marker, `probes.copy_keys`); probe score = copies / |span|.
 - r2 (HeadKV): with k = |span|, add a_t[j] / |span| for every top-k position j inside the span,
   summed over the answer steps.
 A head's score is the mean over counted probes. Both scores come from the same captured rows, so
 asking for both costs no extra forward pass.
 
-Modes: `teacher` feeds the probe's target (the span text) after the prompt in one forward pass and
-every probe counts; `generate` decodes greedily, captures the rows of the model's own answer steps
-as it goes, and counts the probe only if the answer is right (gold-answer recall or token F1 > 0.5).
+Modes: `teacher` feeds the probe's target (the answer sentence, tokenized as it follows the prompt)
+after the prompt in one forward pass, and every probe counts. `generate` is HeadKV's R2 detection:
+greedy decoding capped at the target's token count, rows of the model's own answer steps (an EOS step
+is not an answer step), and a probe counts when the answer is right (token F1 > 0.5 against the target
+sentence by default) and, for a reasoning needle, when the same needle asked the other way round
+(older/younger, ...) at the same length and depth is answered right too.
 """
 
 from __future__ import annotations
@@ -28,25 +34,35 @@ import torch
 from transformers import DynamicCache
 
 from headprof import __version__
-from headprof.artifacts import METHODS, SCORES_FORMAT, ScoreArtifact, load_scores, save_scores
+from headprof.artifacts import METHODS, SCORES_FORMAT, ScoreArtifact, load_scores, polarity_counted, save_scores
 from headprof.capture import AttentionCapture
 from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.metrics import CRITERIA
 from headprof.models import LoadedModel
-from headprof.probes import EncodedProbe, Probe, encode_probe, probes_sha256
+from headprof.probes import SPANS, EncodedProbe, Probe, copy_keys, encode_probe, needle_key, probes_sha256
 
 MODES = ("teacher", "generate")
+# The scoring span of each score under `span="reference"`: the span its reference code scores.
+# Retrieval_Head (retrieval_head_detection.py, nightdessert/Retrieval_Head@3ac171a): `real_needle`, the answer
+# part of the needle; HeadKV R2 (retrieval_head_detection_r2.py, FYYFU/HeadKV@0862a09): `real_needle`, the whole
+# answer sentence.
+REFERENCE_SPANS = {"retrieval": "answer", "r2": "sentence"}
+SPAN_CHOICES = ("reference", *SPANS)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """What to score and how answers are produced and counted (mode, criterion, threshold)."""
+    """What to score and how answers are produced and counted (mode, scoring span, criterion, threshold)."""
 
     methods: tuple[str, ...] = METHODS
     mode: str = "teacher"
-    max_new_tokens: int = 48
-    criterion: str = "recall"
+    span: str = "reference"
+    criterion: str = "f1"
     threshold: float = 0.5
+
+    def span_of(self, method: str) -> str:
+        """The needle span (`answer` or `sentence`) that `method` is scored on."""
+        return REFERENCE_SPANS[method] if self.span == "reference" else self.span
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -54,21 +70,23 @@ class ScoreConfig:
             raise HeadprofError(f"unknown scoring method {', '.join(unknown) or '(none)'} (retrieval, r2, both)")
         if self.mode not in MODES:
             raise HeadprofError(f"unknown mode '{self.mode}' ({', '.join(MODES)})")
+        if self.span not in SPAN_CHOICES:
+            raise HeadprofError(f"unknown scoring span '{self.span}' ({', '.join(SPAN_CHOICES)})")
         if self.criterion not in CRITERIA:
             raise HeadprofError(f"unknown correctness criterion '{self.criterion}' ({', '.join(CRITERIA)})")
-        if self.max_new_tokens < 1:
-            raise HeadprofError("max-new-tokens must be at least 1")
 
 
 @dataclass
 class ProbeResult:
-    """One probe's head scores (zeros when not counted) and the answer they were measured on."""
+    """One probe's head scores on the answer it was measured on, and whether that answer is right."""
 
     probe_id: str
     kind: str
-    counted: bool
+    right: bool
     scores: dict[str, torch.Tensor]
     answer: str
+    group: str
+    position: str
 
 
 # ---------------------------------------------------------------- the math
@@ -88,15 +106,16 @@ def step_stats(rows: torch.Tensor, span: tuple[int, int]) -> tuple[torch.Tensor,
 
 
 def retrieval_scores(
-    argmax: torch.Tensor, answer_ids: torch.Tensor, context_ids: torch.Tensor, span: tuple[int, int]
+    argmax: torch.Tensor, answer_keys: torch.Tensor, context_keys: torch.Tensor, span: tuple[int, int]
 ) -> torch.Tensor:
     """Copy score per head: steps whose argmax lies in the span on the token being produced, / |span|.
 
-    argmax `[..., n]` positions, answer_ids `[n]` the tokens y_t, context_ids the sequence positions index.
+    argmax `[..., n]` positions; answer_keys `[n]` the tokens y_t and context_keys the tokens at the positions
+    argmax indexes, both as comparable ids (`probes.copy_keys` mapped to integers).
     """
     start, end = span
     in_span = (argmax >= start) & (argmax < end)
-    copied = context_ids[argmax.clamp(max=context_ids.numel() - 1)] == answer_ids
+    copied = context_keys[argmax.clamp(max=context_keys.numel() - 1)] == answer_keys
     return (in_span & copied).sum(-1).float() / (end - start)
 
 
@@ -106,7 +125,8 @@ def r2_scores(mass: torch.Tensor) -> torch.Tensor:
 
 
 class _Recorder:
-    """Collects per-layer step statistics as attention rows arrive (one call per layer per forward)."""
+    """Collects per-layer step statistics as attention rows arrive (one call per layer per forward): the argmax
+    position, and the r2 mass on `span` (the r2 score's span)."""
 
     def __init__(self, n_layers: int, n_heads: int, n_steps: int, span: tuple[int, int]):
         self.span = span
@@ -127,13 +147,17 @@ class _Recorder:
 
 
 def _probe_scores(
-    recorder: _Recorder, enc: EncodedProbe, answer_ids: list[int], methods: Sequence[str]
+    recorder: _Recorder, enc: EncodedProbe, answer_keys: list[str], config: ScoreConfig
 ) -> dict[str, torch.Tensor]:
-    n = len(answer_ids)
+    n, prompt_keys, methods = len(answer_keys), enc.prompt_keys, config.methods
     out: dict[str, torch.Tensor] = {}
     if "retrieval" in methods:
+        table = {key: i for i, key in enumerate(dict.fromkeys(prompt_keys + answer_keys))}
         out["retrieval"] = retrieval_scores(
-            recorder.argmax[..., :n], torch.tensor(answer_ids), torch.tensor(enc.prompt_ids + answer_ids), enc.span
+            recorder.argmax[..., :n],
+            torch.tensor([table[k] for k in answer_keys]),
+            torch.tensor([table[k] for k in prompt_keys + answer_keys]),
+            enc.span(config.span_of("retrieval")),
         )
     if "r2" in methods:
         out["r2"] = r2_scores(recorder.mass[..., :n])
@@ -143,46 +167,45 @@ def _probe_scores(
 @torch.no_grad()
 def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> ProbeResult:
     """Score one probe; the model must be inside an `AttentionCapture` block."""
-    info, model, device = loaded.info, loaded.model, loaded.device
-    probe = enc.probe
+    info, model, device, tokenizer = loaded.info, loaded.model, loaded.device, loaded.tokenizer
+    probe, n_target = enc.probe, len(enc.target_ids)
+    recorder = _Recorder(info.n_layers, info.n_heads, n_target, enc.span(config.span_of("r2")))
     if config.mode == "teacher":
         answer_ids = enc.target_ids
         inputs = torch.tensor([enc.prompt_ids + answer_ids[:-1]], device=device)
-        recorder = _Recorder(info.n_layers, info.n_heads, len(answer_ids), enc.span)
-        with AttentionCapture.rows(len(answer_ids), recorder):
+        with AttentionCapture.rows(n_target, recorder):
             model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
-        return ProbeResult(
-            probe.id,
-            probe.kind,
-            True,
-            _probe_scores(recorder, enc, answer_ids, config.methods),
-            loaded.tokenizer.decode(answer_ids, skip_special_tokens=True),
-        )
-    recorder = _Recorder(info.n_layers, info.n_heads, config.max_new_tokens, enc.span)
-    inputs = torch.tensor([enc.prompt_ids], device=device)
-    with AttentionCapture.rows(1, recorder):
-        generated = model.generate(
-            inputs,
-            attention_mask=torch.ones_like(inputs),
-            # a cache that keeps every position, so that a sliding-window layer's rows index the whole sequence
-            # (its window reaches the capture as the mask)
-            cache=DynamicCache(),
-            do_sample=False,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=_eos_ids(loaded)[0],
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-    answer_ids = _strip_eos(generated[0, inputs.shape[1] :].tolist(), _eos_ids(loaded))
-    answer = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
-    counted = bool(answer_ids) and CRITERIA[config.criterion](answer, probe.answer) > config.threshold
-    scores = (
-        _probe_scores(recorder, enc, answer_ids, config.methods)
-        if counted
-        else {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
-    )
-    return ProbeResult(probe.id, probe.kind, counted, scores, answer)
+        answer_keys, right = enc.target_keys, True
+        answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+    else:
+        inputs = torch.tensor([enc.prompt_ids], device=device)
+        with AttentionCapture.rows(1, recorder):
+            # HeadKV's decode stops when the output has as many tokens as the target
+            # (retrieval_head_detection_r2.py `decode`, FYYFU/HeadKV@0862a09)
+            generated = model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                # a cache that keeps every position, so that a sliding-window layer's rows index the whole
+                # sequence (its window reaches the capture as the mask)
+                cache=DynamicCache(),
+                do_sample=False,
+                max_new_tokens=n_target,
+                pad_token_id=_eos_ids(loaded)[0],
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        answer_ids = _strip_eos(generated[0, inputs.shape[1] :].tolist(), _eos_ids(loaded))
+        answer_keys = copy_keys(tokenizer, answer_ids)
+        criterion = CRITERIA[config.criterion]
+        reference = probe.target.strip() if criterion.reference == "sentence" else probe.answer
+        answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+        right = bool(answer_ids) and criterion.metric(answer, reference) > config.threshold
+    if answer_ids:
+        scores = _probe_scores(recorder, enc, answer_keys, config)
+    else:  # the model ended its answer at once: no answer step to score
+        scores = {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
+    return ProbeResult(probe.id, probe.kind, right, scores, answer, needle_key(probe), probe.position)
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
@@ -193,6 +216,7 @@ def _eos_ids(loaded: LoadedModel) -> list[int]:
 
 
 def _strip_eos(ids: list[int], eos: list[int]) -> list[int]:
+    """The answer without its end: the step that produced EOS is not an answer step."""
     for pos, tok in enumerate(ids):
         if tok in eos:
             return ids[:pos]
@@ -204,8 +228,7 @@ def _strip_eos(ids: list[int], eos: list[int]) -> list[int]:
 
 def needle_hashes(probes: Sequence[Probe]) -> list[str]:
     """Short hashes of the distinct needle texts, so evaluation can refuse probes that share a needle."""
-    texts = {p.prompt[slice(*p.needle_chars)] for p in probes}
-    return sorted(hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts)
+    return sorted({needle_key(p) for p in probes})
 
 
 def run_key(
@@ -230,27 +253,21 @@ def _artifact(
     info = loaded.info
     empty = torch.zeros(0, info.n_layers, info.n_heads)
     per_probe = {m: torch.stack([r.scores[m] for r in results]) if results else empty for m in config.methods}
+    right = torch.tensor([r.right for r in results], dtype=torch.bool)
+    groups = [r.group for r in results]
+    kinds = [r.kind for r in results]
     meta = {
         "mode": config.mode,
         "methods": list(config.methods),
         "gqa_reduce": "sum",
-        "params": {
-            "max_new_tokens": config.max_new_tokens,
-            "criterion": config.criterion,
-            "threshold": config.threshold,
-        },
+        "params": {"span": config.span, "criterion": config.criterion, "threshold": config.threshold},
         "answers": [r.answer for r in results],
         "probe_indices": list(indices),
         **meta,
     }
-    return ScoreArtifact(
-        info,
-        [r.probe_id for r in results],
-        [r.kind for r in results],
-        torch.tensor([r.counted for r in results], dtype=torch.bool),
-        per_probe,
-        meta,
-    )
+    ids = [r.probe_id for r in results]
+    counted = polarity_counted(right, kinds, groups, [r.position for r in results])
+    return ScoreArtifact(info, ids, kinds, counted, per_probe, meta, groups, right)
 
 
 def _load_checkpoint(
@@ -285,7 +302,13 @@ def _load_checkpoint(
         return {}
     return {
         pid: ProbeResult(
-            pid, kind, bool(art.counted[i]), {m: t[i] for m, t in art.per_probe.items()}, art.meta["answers"][i]
+            pid,
+            kind,
+            bool(art.right[i]),
+            {m: t[i] for m, t in art.per_probe.items()},
+            art.meta["answers"][i],
+            art.groups[i],
+            art.positions[i],
         )
         for i, (pid, kind) in enumerate(zip(art.probe_ids, art.probe_kinds))
     }
@@ -322,10 +345,9 @@ def score_probes(
     encoded = {i: encode_probe(loaded.tokenizer, probe) for i, probe in enumerate(probes)}
     limit = loaded.info.max_context
     for i, enc in encoded.items():
-        answer = len(enc.target_ids) if config.mode == "teacher" else config.max_new_tokens
-        if limit and len(enc.prompt_ids) + answer > limit:
+        if limit and len(enc.prompt_ids) + len(enc.target_ids) > limit:
             raise HeadprofError(
-                f"probe {probes[i].id} needs {len(enc.prompt_ids) + answer} tokens, "
+                f"probe {probes[i].id} needs {len(enc.prompt_ids) + len(enc.target_ids)} tokens, "
                 f"beyond the model's {limit}-token window"
             )
     results: dict[int, ProbeResult] = {}

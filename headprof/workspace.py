@@ -124,6 +124,13 @@ def reference_file(model: str, name: str) -> Path:
     return _packaged("reference", resolve_model(model).slug, name)
 
 
+def reference_probes(scores: Path, model: str) -> Path:
+    """The probe set a score artifact was most likely scored on: `probes.jsonl` beside it (a workspace folder
+    or a packaged reference keeps the two together), else `model`'s default probe set (`find_input`)."""
+    beside = Path(scores).parent / "probes.jsonl"
+    return beside if beside.is_file() else find_input(model, probe_file(model)).path
+
+
 @dataclass(frozen=True)
 class Input:
     """A default input: the workspace's file, or the packaged reference when the workspace has none."""

@@ -49,7 +49,11 @@ def test_score_round_trip_and_means_over_counted_probes(tmp_path):
     for method in A.METHODS:
         torch.testing.assert_close(back.per_probe[method], art.per_probe[method])
         torch.testing.assert_close(back.scores(method), art.per_probe[method][[0, 2, 3]].mean(0))
-    assert back.counts() == {"retrieval": {"total": 3, "counted": 2}, "reasoning": {"total": 2, "counted": 1}}
+    assert back.counts() == {
+        "retrieval": {"total": 3, "right": 2, "counted": 2},
+        "reasoning": {"total": 2, "right": 1, "counted": 1},
+    }
+    assert back.groups == art.groups and torch.equal(back.right, art.right)
     from safetensors.torch import load_file
 
     raw = load_file(str(tmp_path / "s.safetensors"))
@@ -159,3 +163,37 @@ def test_import_refuses_wrong_shape(tmp_path):
     (tmp_path / "ragged.json").write_text(json.dumps({"0-0": [1.0], "0-1": [0.5, 0.2]}))
     with pytest.raises(HeadprofError, match="one length"):
         import_scores(tmp_path / "ragged.json", model_info("llama3-8b"))
+
+
+def test_a_reasoning_needle_counts_only_when_both_polarities_are_right():
+    right = torch.tensor([True, True, True, False, True, True])
+    kinds = ["reasoning"] * 4 + ["retrieval", "reasoning"]
+    groups = ["g1", "g1", "g2", "g2", "r", "g3"]
+    positions = ["1024@50"] * 6
+    counted = A.polarity_counted(right, kinds, groups, positions)
+    assert counted.tolist() == [True, True, False, False, True, True]  # g2's other polarity was wrong
+    # the same needle at another position is judged on its own
+    counted = A.polarity_counted(right, kinds, groups, ["1024@10", "1024@10", "1024@10", "1024@90", "x", "y"])
+    assert counted.tolist() == [True, True, True, False, True, True]
+
+
+def test_merged_shards_apply_the_polarity_rule_across_shards():
+    art = _scores()
+    art = A.ScoreArtifact(
+        art.model,
+        ["q-a-older@1024@50", "q-a-younger@1024@50", "r@1024@50", "q-b-older@1024@50", "q-b-younger@1024@50"],
+        ["reasoning", "reasoning", "retrieval", "reasoning", "reasoning"],
+        torch.ones(5, dtype=torch.bool),
+        art.per_probe,
+        art.meta,
+        ["a", "a", "r", "b", "b"],
+        torch.tensor([True, False, True, True, True]),
+    )
+    parts = []
+    for half in ([0, 2, 4], [1, 3]):
+        part = art.subset(half)
+        part.meta["probe_indices"] = half
+        part.meta["answers"] = [""] * len(half)
+        parts.append(part)
+    merged = A.merge_scores(parts)
+    assert merged.counted.tolist() == [False, False, True, True, True]

@@ -118,8 +118,8 @@ def test_more_malformed_input(cli, workdir, probes_file):
         "must be positive",
     )
     assert not (workdir / "x.safetensors").exists()
-    (workdir / "types.jsonl").write_text(probes_file.read_text().replace('"span_chars": [', '"span_chars": ["0", '))
-    _assert_one_line_error(cli("score", "--probes", "types.jsonl"), "types.jsonl line 1 is corrupt", "span_chars")
+    (workdir / "types.jsonl").write_text(probes_file.read_text().replace('"answer_chars": [', '"answer_chars": ["0", '))
+    _assert_one_line_error(cli("score", "--probes", "types.jsonl"), "types.jsonl line 1 is corrupt", "answer_chars")
     _assert_one_line_error(cli("show", ref, "--top", "0"), "--top must be at least 1")
 
 

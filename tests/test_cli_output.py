@@ -17,6 +17,7 @@ COMMANDS = [
     ["score"],
     ["allocate"],
     ["show"],
+    ["check"],
     ["run"],
     ["eval"],
     ["ablate"],

@@ -27,6 +27,7 @@ def test_pipeline_through_the_cli(cli, workdir, loaded):
     assert report["artifact"] == "headprof-out/smollm2-135m/scores.safetensors"
     assert "scoring smollm2-135m: 4/4 (100%)" in scored.stderr  # no terminal: plain progress lines
     assert report["probes_total"] == report["probes_counted"] == 4
+    assert report["span"] == "reference"  # each score on its reference code's span, as the packaged reference
     assert len(report["top_heads"]) == 10 and report["top_heads"][0][2] >= report["top_heads"][-1][2] > 0
     art = load_scores(workdir / report["artifact"])
     assert art.model == loaded.info and set(art.methods) == {"retrieval", "r2"}

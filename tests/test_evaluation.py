@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
 
-from headprof.capture import masked_heads
+from headprof.ablation import head_counts, matched_random_heads, top_mask
+from headprof.artifacts import load_scores
+from headprof.capture import HeadMeans, masked_heads
 from headprof.errors import HeadprofError
-from headprof.evaluation import check_disjoint, head_count, items_from_task
+from headprof.evaluation import check_disjoint, items_from_task
+from headprof.heads import ranked_heads
 from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
 
@@ -55,8 +59,6 @@ def test_task_file_items(tmp_path, tokenizer):
 
 
 def test_eval_probes_must_not_share_needles(tokenizer):
-    from headprof.artifacts import load_scores
-
     scores = load_scores(REFERENCE / "scores.safetensors")
     eval_needles = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[:2]
     check_disjoint(build_probes(eval_needles, tokenizer, lengths=(300,), depths=(50,)), scores)
@@ -65,12 +67,27 @@ def test_eval_probes_must_not_share_needles(tokenizer):
         check_disjoint(scoring, scores)
 
 
-def test_head_count():
-    assert head_count("5%", 270) == 14 and head_count("3", 270) == 3
+def test_head_counts():
+    assert head_counts("1%,2%,5%,10%", 270) == (3, 5, 14, 27) and head_counts("3,3", 270) == (3,)
     with pytest.raises(HeadprofError):
-        head_count("0", 270)
+        head_counts("0", 270)
     with pytest.raises(HeadprofError):
-        head_count("lots", 270)
+        head_counts("lots", 270)
+
+
+def test_random_heads_are_matched_per_layer_and_outside_the_top_set():
+    scores = torch.zeros(6, 4)
+    scores[0] = torch.tensor([9.0, 8.0, 7.0, 6.0])  # layer 0 entirely in the top set: borrows from layer 1
+    scores[3, 2] = 5.0
+    scores[5, :2] = torch.tensor([4.0, 3.0])
+    top = top_mask(scores, 7)
+    assert top.sum() == 7 and top[0].all()
+    draws = [matched_random_heads(top, random.Random(seed)) for seed in range(20)]
+    for drawn in draws:
+        assert drawn.sum() == 7 and not (drawn & top).any()
+        assert drawn[3].sum() == 1 and drawn[5].sum() == 2  # same count as the top set in these layers
+        assert drawn[1].sum() == 4  # layer 0's four, borrowed from its nearest layer
+    assert len({tuple(d.flatten().tolist()) for d in draws}) == 3  # layer 3 has three free heads to draw from
 
 
 def test_masking_heads_changes_only_what_it_should(loaded):
@@ -87,6 +104,14 @@ def test_masking_heads_changes_only_what_it_should(loaded):
     torch.testing.assert_close(same, plain)
     assert (changed - plain).abs().max() > 1e-2
     assert loaded.model.config._attn_implementation == "sdpa"
+    with torch.no_grad(), HeadMeans(loaded.model) as recorder:
+        loaded.model(ids)
+    means = recorder.means()
+    assert means.shape == (30, 9, 64) and loaded.model.config._attn_implementation == "sdpa"
+    with torch.no_grad(), masked_heads(loaded.model, one_layer, means):
+        mean_ablated = loaded.model(ids).logits
+    # the mean keeps the residual stream in range: a smaller change than zeroing the same heads
+    assert 0 < (mean_ablated - plain).abs().mean() < (changed - plain).abs().mean()
 
 
 @pytest.fixture
@@ -172,6 +197,8 @@ def test_ablate_cli(cli, workdir, eval_probes):
         "5%",
         "--random-trials",
         "2",
+        "--png",
+        "dose.png",
         "--max-new-tokens",
         "20",
         "--scores",
@@ -183,11 +210,15 @@ def test_ablate_cli(cli, workdir, eval_probes):
     )
     assert result.code == 0, result.stderr
     report = result.json()
-    assert report["k"] == 14 and report["n_items"] == 4 and len(report["random_masked"]) == 2
-    assert all(0 <= report[key] <= 1 for key in ("no_mask", "top_masked", "random_masked_mean"))
-    assert -1 <= report["split_half"]["spearman"] <= 1
+    (row,) = report["rows"]
+    assert row["k"] == 14 and report["n_items"] == 4 and len(row["random"]) == 2 and report["ablation"] == "mean"
+    assert all(0 <= value <= 1 for value in (report["baseline"], row["top"], row["random_mean"]))
+    assert 0.5 < report["split_half"]["spearman_median"] <= 1 and report["split_half"]["splits"] == 200
     assert report["vs_compare"]["spearman"] == pytest.approx(1.0)
-    assert report["top_heads"][0] == [17, 3]  # the reference artifact's best r2 head
+    reference = load_scores(REFERENCE / "scores.safetensors")
+    best = ranked_heads(reference.scores("r2"))[0]
+    assert report["top_heads"][0] == [best // 9, best % 9]  # the reference artifact's best r2 head
+    assert (workdir / "dose.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.e2e

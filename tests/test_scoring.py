@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from headprof.capture import AttentionCapture, attention_rows
 from headprof.heads import kv_view
-from headprof.probes import encode_probe
-from headprof.scoring import ScoreConfig, r2_scores, retrieval_scores, score_probe, step_stats
+from headprof.metrics import token_f1
+from headprof.probes import copy_keys, encode_probe
+from headprof.scoring import ScoreConfig, _strip_eos, r2_scores, retrieval_scores, score_probe, step_stats
 
 
 def _rows(spec: list[list[dict[int, float]]], length: int) -> torch.Tensor:
@@ -95,13 +98,42 @@ def test_captured_rows_equal_eager_attention_on_the_model(loaded):
     torch.testing.assert_close(sdpa_logits, eager.logits, atol=1e-3, rtol=1e-3)
 
 
+def _keys(enc, answer_keys=None):
+    """Integer copy keys of prompt + answer (as scoring maps them)."""
+    answer_keys = enc.target_keys if answer_keys is None else answer_keys
+    table = {k: i for i, k in enumerate(dict.fromkeys(enc.prompt_keys + answer_keys))}
+    return torch.tensor([table[k] for k in answer_keys]), torch.tensor(
+        [table[k] for k in enc.prompt_keys + answer_keys]
+    )
+
+
+def _captured(loaded, ids: list[int], n: int) -> torch.Tensor:
+    """`[L, H, n, T]` captured rows of the last n positions of one forward."""
+    rows: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), AttentionCapture(loaded.model):
+        with AttentionCapture.rows(n, lambda layer, r: rows.__setitem__(layer, r[0])):
+            loaded.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+    return torch.stack([rows[i] for i in range(len(rows))])
+
+
+def test_copy_keys_ignore_one_leading_space(tokenizer):
+    line_start, mid_sentence = (
+        tokenizer("The", add_special_tokens=False)["input_ids"],
+        tokenizer(" The", add_special_tokens=False)["input_ids"],
+    )
+    assert line_start != mid_sentence  # byte-level BPE: "The" and "ĠThe" are different ids
+    assert copy_keys(tokenizer, line_start) == copy_keys(tokenizer, mid_sentence) == ["The"]
+    # a first answer step that copies the needle's " The" counts, though the ids differ
+    context = torch.tensor([7, 1, 7])  # keys: position 1 holds the needle's first word
+    argmax = torch.tensor([[1]])
+    assert retrieval_scores(argmax, torch.tensor([1]), context, (1, 2)).tolist() == [1.0]
+
+
 def test_teacher_scores_equal_scores_from_eager_attention(loaded, tiny_probes):
-    """The whole teacher-mode pipeline against the definition applied to eager T x T attention."""
+    """The whole teacher-mode pipeline against the definition applied to eager T x T attention, for both spans."""
     enc = encode_probe(loaded.tokenizer, tiny_probes[2])  # a reasoning probe
-    with AttentionCapture(loaded.model):
-        result = score_probe(loaded, enc, ScoreConfig(mode="teacher"))
-    n = len(enc.target_ids)
     ids = torch.tensor([enc.prompt_ids + enc.target_ids[:-1]])
+    n = len(enc.target_ids)
     loaded.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
@@ -109,24 +141,71 @@ def test_teacher_scores_equal_scores_from_eager_attention(loaded, tiny_probes):
     finally:
         loaded.model.set_attn_implementation("sdpa")
     rows = torch.stack([a[0, :, -n:].float() for a in attentions])  # [L, H, n, T]
-    argmax, mass = step_stats(rows, enc.span)
-    expected_r2 = r2_scores(mass)
-    expected_ret = retrieval_scores(
-        argmax, torch.tensor(enc.target_ids), torch.tensor(enc.prompt_ids + enc.target_ids), enc.span
-    )
-    torch.testing.assert_close(result.scores["r2"], expected_r2, atol=1e-4, rtol=1e-3)
-    torch.testing.assert_close(result.scores["retrieval"], expected_ret)
-    assert result.counted and result.scores["r2"].max() > 0.1
+    for span in ("answer", "sentence"):
+        with AttentionCapture(loaded.model):
+            result = score_probe(loaded, enc, ScoreConfig(mode="teacher", span=span))
+        argmax, mass = step_stats(rows, enc.span(span))
+        expected_ret = retrieval_scores(argmax, *_keys(enc), enc.span(span))
+        torch.testing.assert_close(result.scores["r2"], r2_scores(mass), atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(result.scores["retrieval"], expected_ret)
+        assert result.right and result.scores["r2"].max() > 0.1
 
 
-def test_generate_mode_counts_only_right_answers(loaded, tiny_probes):
+def test_answer_span_is_the_answer_and_its_first_step_can_be_a_copy(loaded, tiny_probes):
+    """The answer span covers only the answer; the step that produces its first token copies the needle's token."""
+    enc = encode_probe(loaded.tokenizer, tiny_probes[0])  # "... Orion vault is cobalt-4417."
+    answer, sentence = enc.span("answer"), enc.span("sentence")
+    assert loaded.tokenizer.decode(enc.prompt_ids[answer[0] : answer[1]]).strip() == "cobalt-4417"
+    assert sentence[0] < answer[0] and answer[1] - answer[0] < (sentence[1] - sentence[0]) / 2
+    first = enc.answer_steps[0]  # the step producing " cobalt", read at the position of " is"
+    rows = _captured(loaded, enc.prompt_ids + enc.target_ids[:-1], len(enc.target_ids))
+    argmax, _ = step_stats(rows, answer)
+    answer_keys, context_keys = _keys(enc)
+    one_step = retrieval_scores(argmax[..., first : first + 1], answer_keys[first : first + 1], context_keys, answer)
+    assert int((one_step > 0).sum()) >= 3  # several heads copy the first answer token
+    assert (argmax[..., first] == answer[0]).any()
+    with AttentionCapture(loaded.model):
+        by_answer = score_probe(loaded, enc, ScoreConfig(span="answer"))
+        by_sentence = score_probe(loaded, enc, ScoreConfig(span="sentence"))
+        by_reference = score_probe(loaded, enc, ScoreConfig())  # each score on its reference code's span
+    assert not torch.equal(by_answer.scores["r2"], by_sentence.scores["r2"])
+    assert torch.equal(by_reference.scores["retrieval"], by_answer.scores["retrieval"])
+    assert torch.equal(by_reference.scores["r2"], by_sentence.scores["r2"])
+
+
+def test_generate_mode_stops_at_the_target_length_and_counts_f1(loaded, tiny_probes):
+    reasoning = [p for p in tiny_probes if p.kind == "reasoning"]
     with AttentionCapture(loaded.model):
         results = [
-            score_probe(loaded, encode_probe(loaded.tokenizer, p), ScoreConfig(mode="generate"))
-            for p in tiny_probes[:2]
+            score_probe(loaded, encode_probe(loaded.tokenizer, p), ScoreConfig(mode="generate")) for p in tiny_probes
         ]
     for probe, result in zip(tiny_probes, results):
-        assert result.counted == (probe.answer.lower() in result.answer.lower())
-        if not result.counted:
-            assert float(result.scores["r2"].abs().sum()) == 0.0
-    assert any(r.counted for r in results)  # the embedded model retrieves at 512 tokens
+        cap = len(encode_probe(loaded.tokenizer, probe).target_ids)
+        assert len(loaded.tokenizer(result.answer, add_special_tokens=False)["input_ids"]) <= cap
+        assert result.right == (token_f1(result.answer, probe.target) > 0.5)
+    assert results[0].right  # the embedded model retrieves at 512 tokens
+    # this model repeats a reasoning question instead of answering: its answer is cut at the target's length
+    cut = [r for p, r in zip(tiny_probes, results) if p.kind == "reasoning" and not r.right]
+    assert reasoning and cut
+    for result in cut:
+        enc = encode_probe(loaded.tokenizer, next(p for p in tiny_probes if p.id == result.probe_id))
+        assert len(loaded.tokenizer(result.answer, add_special_tokens=False)["input_ids"]) == len(enc.target_ids)
+
+
+def test_generate_mode_scores_the_answer_steps_without_the_eos_step(loaded, tiny_probes):
+    """With a cap longer than the answer the model ends with EOS; the EOS step is not scored: the scores equal
+    the teacher-forced rows of the answer tokens themselves."""
+    probe = tiny_probes[0]
+    long_cap = replace(probe, target=probe.target + " It was written down long ago by the vault keeper himself.")
+    enc = encode_probe(loaded.tokenizer, long_cap)
+    with AttentionCapture(loaded.model):
+        result = score_probe(loaded, enc, ScoreConfig(mode="generate", span="answer"))
+    answer_ids = loaded.tokenizer(result.answer, add_special_tokens=False)["input_ids"]
+    assert 0 < len(answer_ids) < len(enc.target_ids)  # stopped by EOS, not by the cap
+    rows = _captured(loaded, enc.prompt_ids + answer_ids[:-1], len(answer_ids))
+    argmax, mass = step_stats(rows, enc.span("answer"))
+    torch.testing.assert_close(result.scores["r2"], r2_scores(mass), atol=1e-4, rtol=1e-3)
+    keys = copy_keys(loaded.tokenizer, answer_ids)
+    expected = retrieval_scores(argmax, *_keys(enc, keys), enc.span("answer"))
+    torch.testing.assert_close(result.scores["retrieval"], expected)
+    assert _strip_eos([5, 6, 2, 7], [2]) == [5, 6] and _strip_eos([5, 6], [2]) == [5, 6]

@@ -2,8 +2,8 @@
 
 Each command parses its options (`options.py`), calls the library, and hands what it got to
 `render.py`, the one module that prints. Command modules: `probes`, `score`, `allocate`, `show`,
-`run`, `evaluate` (eval, ablate), `tasks` (tasks build, tasks list), `interop` (merge, import, export,
-compare).
+`run`, `evaluate` (eval, ablate), `check` (the score drift gate), `tasks` (tasks build, tasks list),
+`interop` (merge, import, export, compare).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from headprof import workspace
-from headprof.cli import allocate, evaluate, interop, probes, render, run, score, show, tasks
+from headprof.cli import allocate, check, evaluate, interop, probes, render, run, score, show, tasks
 from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
@@ -69,9 +69,10 @@ tasks_app.command("list", short_help="The RULER tasks and LongBench datasets wit
 app.command(short_help="Score every head on the probes (captured attention).")(score.score)
 app.command(short_help="Per-head KV budgets from head scores (HeadKV, uniform, PyramidKV).")(allocate.allocate)
 app.command(short_help="Top heads and a heatmap of a score or allocation artifact.")(show.show)
+app.command(short_help="Re-score a sample of a reference's probes; exit 1 if head scores drifted.")(check.check)
 app.command(short_help="Answer a question about a long context with a compressed KV cache.")(run.run)
 app.command("eval", short_help="Accuracy against KV bytes, every method x budget.")(evaluate.eval_)
-app.command(short_help="Mask the top heads (and random ones) and compare retrieval.")(evaluate.ablate)
+app.command(short_help="Mask the top heads (and matched random ones) and compare retrieval.")(evaluate.ablate)
 app.command(short_help="Join score shards into one artifact.")(interop.merge)
 app.command("import", short_help="Read a published head-score JSON into a score artifact.")(interop.import_)
 app.command(short_help="Write scores as HeadKV / Retrieval-head JSON.")(interop.export)

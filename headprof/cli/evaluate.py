@@ -13,6 +13,7 @@ from headprof.cli.options import (
     GQA_MESSAGE,
     INTS,
     SCORE_METHOD_MESSAGE,
+    Ablation,
     DeviceOpt,
     Dtype,
     DtypeOpt,
@@ -168,65 +169,77 @@ def ablate(
         ),
     ] = None,
     top: Annotated[
-        str, typer.Option(metavar="<percent%|count>", help="Heads to mask: a percent of all heads (5%) or a count.")
-    ] = "5%",
-    random_trials: Annotated[int, typer.Option(help="Random head sets to mask.")] = 5,
+        str,
+        typer.Option(
+            metavar="<percent%|count,...>",
+            help="Heads to mask, comma-separated: percents of all heads (5%) or counts.",
+        ),
+    ] = "1%,2%,5%,10%",
+    random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 10,
+    ablation: Annotated[
+        Ablation,
+        choice(Ablation, "unknown ablation '{value}' ({choices})", "mean: a masked head outputs its mean; zero."),
+    ] = Ablation.mean,
     method: Annotated[
         ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score that ranks heads.")
     ] = ScoreMethod.r2,
     compare: Annotated[
         Path | None, typer.Option(help="Another score artifact (e.g. from another haystack) to rank-correlate with.")
     ] = None,
+    png: Annotated[Path | None, typer.Option(help="Dose-response figure: accuracy against heads masked.")] = None,
     seed: int = 0,
     max_new_tokens: int = 32,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Mask the top-k heads by score, and k random heads, and compare retrieval accuracy."""
+    """Mask the top-k heads by score, and k random heads matched per layer, and compare retrieval accuracy."""
+    from headprof import ablation as A
     from headprof import evaluation as E
     from headprof import workspace
     from headprof.artifacts import check_model, load_scores
     from headprof.errors import HeadprofError
+    from headprof.heads import rank_agreement
+    from headprof.reliability import artifact_reliability
+    from headprof.validation import check_outputs
 
-    if random_trials < 1 or max_new_tokens < 1:
-        raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
-    probe_list = E.read_inputs(probes or [common.default_eval_probes(model)])
-    score_art = load_scores(scores or common.default_input(model, workspace.scores_file(model), "scores"))
+    probe_files = probes or [common.default_eval_probes(model)]
+    probe_list = E.read_inputs(probe_files)
+    scores = scores or common.default_input(model, workspace.scores_file(model), "scores")
+    check_outputs([("--png", png)], [*probe_files, scores, compare])
+    score_art = load_scores(scores)
     if method.value not in score_art.per_probe:
         raise HeadprofError(f"the score artifact has no '{method.value}' scores ({', '.join(score_art.methods)})")
-    k = E.head_count(top, score_art.model.n_layers * score_art.model.n_heads)
+    sizes = A.head_counts(top, score_art.model.n_layers * score_art.model.n_heads)
+    config = A.AblationConfig(sizes, random_trials, ablation.value, method.value, seed, max_new_tokens)
+    config.validate()
     # Everything that needs no model runs first: a bad --compare or too few needles fail in a second.
-    split_half = E.split_half_agreement(score_art, method.value)
+    split_half = artifact_reliability(score_art, first=method.value)[method.value]["split_half"]
     vs_compare = None
     if compare:
         other = load_scores(compare)
         check_model(other.model, score_art.model, "comparison artifact")
         if method.value not in other.per_probe:
             raise HeadprofError(f"{compare} has no '{method.value}' scores ({', '.join(other.methods)})")
-        vs_compare = E.rank_agreement(score_art.scores(method.value), other.scores(method.value))
+        vs_compare = rank_agreement(score_art.scores(method.value), other.scores(method.value))
     loaded = common.load(model, dtype.value, device)
     check_model(score_art.model, loaded.info, "score artifact")
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     items = [i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"]
     if not items:
         raise HeadprofError("no retrieval probes to measure")
-    with render.progress("ablating", len(items) * (2 + random_trials)) as advance:
-        result = E.ablate(
-            loaded,
-            score_art,
-            items,
-            k,
-            method.value,
-            random_trials,
-            seed,
-            max_new_tokens,
-            on_item=advance,
-        )
+    with render.progress("ablating", len(items) * A.passes(config)) as advance:
+        result = A.dose_response(loaded, score_art, items, config, on_item=advance)
     result["split_half"] = split_half
     if vs_compare is not None:
         result["vs_compare"] = vs_compare
+    if png:
+        from headprof.plots import dose_response
+
+        title = f"{loaded.info.model_id}: {ablation.value}-ablating heads, {len(items)} retrieval probes"
+        dose_response(result["rows"], png, title)
+        result["png"] = str(png)
     if as_json:
         render.emit(result)
     else:
-        render.ablation(result, method.value, random_trials, compare)
+        render.ablation(result, compare)

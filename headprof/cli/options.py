@@ -45,10 +45,26 @@ class Mode(str, Enum):
 
 
 class Criterion(str, Enum):
-    """When a generated answer counts as right."""
+    """When a generated answer counts as right (metrics.CRITERIA)."""
 
-    recall = "recall"
     f1 = "f1"
+    recall = "recall"
+    f1_answer = "f1-answer"
+
+
+class Span(str, Enum):
+    """Which needle tokens the head scores measure: each score's reference span, the answer, or its sentence."""
+
+    reference = "reference"
+    answer = "answer"
+    sentence = "sentence"
+
+
+class Ablation(str, Enum):
+    """What a masked head outputs: its mean output over the measured prompts, or zero."""
+
+    mean = "mean"
+    zero = "zero"
 
 
 class Policy(str, Enum):
@@ -137,6 +153,9 @@ DeviceMapOpt = Annotated[
     ),
 ]
 INTS = "<int,...>"  # how `--help` shows comma-separated integers
+SplitsOpt = Annotated[int, typer.Option(help="Random needle-balanced splits for the split-half agreement.")]
+BootstrapOpt = Annotated[int, typer.Option(help="Needle resamples for the top heads' bootstrap intervals.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the splits and resamples.")]
 KernelOpt = Annotated[int, typer.Option(help="Pooling kernel over positions for SnapKV-family scores (odd).")]
 PoolingOpt = Annotated[
     Pooling, choice(Pooling, "unknown pooling '{value}' ({choices})", "Pooling of SnapKV-family scores.")

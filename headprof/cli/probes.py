@@ -17,7 +17,7 @@ def build(
     kind: Annotated[Kind, choice(Kind, "unknown kind '{value}' ({choices})", "Which needles.")] = Kind.both,
     lengths: Annotated[
         str, typer.Option(metavar=INTS, help="Prompt lengths in tokens of the model's tokenizer.")
-    ] = "1024,2048",
+    ] = "1024",
     depths: Annotated[
         str, typer.Option(metavar="<percent,...>", help="Needle depths in percent of the haystack.")
     ] = "10,50,90",

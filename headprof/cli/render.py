@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from headprof.allocation import BudgetSummary
+    from headprof.check import CheckReport
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -228,7 +229,9 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], justify: str = "left", **kw: Any) -> None:
+def _table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str | Text]], justify: str = "left", **kw: Any
+) -> None:
     table = Table(title=title, **kw)
     for column in columns:
         table.add_column(column, justify=justify)
@@ -246,19 +249,59 @@ def probes_built(target: Path, count: int, counts: dict[str, int], sizes: list[i
     out.print(f"wrote {count} probes ({per_kind}) to {target}; prompt lengths {sizes[0]}-{sizes[-1]} tokens")
 
 
+def probe_counts(mode: str | None, counts: dict[str, dict[str, int]]) -> None:
+    """Probes per kind: total, answered right and counted (generate mode: a reasoning probe counts only when
+    its needle is answered right both ways round)."""
+    if mode == "generate":
+        rows = [
+            (kind, str(c["total"]), str(c.get("right", c["counted"])), str(c["counted"])) for kind, c in counts.items()
+        ]
+        _table(f"probes ({mode} mode)", ("kind", "total", "right", "counted"), rows, justify="right")
+    else:
+        rows = [(kind, str(c["total"]), str(c["counted"])) for kind, c in counts.items()]
+        _table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows, justify="right")
+
+
+def reliability(method: str, report: dict[str, Any]) -> None:
+    """The top heads with bootstrap intervals, and the split-half agreement distribution of one score."""
+    boot = report.get("bootstrap")
+    if report["top_heads"] and boot:
+        rows = [
+            (str(rank), str(layer), str(head), f"{score:.4f}", f"{low:.4f} - {high:.4f}", f"{share:.0%}")
+            for rank, (layer, head, score, low, high, share) in enumerate(report["top_heads"], 1)
+        ]
+        title = (
+            f"top {method} heads: bootstrap {boot['level']:.0%} interval over {boot['samples']} needle resamples, "
+            f"share of resamples in the top {boot['top_k']}"
+        )
+        _table(title, ("rank", "layer", "head", "score", "interval", f"top-{boot['top_k']}"), rows, justify="right")
+    half = report.get("split_half")
+    if half is None:
+        out.print(f"split-half agreement of {method}: not available ({report.get('reason', 'too few needles')})")
+        return
+    needles = " + ".join(f"{n} {kind}" for kind, n in half["needles"].items())
+    overlap = next(v for k, v in half.items() if k.startswith("top") and k.endswith("_median"))
+    out.print(
+        f"split-half agreement of {method} ({half['splits']} random splits of {needles} needles): Spearman "
+        f"median {half['spearman_median']:.3f}, 5th percentile {half['spearman_p5']:.3f} "
+        f"(min {half['spearman_min']:.3f}); top-10 overlap median {overlap:.0%}"
+    )
+
+
 def scores_written(
     mode: str | None,
     counts: dict[str, dict[str, int]],
     method: str,
-    top: list[list[float]],
+    reports: dict[str, dict[str, Any]],
     target: Path,
     seconds: float,
 ) -> None:
-    """`score` and friends: probes counted per kind, the top heads, where the artifact went."""
-    rows = [(kind, str(c["total"]), str(c["counted"])) for kind, c in counts.items()]
-    _table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows)
-    best = ", ".join(f"L{layer}H{head} {value:.3f}" for layer, head, value in top)
-    out.print(f"top {method} heads (layer, head, score): {best}")
+    """`score`: probes counted per kind, the top heads with their intervals, agreement, where the artifact went."""
+    probe_counts(mode, counts)
+    reliability(method, reports[method])
+    for other, report in reports.items():
+        if other != method:
+            reliability(other, {**report, "top_heads": []})
     out.print(f"wrote {target} in {seconds:.1f} s")
 
 
@@ -295,19 +338,22 @@ def head_table(
     k: int,
     top: list[list[float]],
     layers: list[dict[str, Any]],
-    png: Path | None,
+    reports: dict[str, dict[str, Any]] | None,
+    pngs: Sequence[Path],
 ) -> None:
-    """`show`: the top heads, then a heatmap of all heads with each layer's mean and max."""
+    """`show`: the top heads, a heatmap of all heads with each layer's mean and max, and (score artifacts)
+    each score's bootstrap intervals and split-half agreement."""
     shape = f"{values.shape[0]} layers x {values.shape[1]} heads"
     out.print(Text.assemble((str(artifact), "bold"), f": {label} of {model_id} ({shape})"))
     if counts is not None:
-        summary = ", ".join(f"{k} {c['counted']}/{c['total']} counted" for k, c in counts.items())
-        out.print(f"probes: {summary} ({mode} mode)")
+        probe_counts(mode, counts)
     rows = [(str(rank), str(layer), str(head), f"{value:.4f}") for rank, (layer, head, value) in enumerate(top, 1)]
     _table(f"top {k} heads", ("rank", "layer", "head", "value"), rows, justify="right")
     out.print(_heatmap(values, layers))
-    if png:
-        out.print(f"wrote {png}")
+    for method, report in (reports or {}).items():
+        reliability(method, report)
+    for path in pngs:
+        out.print(f"wrote {path}")
 
 
 def _heatmap(values: torch.Tensor, layers: list[dict[str, Any]]) -> Table:
@@ -374,32 +420,78 @@ def task_registry(rows: Sequence[dict[str, Any]]) -> None:
     _table("tasks", ("suite", "task", "metric", "max new tokens", "what"), cells)
 
 
-def ablation(result: dict[str, Any], method: str, trials: int, compare: Path | None) -> None:
-    """`ablate`: accuracy with no heads, the top heads and random heads masked; score agreement."""
-    k = result["k"]
-    rows = [
-        ("none", f"{result['no_mask']:.2f}"),
-        (f"top {k} by {method}", f"{result['top_masked']:.2f}"),
-        (f"random {k} ({trials} seeds)", f"{result['random_masked_mean']:.2f} ± {result['random_masked_std']:.2f}"),
-    ]
-    title = f"retrieval accuracy, {result['n_items']} probes, {k} of {result['heads_total']} heads masked"
-    table = Table(title=title)
-    table.add_column("heads masked")
-    table.add_column("accuracy", justify="right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-    half = result["split_half"]
-    out.print(
-        f"split-half agreement of {method} scores: Spearman {half['spearman']:.3f}, "
-        f"top-10 overlap {half['top10_overlap']:.0%}"
+def ablation(result: dict[str, Any], compare: Path | None) -> None:
+    """`ablate`: the dose-response table (top-k vs matched random k masked), split-half agreement."""
+    title = (
+        f"retrieval accuracy, {result['n_items']} probes, heads {result['ablation']}-ablated "
+        f"(nothing masked: {result['baseline']:.2f}); random: {result['trials']} sets per k, matched per layer"
     )
+    rows = [
+        (
+            f"{r['k']} ({r['share']:.0%})",
+            f"{r['top']:.2f}",
+            f"{r['random_mean']:.2f} ± {r['random_sd']:.2f}",
+            f"{r['random_min']:.2f} - {r['random_max']:.2f}",
+            f"{r['random_at_or_below_top']}/{len(r['random'])}",
+        )
+        for r in result["rows"]
+    ]
+    columns = (
+        "heads masked",
+        f"top k by {result['method']}",
+        "random k mean ± sd",
+        "random min - max",
+        "random <= top",
+    )
+    _table(title, columns, rows, justify="right")
+    half = result.get("split_half")
+    if half:
+        out.print(
+            f"split-half agreement of {result['method']} ({half['splits']} splits): Spearman median "
+            f"{half['spearman_median']:.3f}, 5th percentile {half['spearman_p5']:.3f}"
+        )
     if compare:
         other = result["vs_compare"]
         out.print(f"vs {compare}: Spearman {other['spearman']:.3f}, top-10 overlap {other['top10_overlap']:.0%}")
+    if result.get("png"):
+        out.print(f"wrote {result['png']}")
 
 
 def agreement_table(title: str, rows: Sequence[dict[str, Any]]) -> None:
     """`compare`: top-k overlap per k, Spearman over all heads."""
     cells = [(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}") for r in rows]
     _table(title, ("top-k", "overlap", "Spearman (all heads)"), cells, justify="right")
+
+
+def check_report(report: CheckReport, junit: Path | None) -> None:
+    """`check`: one row per comparison, the heads that moved most when something failed, the verdict."""
+    for text in report.notices:
+        notice(text)
+    rows = [
+        (
+            case.name,
+            Text("pass", style="green") if case.passed else Text("DRIFT", style="red"),
+            f"{case.value:.4g}",
+            f"{case.limit:g}",
+        )
+        for case in report.cases
+    ]
+    title = f"{report.reference} vs {report.model}, {report.mode} mode, {len(report.probes)} probes re-scored"
+    _table(title, ("check", "result", "value", "limit"), rows)
+    if not report.passed:
+        moved = [
+            (
+                m["score"],
+                f"L{m['layer']}H{m['head']}",
+                f"{m['reference']:.4f}",
+                f"{m['fresh']:.4f}",
+                f"{m['diff']:+.4f}",
+                f"{m['rank_reference']} -> {m['rank_fresh']}",
+            )
+            for m in report.moved
+        ]
+        _table("heads that moved most (sample means)", ("score", "head", "reference", "now", "change", "rank"), moved)
+    if junit:
+        out.print(f"wrote {junit}")
+    verdict = Text("scores stable", style="green") if report.passed else Text("scores drifted", style="red")
+    out.print(Text.assemble(verdict, f" ({report.seconds:.1f} s)"))

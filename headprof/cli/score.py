@@ -11,6 +11,7 @@ import typer
 from headprof.cli import common, render
 from headprof.cli.options import (
     SCORE_METHOD_MESSAGE,
+    BootstrapOpt,
     Criterion,
     DeviceMapOpt,
     DeviceOpt,
@@ -20,6 +21,9 @@ from headprof.cli.options import (
     Mode,
     ModelOpt,
     ScoreMethods,
+    SeedOpt,
+    Span,
+    SplitsOpt,
     choice,
 )
 
@@ -37,15 +41,28 @@ def score(
     ] = ScoreMethods.both,
     mode: Annotated[
         Mode,
-        choice(Mode, "unknown mode '{value}' ({choices})", "teacher: gold answer forced, all count; generate: own."),
+        choice(
+            Mode,
+            "unknown mode '{value}' ({choices})",
+            "teacher: the answer sentence forced, all count; generate: the model's own answers (HeadKV).",
+        ),
     ] = Mode.teacher,
-    max_new_tokens: Annotated[int, typer.Option(help="generate mode: answer length cap.")] = 48,
+    span: Annotated[
+        Span,
+        choice(
+            Span,
+            "unknown scoring span '{value}' ({choices})",
+            "Needle tokens scored. reference: each score's own (retrieval: the answer, r2: its sentence).",
+        ),
+    ] = Span.reference,
     criterion: Annotated[
         Criterion,
         choice(
-            Criterion, "unknown correctness criterion '{value}' ({choices})", "generate mode: when an answer counts."
+            Criterion,
+            "unknown correctness criterion '{value}' ({choices})",
+            "generate mode: when an answer counts (f1: F1 > 0.5 vs the sentence; recall, f1-answer: vs the answer).",
         ),
-    ] = Criterion.recall,
+    ] = Criterion.f1,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
@@ -55,6 +72,9 @@ def score(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Default: <workdir>/<model>/scores[-<mode>].safetensors.")
     ] = None,
+    splits: SplitsOpt = 200,
+    bootstrap: BootstrapOpt = 1000,
+    seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on the probes with attention capture and write per-head scores."""
@@ -66,7 +86,7 @@ def score(
     from headprof.validation import check_outputs
 
     methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
-    config = scoring.ScoreConfig(methods, mode.value, max_new_tokens, criterion.value)
+    config = scoring.ScoreConfig(methods, mode.value, span.value, criterion.value)
     config.validate()
     source = probes or workspace.probe_file(model)
     if probes is None and not source.is_file():
@@ -99,18 +119,20 @@ def score(
             return
         save_scores(target, art)
         scoring.remove_checkpoints(target)
-    _report(art, target, seconds, as_json)
+    _report(art, target, seconds, (splits, bootstrap, seed), as_json)
 
 
-def _report(art: ScoreArtifact, target: Path, seconds: float, as_json: bool) -> None:
-    """Probes counted per kind and the top heads of the main score."""
+def _report(art: ScoreArtifact, target: Path, seconds: float, resampling: tuple[int, int, int], as_json: bool) -> None:
+    """Probes counted per kind, the top heads of the main score with bootstrap intervals, split-half agreement."""
     from headprof.heads import top_heads
+    from headprof.reliability import artifact_reliability
 
     counts = art.counts()
     method = art.default_method
     top = top_heads(art.scores(method), 10)
+    reliability = artifact_reliability(art, *resampling)
     if not as_json:
-        render.scores_written(art.meta.get("mode"), counts, method, top, target, seconds)
+        render.scores_written(art.meta.get("mode"), counts, method, reliability, target, seconds)
         return
     render.emit(
         {
@@ -119,8 +141,15 @@ def _report(art: ScoreArtifact, target: Path, seconds: float, as_json: bool) -> 
             "probes_counted": sum(c["counted"] for c in counts.values()),
             "per_kind": counts,
             "mode": art.meta.get("mode"),
+            "span": art.meta.get("params", {}).get("span"),
             "seconds": round(seconds, 2),
             "method": method,
             "top_heads": top,
+            "reliability": {m: _without_values(r) for m, r in reliability.items()},
         }
     )
+
+
+def _without_values(report: dict) -> dict:
+    """The reliability report without the per-split values (they are for figures)."""
+    return {key: value for key, value in report.items() if key != "split_half_values"}
