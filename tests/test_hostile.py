@@ -113,7 +113,8 @@ def remove_needle(row: dict) -> None:
 def span_on_template(row: dict) -> None:
     row["target"] = row["prompt"][0:12]
     row["answer"] = row["target"][2:8]
-    row["span_chars"] = row["needle_chars"] = [0, 12]
+    row["sentence_chars"] = row["needle_chars"] = [0, 12]
+    row["answer_chars"] = [2, 8]
 
 
 def nan_in_one_probe(data):
@@ -217,7 +218,7 @@ CASES = [
         ["score", "--probes", "p.jsonl"],
         1,
         "must be [start, end] inside the prompt",
-        lambda b: edit_probe(b, _set("span_chars", [5, 3])),
+        lambda b: edit_probe(b, _set("sentence_chars", [5, 3])),
     ),
     ("markup", ["show", "[bold]x[/].safetensors"], 1, "artifact [bold]x[/].safetensors not found", None),
     ("markup", ["probes", "build", "--needles", "[red]n[/red].jsonl"], 1, "needle file [red]n[/red].jsonl", None),
@@ -573,7 +574,8 @@ CASES = [
         "comparison artifact",
         other_architecture,
     ),
-    ("late", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl"], 1, "two needles", one_needle_scores),
+    # one needle: no split halves (reported as such); the overlap with the scoring needles is refused before the model loads
+    ("late", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl"], 1, "share 1 needle", one_needle_scores),
     ("late", ["probes", "build", "--lengths", "-5"], 1, "must be positive", None),
     ("late", ["tasks", "build", "ruler:vt", "--out", "f/t.jsonl"], 1, "not writable", write("f", "x")),
     ("late", ["eval", "--task", "ruler:vt", "--lengths", "10000000"], 1, "exceeds the model's context window", None),
@@ -849,7 +851,13 @@ def test_needle_span_on_template_tokens_is_refused():
         encode_probe(tokenizer, Probe.from_dict(row))
     row = json.loads((REFERENCE / "probes.jsonl").read_text().splitlines()[0])
     end = row["prompt"].index("Question:")  # the question is user text, but not the context
-    row.update(needle_chars=[end, end + 9], span_chars=[end, end + 9], target="Question:", answer="Question")
+    row.update(
+        needle_chars=[end, end + 9],
+        sentence_chars=[end, end + 9],
+        answer_chars=[end, end + 8],
+        target="Question:",
+        answer="Question",
+    )
     with pytest.raises(HeadprofError, match="not in the context"):
         encode_probe(tokenizer, Probe.from_dict(row))
 

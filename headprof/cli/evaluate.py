@@ -128,6 +128,8 @@ def eval_(
         [*probe_files, *(source.inputs if source else ()), scores],
     )
     scores_art = load_scores(scores) if scores else None
+    if scores_art is not None:
+        E.check_disjoint(probe_list, scores_art)  # before the model loads
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     rows: list = []
@@ -222,6 +224,7 @@ def ablate(
         if method.value not in other.per_probe:
             raise HeadprofError(f"{compare} has no '{method.value}' scores ({', '.join(other.methods)})")
         vs_compare = rank_agreement(score_art.scores(method.value), other.scores(method.value))
+    E.check_disjoint(probe_list, score_art)  # before the model loads
     loaded = common.load(model, dtype.value, device)
     check_model(score_art.model, loaded.info, "score artifact")
     common.warn_foreign_probes(probe_list, loaded.spec.name)
