@@ -45,7 +45,7 @@ def main() -> None:
     loaded = load_model("smollm2-135m", device="cpu")
     low = copy.deepcopy(loaded.model).to(getattr(torch, args.dtype))
     wide = copy.deepcopy(low).float()  # the same rounded weights, float32 arithmetic
-    scores = load_scores(workspace.scores_file("smollm2-135m"))
+    scores = load_scores(workspace.reference_file("smollm2-135m", "scores.safetensors"))
     needles = load_needles(workspace.eval_needle_file("retrieval"))[: args.probes]
     probes = build_probes(needles, loaded.tokenizer, lengths=(args.length,), depths=(50,))
     methods = [(m, args.gqa) for m in args.methods.split(",")]

@@ -3,7 +3,7 @@
     python benchmarks/capture_bf16.py [--every 1] [--dtype bfloat16]
 
 Scores the committed probe set (teacher mode, every `--every`-th probe) with the model cast to `--dtype`
-and compares with `artifacts/smollm2-135m/scores.safetensors` (float32, same probes): the largest
+and compares with the packaged reference `scores.safetensors` (float32, same probes): the largest
 |difference| of a per-probe head score and of a head's mean score, the Spearman correlation of the head
 means and the overlap of the top-10 heads, for r2 and retrieval. Attention rows are computed in float32
 from the low-precision queries and keys, so the scores move only as much as the forward moves them.
@@ -33,8 +33,8 @@ def main() -> None:
     low = LoadedModel(
         copy.deepcopy(loaded.model).to(getattr(torch, args.dtype)), loaded.tokenizer, loaded.spec, loaded.info
     )
-    reference = load_scores(workspace.scores_file("smollm2-135m"))
-    probes = load_probes(workspace.probe_file("smollm2-135m"))
+    reference = load_scores(workspace.reference_file("smollm2-135m", "scores.safetensors"))
+    probes = load_probes(workspace.reference_file("smollm2-135m", "probes.jsonl"))
     chosen = list(range(0, len(probes), args.every))
     scored = score_probes(low, probes, ScoreConfig(mode=reference.meta["mode"]), select=chosen)
     rows = [reference.probe_ids.index(pid) for pid in scored.probe_ids]
