@@ -51,6 +51,9 @@ class CheckConfig:
         """Fail on bad input before any model is loaded."""
         if self.sample < 1:
             raise HeadprofError(f"--sample must be at least 1, got {self.sample}")
+        limits = (self.max_row_diff, self.min_spearman, self.min_topk)
+        if not all(math.isfinite(x) for x in limits):
+            raise HeadprofError("--max-row-diff, --min-spearman and --min-topk must be finite numbers")
         if self.max_row_diff < 0 or not -1 <= self.min_spearman <= 1 or not 0 <= self.min_topk <= 1:
             raise HeadprofError("--max-row-diff must be >= 0, --min-spearman in [-1, 1], --min-topk in [0, 1]")
         if self.k < 1:

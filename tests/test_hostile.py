@@ -574,7 +574,7 @@ CASES = [
         "comparison artifact",
         other_architecture,
     ),
-    # one needle: no split halves (reported as such); the overlap with the scoring needles is refused before the model loads
+    # one needle: no split halves (reported as such); needles shared with the scores are refused before loading
     ("late", ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl"], 1, "share 1 needle", one_needle_scores),
     ("late", ["probes", "build", "--lengths", "-5"], 1, "must be positive", None),
     ("late", ["tasks", "build", "ruler:vt", "--out", "f/t.jsonl"], 1, "not writable", write("f", "x")),

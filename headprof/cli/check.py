@@ -40,15 +40,15 @@ def check(
     from headprof import workspace
     from headprof.artifacts import load_scores
     from headprof.check import CheckConfig, check_scores, write_junit
-    from headprof.fileio import check_writable
     from headprof.probes import load_probes
+    from headprof.validation import check_outputs
 
     config = CheckConfig(sample, mode.value if mode else None, max_row_diff, min_spearman, min_topk)
     config.validate()
-    if junit:
-        check_writable(junit)
+    probe_file = probes or workspace.reference_probes(reference, model)
+    check_outputs([("--junit", junit)], [reference, probe_file])
     ref = load_scores(reference)
-    probe_list = load_probes(probes or workspace.reference_probes(reference, model))
+    probe_list = load_probes(probe_file)
     loaded = common.load(model, dtype.value, device)
     with render.status(f"re-scoring {min(sample, len(ref.probe_ids))} probes ..."):
         report = check_scores(loaded, ref, probe_list, config, name=str(reference))
