@@ -53,8 +53,8 @@ def info(name: str):
 
 
 @functools.cache
-def full_run(name: str):
-    return greedy(model(name), token_ids(PROMPT), NEW)
+def full_run(name: str, vocab: int = VOCAB):
+    return greedy(model(name, vocab), token_ids(PROMPT), NEW)
 
 
 # ---------------------------------------------------------------- capture
@@ -86,9 +86,13 @@ def _cases() -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize(("name", "method", "gqa"), _cases(), ids=lambda v: str(v))
-def test_budgets_covering_the_prompt_reproduce_the_full_cache(name, method, gqa):
-    net, ids, full = model(name), token_ids(PROMPT), full_run(name)
-    press = compressed(net, method, 20 * PROMPT, gqa=gqa, window=8, scores=random_scores(info(name)), info=info(name))
+def test_budgets_covering_the_prompt_reproduce_the_full_cache(name, method, gqa, tokenizer):
+    # KVzip's reconstruction prompts are text: its models read the embedded model's tokenizer's ids
+    vocab, text = (len(tokenizer), tokenizer) if method == "kvzip" else (VOCAB, None)
+    net, ids, full = model(name, vocab), token_ids(PROMPT), full_run(name, vocab)
+    press = compressed(
+        net, method, 20 * PROMPT, gqa=gqa, window=8, scores=random_scores(info(name)), info=info(name), tokenizer=text
+    )
     with press:
         run = greedy(net, ids, NEW)
     assert torch.equal(run.sequences, full.sequences)
@@ -97,11 +101,12 @@ def test_budgets_covering_the_prompt_reproduce_the_full_cache(name, method, gqa)
     assert not press.stats.compressed and run.cache.get_seq_length() == PROMPT + NEW - 1
 
 
-def test_a_compressed_context_answers_a_question_on_top_on_a_sliding_window_model():
+def test_a_compressed_context_answers_a_question_on_top_on_a_sliding_window_model(tokenizer):
     """KVzip's way: the context alone is prefilled (its reconstruction pass must leave the windows as they were),
     then the question runs on a fork of the cache, several tokens at once, through windows and compressed layers."""
-    net, ids, full = model("gpt-oss"), token_ids(PROMPT), full_run("gpt-oss")
-    press = compressed(net, "kvzip", 20 * PROMPT, window=8, info=info("gpt-oss"))
+    vocab = len(tokenizer)
+    net, ids, full = model("gpt-oss", vocab), token_ids(PROMPT), full_run("gpt-oss", vocab)
+    press = compressed(net, "kvzip", 20 * PROMPT, window=8, info=info("gpt-oss"), tokenizer=tokenizer)
     context = press.prefill(ids[:, :36])
     with press:
         run = net.generate(

@@ -377,9 +377,11 @@ class CompressedCache(Cache):
         method across layers; sliding-window layers go back to their window."""
         start = time.perf_counter()
         budgeted = self.budgeted
-        method, window = budgeted[0].plan.method, budgeted[0].plan.window
-        budgets = torch.stack([layer.plan.budgets for layer in budgeted])
-        selections = method.select_layers([scores[layer.index] for layer in budgeted], budgets, window)
+        selections = []
+        if budgeted:  # a model whose every layer has a sliding window (Mistral) has nothing to select
+            method, window = budgeted[0].plan.method, budgeted[0].plan.window
+            budgets = torch.stack([layer.plan.budgets for layer in budgeted])
+            selections = method.select_layers([scores[layer.index] for layer in budgeted], budgets, window)
         self.stats.compress_seconds += time.perf_counter() - start
         for layer in self.layers:
             if isinstance(layer, WindowLayer):
