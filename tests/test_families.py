@@ -190,15 +190,16 @@ def test_generate_mode_rows_index_the_whole_sequence_on_sliding_layers(tokenizer
     spec = info_from_config(net.config, "tiny/gemma2")
     loaded = LoadedModel(net, tokenizer, ModelSpec("gemma2", spec.model_id, "gemma2", ""), spec)
     probe = build_probes(needles[:1], tokenizer, lengths=(200,), depths=(50,), tokenizer_name="smollm2-135m")[0]
-    enc, config = encode_probe(tokenizer, probe), ScoreConfig(mode="generate", max_new_tokens=4)
-    with torch.no_grad():
+    enc, config = encode_probe(tokenizer, probe), ScoreConfig(mode="generate")
+    with torch.no_grad():  # generate mode decodes as many tokens as the target has (HeadKV's cap)
         ids = torch.tensor([enc.prompt_ids])
-        answer = net.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :].tolist()
-    # the gold answer is the model's own, so that the probe counts
-    enc = dataclasses.replace(enc, probe=dataclasses.replace(probe, answer=tokenizer.decode(answer)))
+        answer = net.generate(ids, max_new_tokens=len(enc.target_ids), do_sample=False)[0, ids.shape[1] :].tolist()
+    # the target is the model's own answer, so that the answer is right (F1 1.0 against the target)
+    own = tokenizer.decode(answer)
+    enc = dataclasses.replace(enc, probe=dataclasses.replace(probe, answer=own, target=own))
     with AttentionCapture(net):
         result = score_probe(loaded, enc, config)
-    assert result.counted
+    assert result.right
     previous = net.config._attn_implementation
     net.set_attn_implementation("eager")
     try:
@@ -207,7 +208,7 @@ def test_generate_mode_rows_index_the_whole_sequence_on_sliding_layers(tokenizer
     finally:
         net.set_attn_implementation(previous)
     rows = torch.stack([probs[0, :, -len(answer) :].float() for probs in eager])
-    _, mass = step_stats(rows, enc.span)
+    _, mass = step_stats(rows, enc.span("sentence"))  # r2's reference span
     torch.testing.assert_close(result.scores["r2"], r2_scores(mass), atol=1e-5, rtol=1e-4)
 
 
