@@ -22,6 +22,7 @@ sentence by default) and, for a reasoning needle, when the same needle asked the
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -164,9 +165,32 @@ def _probe_scores(
     return out
 
 
+@dataclass
+class SharedPrefix:
+    """The KV cache of the first `length` prompt tokens that several probes share (the haystack before the
+    needle, for probes of one length and depth), computed once and copied for each of them."""
+
+    length: int
+    cache: DynamicCache
+
+
 @torch.no_grad()
-def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> ProbeResult:
-    """Score one probe; the model must be inside an `AttentionCapture` block."""
+def shared_prefix(loaded: LoadedModel, ids: Sequence[int]) -> SharedPrefix:
+    """Run `ids` once and keep their KV (a cache that keeps every position, so sliding-window layers' rows
+    still index the whole prompt). Inside an `AttentionCapture` block nothing is captured: no rows are asked."""
+    cache = DynamicCache()
+    loaded.model(
+        input_ids=torch.tensor([list(ids)], device=loaded.device), cache=cache, use_cache=True, logits_to_keep=1
+    )
+    return SharedPrefix(len(ids), cache)
+
+
+@torch.no_grad()
+def score_probe(
+    loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig, prefix: SharedPrefix | None = None
+) -> ProbeResult:
+    """Score one probe; the model must be inside an `AttentionCapture` block. With `prefix` (teacher mode;
+    its tokens must start the prompt), only the tokens after it run: the captured rows are the same."""
     info, model, device, tokenizer = loaded.info, loaded.model, loaded.device, loaded.tokenizer
     probe, n_target = enc.probe, len(enc.target_ids)
     recorder = _Recorder(info.n_layers, info.n_heads, n_target, enc.span(config.span_of("r2")))
@@ -174,7 +198,11 @@ def score_probe(loaded: LoadedModel, enc: EncodedProbe, config: ScoreConfig) -> 
         answer_ids = enc.target_ids
         inputs = torch.tensor([enc.prompt_ids + answer_ids[:-1]], device=device)
         with AttentionCapture.rows(n_target, recorder):
-            model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
+            if prefix is None:
+                model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
+            else:
+                cache = copy.deepcopy(prefix.cache)
+                model(input_ids=inputs[:, prefix.length :], cache=cache, use_cache=True, logits_to_keep=1)
         answer_keys, right = enc.target_keys, True
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
     else:
@@ -323,11 +351,16 @@ def score_probes(
     checkpoint: str | Path | None = None,
     on_probe: Callable[[ProbeResult], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
+    share_prefixes: bool = True,
 ) -> ScoreArtifact:
     """Score the probes (or the `select`ed indices), resuming from and updating `checkpoint` after each probe.
 
     The returned artifact lists probes in probe-set order whatever the resume history, so an
-    interrupted and resumed run equals an uninterrupted one.
+    interrupted and resumed run equals an uninterrupted one. `share_prefixes` (teacher mode): probes of
+    one length and depth share the haystack before their needles (`probes.build_probes` builds them so),
+    so their common first tokens run once per group (`SharedPrefix`) and each probe runs only the rest;
+    the scores equal the per-probe path's (tests/test_scoring.py). Probes are then scored group by group,
+    one group's prefix held at a time.
     """
     config.validate()
     indices = list(range(len(probes))) if select is None else sorted(select)
@@ -351,9 +384,20 @@ def score_probes(
                 f"beyond the model's {limit}-token window"
             )
     results: dict[int, ProbeResult] = {}
+    todo = [i for i in indices if probes[i].id not in done]
+    prefixes = _prefix_lengths(probes, encoded, todo) if share_prefixes and config.mode == "teacher" else {}
+    order = sorted(indices, key=lambda i: (prefixes.get(i, (None, 0))[0] or "", i))
+    held: tuple[str, SharedPrefix] | None = None
     with AttentionCapture(loaded.model):
-        for i in indices:
-            result = done.get(probes[i].id) or score_probe(loaded, encoded[i], config)
+        for i in order:
+            prefix = None
+            if i in prefixes and probes[i].id not in done:
+                group, length = prefixes[i]
+                if held is None or held[0] != group:
+                    held = None  # free the previous group's cache first
+                    held = (group, shared_prefix(loaded, encoded[i].prompt_ids[:length]))
+                prefix = held[1]
+            result = done.get(probes[i].id) or score_probe(loaded, encoded[i], config, prefix)
             results[i] = result
             if ckpt is not None and probes[i].id not in done:
                 done_idx = sorted(results)
@@ -364,6 +408,28 @@ def score_probes(
             if on_probe:
                 on_probe(result)
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
+
+
+def _prefix_lengths(
+    probes: Sequence[Probe], encoded: dict[int, EncodedProbe], todo: Sequence[int], minimum: int = 32
+) -> dict[int, tuple[str, int]]:
+    """Probe index -> (group, tokens its group shares): the longest common token prefix of the probes of one
+    length and depth still to score, at least `minimum` tokens, leaving each probe at least one prompt token."""
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(f"{probes[i].length}@{probes[i].depth:g}", []).append(i)
+    out: dict[int, tuple[str, int]] = {}
+    for group, members in groups.items():
+        if len(members) < 2:
+            continue
+        prompts = [encoded[i].prompt_ids for i in members]
+        length = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for other in prompts[1:]:
+            length = next((j for j in range(length) if other[j] != first[j]), length)
+        if length >= minimum:
+            out.update({i: (group, length) for i in members})
+    return out
 
 
 def remove_checkpoints(target: Path) -> None:

@@ -209,3 +209,18 @@ def test_generate_mode_scores_the_answer_steps_without_the_eos_step(loaded, tiny
     expected = retrieval_scores(argmax, *_keys(enc, keys), enc.span("answer"))
     torch.testing.assert_close(result.scores["retrieval"], expected)
     assert _strip_eos([5, 6, 2, 7], [2]) == [5, 6] and _strip_eos([5, 6], [2]) == [5, 6]
+
+
+def test_shared_prefixes_give_the_per_probe_scores(loaded, tiny_probes):
+    """Probes of one length and depth share the haystack before the needle: its KV runs once, each probe runs
+    only the rest, and the captured rows (so the scores) are those of the per-probe path."""
+    from headprof.scoring import _prefix_lengths, score_probes
+
+    encoded = {i: encode_probe(loaded.tokenizer, p) for i, p in enumerate(tiny_probes)}
+    shared = _prefix_lengths(tiny_probes, encoded, list(encoded))
+    assert len(shared) == len(tiny_probes) and min(length for _, length in shared.values()) > 100
+    alone = score_probes(loaded, tiny_probes, ScoreConfig(), share_prefixes=False)
+    together = score_probes(loaded, tiny_probes, ScoreConfig(), share_prefixes=True)
+    torch.testing.assert_close(together.per_probe["r2"], alone.per_probe["r2"], atol=1e-5, rtol=0)
+    assert torch.equal(together.per_probe["retrieval"], alone.per_probe["retrieval"])
+    assert together.probe_ids == alone.probe_ids
