@@ -384,8 +384,9 @@ def score_probes(
                 f"beyond the model's {limit}-token window"
             )
     results: dict[int, ProbeResult] = {}
-    todo = [i for i in indices if probes[i].id not in done]
-    prefixes = _prefix_lengths(probes, encoded, todo) if share_prefixes and config.mode == "teacher" else {}
+    # Groups and their prefix lengths come from the whole probe set, so a shard, a rank or a resumed run
+    # splits every probe where the full run does: the same arithmetic, bit-identical artifacts.
+    prefixes = _prefix_lengths(probes, encoded, list(encoded)) if share_prefixes and config.mode == "teacher" else {}
     order = sorted(indices, key=lambda i: (prefixes.get(i, (None, 0))[0] or "", i))
     held: tuple[str, SharedPrefix] | None = None
     with AttentionCapture(loaded.model):
@@ -411,24 +412,24 @@ def score_probes(
 
 
 def _prefix_lengths(
-    probes: Sequence[Probe], encoded: dict[int, EncodedProbe], todo: Sequence[int], minimum: int = 32
+    probes: Sequence[Probe], encoded: dict[int, EncodedProbe], members: Sequence[int], minimum: int = 32
 ) -> dict[int, tuple[str, int]]:
     """Probe index -> (group, tokens its group shares): the longest common token prefix of the probes of one
-    length and depth still to score, at least `minimum` tokens, leaving each probe at least one prompt token."""
+    length and depth among `members`, at least `minimum` tokens, leaving each probe at least one prompt token."""
     groups: dict[str, list[int]] = {}
-    for i in todo:
+    for i in members:
         groups.setdefault(f"{probes[i].length}@{probes[i].depth:g}", []).append(i)
     out: dict[int, tuple[str, int]] = {}
-    for group, members in groups.items():
-        if len(members) < 2:
+    for group, group_members in groups.items():
+        if len(group_members) < 2:
             continue
-        prompts = [encoded[i].prompt_ids for i in members]
+        prompts = [encoded[i].prompt_ids for i in group_members]
         length = min(len(p) for p in prompts) - 1
         first = prompts[0]
         for other in prompts[1:]:
             length = next((j for j in range(length) if other[j] != first[j]), length)
         if length >= minimum:
-            out.update({i: (group, length) for i in members})
+            out.update({i: (group, length) for i in group_members})
     return out
 
 
