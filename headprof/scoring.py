@@ -22,7 +22,6 @@ sentence by default) and, for a reasoning needle, when the same needle asked the
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import warnings
@@ -168,7 +167,7 @@ def _probe_scores(
 @dataclass
 class SharedPrefix:
     """The KV cache of the first `length` prompt tokens that several probes share (the haystack before the
-    needle, for probes of one length and depth), computed once and copied for each of them."""
+    needle, for probes of one length and depth), computed once; each probe extends it, then crops it back."""
 
     length: int
     cache: DynamicCache
@@ -201,8 +200,10 @@ def score_probe(
             if prefix is None:
                 model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
             else:
-                cache = copy.deepcopy(prefix.cache)
-                model(input_ids=inputs[:, prefix.length :], cache=cache, use_cache=True, logits_to_keep=1)
+                try:
+                    model(input_ids=inputs[:, prefix.length :], cache=prefix.cache, use_cache=True, logits_to_keep=1)
+                finally:
+                    prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())  # back to the shared tokens
         answer_keys, right = enc.target_keys, True
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
     else:
