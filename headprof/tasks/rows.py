@@ -63,6 +63,14 @@ def _text(value: str, name: str) -> str:
     return value
 
 
+def _optional_text(data: dict[str, Any], name: str, default: str) -> str:
+    """An optional string field: `default` when absent or empty, else checked text."""
+    value = data.get(name) or default
+    if not isinstance(value, str):
+        raise ValueError(f"'{name}' must be a string")
+    return _text(value, name)
+
+
 def _string_list(value: Any, name: str, allow_numbers: bool) -> tuple[str, ...]:
     """A non-empty list of non-empty strings (answers: finite numbers too, and a bare string as a one-answer
     list); an empty answer would match every output."""
@@ -100,23 +108,15 @@ def row_from_json(data: Any, default_id: str) -> TaskRow:
     answers = _string_list(data["answers"], "answers", allow_numbers=True)
     classes = data.get("all_classes")
     all_classes = None if classes is None else _string_list(classes, "all_classes", allow_numbers=False)
-    dataset = data.get("dataset") or ""
-    if not isinstance(dataset, str):
-        raise ValueError("'dataset' must be a string")
-    _text(dataset, "dataset")
+    dataset = _optional_text(data, "dataset", "")
     length = data.get("length")
     if length is not None and (type(length) is not int or length < 0):
         raise ValueError("'length' must be a non-negative integer")
-    prefix = data.get("answer_prefix") or ""
-    if not isinstance(prefix, str):
-        raise ValueError("'answer_prefix' must be a string")
-    _text(prefix, "answer_prefix")
+    prefix = _optional_text(data, "answer_prefix", "")
     limit = data.get("max_new_tokens")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError("'max_new_tokens' must be a positive integer")
-    language = data.get("language") or "en"
-    if not isinstance(language, str):
-        raise ValueError("'language' must be a string")
+    language = _optional_text(data, "language", "en")
     row_id = data.get("_id", data.get("id"))
     if row_id is not None and type(row_id) not in (str, int):
         raise ValueError("'_id' must be a string or an integer")
