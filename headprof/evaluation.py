@@ -29,7 +29,8 @@ from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, context_span, encode_text, load_probes
 from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
-from headprof.runtime.generation import context_prefix_length, generate_answer
+from headprof.runtime.generation import RunResult, context_prefix_length, generate_answer
+from headprof.runtime.sweep import sweep_answers
 from headprof.scoring import needle_hashes
 from headprof.tasks.prompts import render_row, score_prediction
 from headprof.tasks.rows import TaskRow, read_task_file
@@ -69,7 +70,8 @@ RESULTS_REVISION = 2  # 2: every method as its reference code selects (fidelity)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One evaluation run: methods x budgets, cache layout, window, answer length and SnapKV-family options."""
+    """One evaluation run: methods x budgets, cache layout, window, answer length, SnapKV-family options, and
+    whether the configurations share each item's prefill."""
 
     methods: tuple[str, ...]
     budgets: tuple[int, ...]
@@ -78,6 +80,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     kernel: int = 7
     pooling: str = "max"
+    sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
 
     def method(self, name: str) -> Method:
         """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
@@ -279,60 +282,81 @@ def evaluate(
     cache_path: str | Path | None = None,
     on_result: Callable[[EvalRecord], None] | None = None,
 ) -> list[EvalRecord]:
-    """Answer every item under every method x budget, reusing cached results; records in run order."""
+    """Answer every item under every method x budget, reusing cached results; records in method x budget x item
+    order. With `config.sweep` (the default) each item's missing configurations share one prefill
+    (`runtime.sweep`); otherwise each configuration runs alone. Both give the same answers."""
     cache = ResultCache.open(cache_path)
-    records = []
     scores_id = scores.meta.get("sha256", "") if scores else ""
-    for method in config.methods:
-        budgets: tuple[int | None, ...] = (None,) if method == "full" else config.budgets
-        compressor = config.method(method)
-        for budget in budgets:
-            press = None
-            for item in items:
-                limit = item.max_new_tokens or config.max_new_tokens
-                key = _key(
-                    RESULTS_REVISION,
-                    loaded.info.fingerprint,
-                    method,
-                    budget,
-                    config.gqa,
-                    config.window,
-                    asdict(compressor.options),
-                    scores_id if method == "headkv" else "",
-                    limit,
-                    item.key,
-                )
-                if key in cache.rows:
-                    record = EvalRecord(**cache.rows[key])
-                else:
-                    if press is None:
-                        plan = plan_budgets(
-                            compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
-                        )
-                        press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
-                    result = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, limit)
-                    record = EvalRecord(
-                        method,
-                        budget,
-                        item.id,
-                        item.kind,
-                        item.length,
-                        item.depth,
-                        result.answer,
-                        any(exact_match(result.answer, gold) for gold in item.answers),
-                        max(token_f1(result.answer, gold) for gold in item.answers),
-                        result.kv_bytes,
-                        result.kv_bytes_full,
-                        item.task,
-                        score_prediction(item.metric, item.task, result.answer, item.answers, item.all_classes)
-                        if item.metric
-                        else None,
-                    )
-                    cache.add(key, record)
-                records.append(record)
-                if on_result:
-                    on_result(record)
-    return records
+    configs = [
+        (method, budget, config.method(method))
+        for method in config.methods
+        for budget in ((None,) if method == "full" else config.budgets)
+    ]
+    presses: dict[int, Press] = {}
+
+    def press(c: int) -> Press:
+        if c not in presses:
+            method, budget, compressor = configs[c]
+            plan = plan_budgets(
+                compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
+            )
+            presses[c] = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
+        return presses[c]
+
+    def key(c: int, item: EvalItem) -> str:
+        method, budget, compressor = configs[c]
+        return _key(
+            RESULTS_REVISION,
+            loaded.info.fingerprint,
+            method,
+            budget,
+            config.gqa,
+            config.window,
+            asdict(compressor.options),
+            scores_id if method == "headkv" else "",
+            item.max_new_tokens or config.max_new_tokens,
+            item.key,
+        )
+
+    for item in items:
+        missing = [c for c in range(len(configs)) if key(c, item) not in cache.rows]
+        if on_result:
+            for c in set(range(len(configs))) - set(missing):
+                on_result(EvalRecord(**cache.rows[key(c, item)]))
+        if not missing:
+            continue
+        limit = item.max_new_tokens or config.max_new_tokens
+        if config.sweep:
+            answers = sweep_answers(loaded, [press(c) for c in missing], item.prompt_ids, item.context_tokens, limit)
+        else:
+            answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
+        for c, result in zip(missing, answers):
+            record = _record(configs[c][0], configs[c][1], item, result)
+            cache.add(key(c, item), record)
+            if on_result:
+                on_result(record)
+    return [EvalRecord(**cache.rows[key(c, item)]) for c in range(len(configs)) for item in items]
+
+
+def _record(method: str, budget: int | None, item: EvalItem, result: RunResult) -> EvalRecord:
+    """One answer scored against the item's gold answers (and by its task's metric)."""
+    return EvalRecord(
+        method,
+        budget,
+        item.id,
+        item.kind,
+        item.length,
+        item.depth,
+        result.answer,
+        any(exact_match(result.answer, gold) for gold in item.answers),
+        max(token_f1(result.answer, gold) for gold in item.answers),
+        result.kv_bytes,
+        result.kv_bytes_full,
+        item.task,
+        score_prediction(item.metric, item.task, result.answer, item.answers, item.all_classes)
+        if item.metric
+        else None,
+    )
 
 
 def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:

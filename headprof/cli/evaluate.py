@@ -80,6 +80,13 @@ def eval_(
         Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    per_config: Annotated[
+        bool,
+        typer.Option(
+            "--per-config",
+            help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
+        ),
+    ] = False,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -106,6 +113,7 @@ def eval_(
         32 if max_new_tokens is None else max_new_tokens,
         kernel,
         pooling.value,
+        sweep=not per_config,
     )
     config.validate()
     if max_length is not None and max_length < 1:

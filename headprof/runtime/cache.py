@@ -79,6 +79,13 @@ class _Layer(CacheLayerMixin):
         if repeats != 1:
             raise HeadprofError("num_return_sequences > 1 is not supported with a compressed KV cache")
 
+    def adopt(self, source: _Layer, length: int) -> None:
+        """Hold the first `length` tokens of `source`'s dense prompt (views, not copies; `source` is left as it
+        is), deferred: the layer is then compressed by `CompressedCache.compress_all`."""
+        self.device, self.dtype, self.n_kv = source.device, source.dtype, source.keys.shape[1]
+        self.keys, self.values = source.keys[:, :, :length], source.values[:, :, :length]
+        self.seen, self.deferred, self.is_initialized = length, True, True
+
 
 class CompressedLayer(_Layer):
     """One decoder layer's KV: dense while the prompt runs, then flat per-head segments plus a dense recent part."""
@@ -95,6 +102,10 @@ class CompressedLayer(_Layer):
         self.entry_scores: torch.Tensor | None = None  # per stored entry, for a method that evicts while decoding
         self.recent_keys: torch.Tensor | None = None
         self.recent_values: torch.Tensor | None = None
+
+    def adopt(self, source: _Layer, length: int) -> None:
+        super().adopt(source, length)
+        self.phase = "dense"
 
     # ---------------------------------------------------------- Cache API
 
@@ -178,18 +189,23 @@ class CompressedLayer(_Layer):
     def n_stored(self) -> int:
         return self.plan.budgets.numel()
 
-    def compress(self, query: torch.Tensor | None, scaling: float, selection: Selection | None = None) -> None:
+    def compress(
+        self,
+        query: torch.Tensor | None,
+        scaling: float,
+        selection: Selection | None = None,
+        scores: torch.Tensor | None = None,
+    ) -> None:
         """Keep the method's selection of the dense prompt K/V, in flat per-head segments, and free the rest.
 
-        `selection` given (after extra passes, chosen across layers): keep it; otherwise the method scores
-        the prompt from its own queries and selects.
+        `selection` given (chosen across layers after extra passes, or by a sweep from `scores` it computed
+        once for many budgets): keep it; otherwise the method scores the prompt from its own queries and selects.
         """
         sync = self.keys.device.type == "cuda"
         if sync:
             torch.cuda.synchronize()
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
-        scores = None
         if selection is None:
             scores = method.score(query, self.keys, scaling, self.plan.window, self.n_stored)
             selection = method.select(scores, self.plan.budgets, self.plan.window)
@@ -356,6 +372,12 @@ class CompressedCache(Cache):
         for layer in self.layers:
             layer.deferred = True
 
+    def adopt(self, dense: CompressedCache, length: int) -> None:
+        """Start from the first `length` tokens of another cache's dense prompt (a sweep's, kept dense by
+        `defer`), to compress them with `compress_all` under this cache's own budgets: one prefill, many caches."""
+        for layer, source in zip(self.layers, dense.layers):
+            layer.adopt(source, length)
+
     def observe(self, observer: Observer | None) -> None:
         """Hand each layer's dense attention inputs to `observer` (or stop, with None) during an extra pass."""
         for layer in self.layers:
@@ -387,7 +409,7 @@ class CompressedCache(Cache):
             if isinstance(layer, WindowLayer):
                 layer.end_extra_pass(layer.seen)
         for layer, selection in zip(budgeted, selections):
-            layer.compress(None, 1.0, selection=selection)
+            layer.compress(None, 1.0, selection=selection, scores=scores[layer.index])
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
         """Original prompt positions each stored head of a budgeted layer kept (for inspection and tests)."""

@@ -17,10 +17,11 @@ from headprof.allocation import full_kv_bytes
 from headprof.errors import HeadprofError
 from headprof.models.loading import LoadedModel
 from headprof.probes import encode_text, render_prompt
-from headprof.runtime.press import Press, cache_bytes
+from headprof.runtime.press import Press, PressStats, cache_bytes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+    from transformers.cache_utils import Cache
 
 
 @dataclass
@@ -67,51 +68,75 @@ def answer_question(
 
 @torch.no_grad()
 def generate_answer(
-    loaded: LoadedModel, press: Press, prompt_ids: list[int], context_tokens: int, max_new_tokens: int = 64
+    loaded: LoadedModel,
+    press: Press,
+    prompt_ids: list[int],
+    context_tokens: int,
+    max_new_tokens: int = 64,
+    context_cache: Cache | None = None,
 ) -> RunResult:
-    """Greedy answer; a query-agnostic method first compresses the `context_tokens` prefix alone."""
-    tokenizer, model = loaded.tokenizer, loaded.model
+    """Greedy answer; a query-agnostic method first compresses the `context_tokens` prefix alone (or takes
+    `context_cache`, that prefix already compressed: a sweep compresses it once per budget from one prefill)."""
+    check_length(loaded, len(prompt_ids), max_new_tokens)
+    ids = torch.tensor([prompt_ids], device=loaded.device)
+    cache = context_cache
+    if press.method.query_agnostic and cache is None:
+        cache = press.prefill(ids[:, :context_tokens])
+    with press:
+        new, out_cache, elapsed = greedy(loaded, ids, cache, max_new_tokens)
+    decode_s = elapsed if press.method.query_agnostic else elapsed - press.stats.prefill_seconds
+    return run_result(loaded, press.stats, ids.shape[1], new, out_cache, decode_s)
+
+
+def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse an answer that cannot fit the model's window."""
     if max_new_tokens < 1:
         raise HeadprofError("max-new-tokens must be at least 1")
     limit = loaded.info.max_context
-    if limit and len(prompt_ids) + max_new_tokens > limit:
+    if limit and prompt_tokens + max_new_tokens > limit:
         raise HeadprofError(
-            f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new exceeds the model's {limit}-token window"
+            f"prompt of {prompt_tokens} tokens + {max_new_tokens} new exceeds the model's {limit}-token window"
         )
-    ids = torch.tensor([prompt_ids], device=loaded.device)
-    cache = None
-    if press.method.query_agnostic:
-        cache = press.prefill(ids[:, :context_tokens])
-    with press:
-        started = time.perf_counter()
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            cache=cache,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.eos_token_id,
-            return_dict_in_generate=True,
-        )
-        elapsed = time.perf_counter() - started
-    new = out.sequences[0, ids.shape[1] :]
-    decode_s = elapsed if press.method.query_agnostic else elapsed - press.stats.prefill_seconds
-    sizes = cache_bytes(out.cache)
-    info = loaded.info
-    element = next(model.parameters()).element_size()
+
+
+def greedy(
+    loaded: LoadedModel, ids: torch.Tensor, cache: Cache | None, max_new_tokens: int
+) -> tuple[torch.Tensor, Cache, float]:
+    """`generate` greedily from `ids` (the tokens `cache` holds are not fed again): (new tokens, the cache
+    after them, seconds)."""
+    started = time.perf_counter()
+    out = loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        cache=cache,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=loaded.tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[0, ids.shape[1] :], out.cache, time.perf_counter() - started
+
+
+def run_result(
+    loaded: LoadedModel, stats: PressStats, prompt_tokens: int, new: torch.Tensor, cache: Cache, decode_s: float
+) -> RunResult:
+    """The answer `new` decodes to, with what it cost: `cache`'s bytes, the press's prompt statistics and the
+    decode rate (tokens after the first over `decode_s`)."""
+    sizes = cache_bytes(cache)
+    element = next(loaded.model.parameters()).element_size()
     return RunResult(
-        answer=tokenizer.decode(new, skip_special_tokens=True).strip(),
-        prompt_tokens=ids.shape[1],
+        answer=loaded.tokenizer.decode(new, skip_special_tokens=True).strip(),
+        prompt_tokens=prompt_tokens,
         new_tokens=int(new.numel()),
         kv_bytes=sizes["kv_bytes"],
-        kv_bytes_full=full_kv_bytes(info, element, out.cache.get_seq_length()),
+        kv_bytes_full=full_kv_bytes(loaded.info, element, cache.get_seq_length()),
         padding_bytes=sizes["padding_bytes"],
         index_bytes=sizes["index_bytes"],
-        prefill_s=press.stats.prefill_seconds,
-        compress_s=press.stats.compress_seconds,
+        prefill_s=stats.prefill_seconds,
+        compress_s=stats.compress_seconds,
         decode_tokens_per_s=max(0, int(new.numel()) - 1) / decode_s if decode_s > 0 else 0.0,
-        compressed=press.stats.compressed,
+        compressed=stats.compressed,
     )

@@ -156,7 +156,7 @@ class Press:
                 cache.set_budgets(self.method.budgets_for(self.plan, tokens))
                 self._passes = self.method.extra_passes(ids, self.tokenizer)
                 if self._passes is not None:
-                    self._check_positions(tokens, self._passes)
+                    self.check_positions(tokens, self._passes)
                     cache.defer()
             self._sync()
             self._started = time.perf_counter()
@@ -176,7 +176,7 @@ class Press:
             self.stats.compress_seconds = cache.stats.compress_seconds
             self.stats.compressed = cache.stats.compressed_heads > 0
 
-    def _check_positions(self, tokens: int, passes: list[ExtraPass]) -> None:
+    def check_positions(self, tokens: int, passes: list[ExtraPass]) -> None:
         """Refuse extra passes that would run past the positions the model was trained for."""
         limit = getattr(self.model.config, "max_position_embeddings", None)
         longest = max((extra.ids.shape[1] for extra in passes), default=0)
@@ -187,7 +187,12 @@ class Press:
             )
 
     def _run_extra_passes(self, cache: CompressedCache, passes: list[ExtraPass]) -> None:
-        """Feed each pass on top of the dense prompt; its queries score their span; then compress all layers."""
+        """Score the prompt with every pass, then compress all layers at once."""
+        cache.compress_all(self.pass_scores(cache, passes))
+
+    def pass_scores(self, cache: CompressedCache, passes: list[ExtraPass]) -> dict[int, torch.Tensor]:
+        """Feed each pass on top of the dense prompt in `cache` (kept dense: it is cut back to the prompt after
+        each pass); its queries score their span. Returns scores `[B, S, N]` per budgeted layer."""
         prefix = cache.get_seq_length()
         batch = passes[0].ids.shape[0] if passes else 1
         device = cache.layers[0].keys.device
@@ -205,14 +210,17 @@ class Press:
         cache.observe(observe)
         self._in_extra_pass = True
         try:
-            for extra in passes:
-                current[:] = [extra]
-                self.model(input_ids=extra.ids.to(device), cache=cache, use_cache=True, logits_to_keep=1)
-                cache.truncate(prefix)
+            with contextlib.ExitStack() as stack:
+                if not self.active:
+                    stack.enter_context(self)
+                for extra in passes:
+                    current[:] = [extra]
+                    self.model(input_ids=extra.ids.to(device), cache=cache, use_cache=True, logits_to_keep=1)
+                    cache.truncate(prefix)
         finally:
             self._in_extra_pass = False
             cache.observe(None)
-        cache.compress_all(scores)
+        return scores
 
     def _sync(self) -> None:
         if torch.cuda.is_available() and self.model.device.type == "cuda":

@@ -1,0 +1,92 @@
+"""Sweep-once evaluation: one prefill per item serves every method x budget, with the answers, token for token,
+and the KV bytes of running each configuration alone (`headprof.runtime.sweep`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from headprof import evaluation as E
+from headprof.artifacts import load_scores
+from headprof.models import LoadedModel, info_from_config
+from headprof.probes import build_probes, load_needles
+from headprof.runtime import Press, build_method, plan_budgets
+from headprof.runtime.generation import generate_answer
+from headprof.runtime.sweep import sweep_answers
+
+from families import random_scores, tiny_model, token_ids
+from helpers import NEEDLES, REFERENCE
+
+ALL = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip")
+
+
+@pytest.fixture(scope="module")
+def items(tokenizer):
+    needles = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[:1]
+    probes = build_probes(needles, tokenizer, lengths=(320,), depths=(30,), tokenizer_name="smollm2-135m")
+    return E.items_from_probes(tokenizer, probes)
+
+
+def _same(alone, swept) -> None:
+    for a, s in zip(alone, swept, strict=True):
+        assert (s.answer, s.new_tokens, s.kv_bytes, s.kv_bytes_full, s.compressed) == (
+            a.answer,
+            a.new_tokens,
+            a.kv_bytes,
+            a.kv_bytes_full,
+            a.compressed,
+        )
+
+
+def test_eval_sweep_gives_the_records_of_each_configuration_alone(loaded, items):
+    scores = load_scores(REFERENCE / "scores.safetensors")
+    config = E.EvalConfig(ALL, (64, 128), max_new_tokens=16)
+    swept = E.evaluate(loaded, items, config, scores)
+    alone = E.evaluate(loaded, items, E.EvalConfig(ALL, (64, 128), max_new_tokens=16, sweep=False), scores)
+    assert swept == alone and len(swept) == len(items) * (1 + 7 * 2)
+    assert all(r.exact for r in swept if r.method == "full")  # the answers are real ones
+    assert len({r.answer for r in swept}) > 2  # and the budgets change them
+
+
+def test_sweep_mixes_layouts_and_method_options(loaded, items, tokenizer):
+    """Presses that score alike share their scores, the others do not: the query-head layout, H2O's decode-time
+    eviction, KVzip's per-head selection, AdaKV's kvpress floor and StreamingLLM's sink count in one sweep."""
+    scores = load_scores(REFERENCE / "scores.safetensors")
+    settings = [
+        ("headkv", {}, "query", 96),
+        ("headkv", {}, "kv", 96),
+        ("h2o", {"decode": "evict"}, "kv", 64),
+        ("adakv", {"floor_rule": "kvpress"}, "kv", 64),
+        ("streamingllm", {"sinks": 2}, "kv", 64),
+        ("kvzip", {"selection": "uniform"}, "kv", 64),
+        ("kvzip", {}, "kv", 64),
+    ]
+    presses = []
+    for name, options, gqa, budget in settings:
+        method = build_method(name, **options)
+        plan = plan_budgets(method, loaded.info, budget, scores=scores, gqa=gqa, window=32)
+        presses.append(Press(loaded.model, method, plan, tokenizer=tokenizer))
+    item = items[0]
+    swept = sweep_answers(loaded, presses, item.prompt_ids, item.context_tokens, 8)
+    alone = [generate_answer(loaded, p, item.prompt_ids, item.context_tokens, 8) for p in presses]
+    _same(alone, swept)
+    assert swept[0].kv_bytes > swept[1].kv_bytes  # the query-head layout repeats shared KV heads
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "gpt-oss", "qwen2-window"])
+def test_sweep_on_sliding_window_soft_capped_and_sink_families(name, tokenizer):
+    """Sliding-window layers keep their window in every configuration (and in the full cache built from the
+    sweep's dense prompt); soft-capping and sinks reach the methods' scores as in a single run."""
+    net = tiny_model(name, vocab=len(tokenizer))  # KVzip's reconstruction prompts are the tokenizer's text
+    info = info_from_config(net.config, f"tiny/{name}")
+    loaded = LoadedModel(net, tokenizer, None, info)
+    presses = []
+    for method_name in ALL:
+        method = build_method(method_name)
+        for budget in (None,) if method_name == "full" else (12, 24):
+            plan = plan_budgets(method, info, budget or 0, scores=random_scores(info), window=8)
+            presses.append(Press(net, method, plan, tokenizer=tokenizer))
+    ids = token_ids(48)[0].tolist()
+    swept = sweep_answers(loaded, presses, ids, 36, 5)
+    alone = [generate_answer(loaded, p, ids, 36, 5) for p in presses]
+    _same(alone, swept)
+    assert len({r.kv_bytes for r in swept}) > (3 if info.global_layers else 0)  # Mistral: every layer is a window
