@@ -78,7 +78,8 @@ class H2O(Method):
         visible = held[:, None, :] & (positions[:, None, :] <= query_pos[None, :, None])
         probs = (logits.float() * scaling).masked_fill(~visible, float("-inf")).softmax(dim=-1)
         scores = scores + probs.nan_to_num(0.0).sum(dim=1) / per
-        keep = held & self._keep(held, scores, layer.plan.budgets.repeat(batch), layer.plan.window)
+        budgets = layer.plan.budgets.to(device).repeat(batch)  # plans keep budgets on the CPU
+        keep = held & self._keep(held, scores, budgets, layer.plan.window)
         counts = keep.sum(dim=1)
         offsets = torch.zeros(rows + 1, dtype=torch.long, device=device)
         offsets[1:] = counts.cumsum(0)
