@@ -14,7 +14,7 @@ Columns, one row per family (a markdown table for the README):
   difference from it, as a multiple of the floor bf16 itself sets (tests/numerics.py; the tests allow 2);
   "tokens differ at a tie": the first different token is where the full cache's two best logits are within
   twice the floor (random weights give near-uniform logits; such a step has no defined greedy token in bf16).
-`check_family` returns one row's numbers and whether they pass the tests' bounds (benchmarks/cuda.py uses it).
+`check_family` returns one row's numbers and whether they pass the tests' bounds (benchmarks/gpu.py uses it).
 """
 
 from __future__ import annotations

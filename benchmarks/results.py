@@ -32,10 +32,12 @@ from headprof import plots, workspace
 from headprof.artifacts import load_scores
 from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
+from headprof.intervals import bootstrap_interval
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
 from headprof.reliability import artifact_reliability
 from headprof.scoring import ScoreConfig, score_probes
+from headprof.tasks import RulerConfig, TaskSource
 
 MODEL = "smollm2-135m"
 REFERENCE = workspace.reference_file(MODEL, "scores.safetensors")
@@ -52,6 +54,58 @@ def _table(results: list[dict], budgets: list[int], methods: tuple[str, ...] = M
     rows = E.result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)")
     header = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     return "\n".join(header + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _ruler(loaded, reference, lengths: tuple[int, ...], samples: int, budgets: list[int], max_new_tokens: int) -> dict:
+    """RULER's synthetic suite (every task, `samples` per task and length) under every method x budget: the mean
+    task score (RULER's string match, in percent) per configuration and length, with a 95% bootstrap interval
+    over the items."""
+    rows, skipped = TaskSource.parse("ruler", RulerConfig(lengths=lengths, samples=samples)).load(
+        loaded.tokenizer, loaded.info.max_context
+    )
+    items = E.items_from_rows(loaded.tokenizer, rows, loaded.info.max_context, max_new_tokens)
+    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens)
+    records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
+    table = []
+    for method in METHODS:
+        for budget in (None,) if method == "full" else budgets:
+            for length in lengths:
+                scores = [100 * r.score for r in records if (r.method, r.budget, r.length) == (method, budget, length)]
+                low, high = bootstrap_interval(scores)
+                mean = sum(scores) / len(scores)
+                table.append(
+                    dict(method=method, budget=budget, length=length, score=mean, low=low, high=high, n=len(scores))
+                )
+    return {
+        "rows": table,
+        "tasks": sorted({r.task for r in records}),
+        "skipped": skipped,
+        "samples": samples,
+        "max_new_tokens": max_new_tokens,
+        "lengths": list(lengths),
+    }
+
+
+def _ruler_table(ruler: dict) -> str:
+    lengths = ruler["lengths"]
+    header = ["| method | " + " | ".join(f"{n} tokens" for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
+    cells: dict[tuple, list[str]] = {}
+    for r in ruler["rows"]:
+        name = r["method"] if r["budget"] is None else f"{r['method']} B={r['budget']}"
+        cells.setdefault(name, []).append(f"{r['score']:.1f} [{r['low']:.1f}, {r['high']:.1f}]")
+    return "\n".join(header + [f"| {name} | " + " | ".join(row) + " |" for name, row in cells.items()])
+
+
+def _window8(small: list[dict], budgets: list[int]) -> str:
+    if not small:
+        return "(The window-8 table was not part of this run: `--small-window-budgets` was empty.)"
+    return f"""The same probes with a window of 8 (the setting of the PyramidKV and HeadKV code), which allows
+B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_start|>assistant\\n`
+and the end of the instruction: the observation window no longer sees the question, so
+SnapKV-style votes stop pointing at the needle. KVzip, query-agnostic (it scores entries by
+reconstructing the context), does not depend on the window.
+
+{_table(small, budgets)}"""
 
 
 def _title(n_items: int, window: int) -> str:
@@ -79,6 +133,11 @@ def main() -> None:
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--ablate-top", default="1%,2%,5%,10%")
+    parser.add_argument("--ablation-probes", type=int, default=0, help="first N 1024-token probes (0: all)")
+    parser.add_argument("--ruler-lengths", default="1024,2048")
+    parser.add_argument("--ruler-samples", type=int, default=1)
+    parser.add_argument("--ruler-budgets", default="128,512")
+    parser.add_argument("--ruler-max-new-tokens", type=int, default=48)
     parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from the cache")
     args = parser.parse_args()
     if args.plots_only:
@@ -111,14 +170,26 @@ def main() -> None:
         128,
     )
     write_text_atomic(RECORDS_JSONL, "".join(json.dumps(asdict(r)) + "\n" for r in records))
-    small_budgets = [int(b) for b in args.small_window_budgets.split(",")]
-    small = E.summarize(
-        E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24), reference, EVAL_CACHE)
+    small_budgets = [int(b) for b in args.small_window_budgets.split(",") if b]
+    small = (
+        E.summarize(
+            E.evaluate(loaded, items, E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24), reference, EVAL_CACHE)
+        )
+        if small_budgets
+        else []
     )
+    ruler_budgets = [int(b) for b in args.ruler_budgets.split(",")]
+    ruler_lengths = tuple(int(n) for n in args.ruler_lengths.split(","))
+    ruler = _ruler(loaded, reference, ruler_lengths, args.ruler_samples, ruler_budgets, args.ruler_max_new_tokens)
 
     sizes = A.head_counts(args.ablate_top, loaded.info.n_layers * loaded.info.n_heads)
-    ablation = A.dose_response(loaded, reference, items, A.AblationConfig(sizes, args.trials, max_new_tokens=24))
-    plots.dose_response(ablation["rows"], "docs/ablation.png", f"SmolLM2-135M: mean ablation, {len(items)} probes")
+    ablation_items = [item for item in items if item.length == 1024][: args.ablation_probes or None]
+    ablation = A.dose_response(
+        loaded, reference, ablation_items, A.AblationConfig(sizes, args.trials, max_new_tokens=24)
+    )
+    plots.dose_response(
+        ablation["rows"], "docs/ablation.png", f"SmolLM2-135M: mean ablation, {len(ablation_items)} probes"
+    )
     reliability = {"teacher": artifact_reliability(reference)}
     if GENERATE_REFERENCE.is_file():
         reliability["generate"] = artifact_reliability(load_scores(GENERATE_REFERENCE))
@@ -136,6 +207,7 @@ def main() -> None:
     payload = {
         "results": results,
         "results_window8": small,
+        "ruler": ruler,
         "ablation": ablation,
         "split_half": {mode: {m: r["split_half"] for m, r in reports.items()} for mode, reports in reliability.items()},
         "haystack": haystack,
@@ -176,21 +248,26 @@ budgets from `{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
 
 ![accuracy vs KV bytes](../docs/accuracy.png)
 
-The same probes with a window of 8 (the setting of the PyramidKV and HeadKV code), which allows
-B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_start|>assistant\\n`
-and the end of the instruction: the observation window no longer sees the question, so
-SnapKV-style votes stop pointing at the needle. KVzip, query-agnostic (it scores entries by
-reconstructing the context), does not depend on the window.
-
-{_table(small, small_budgets)}
+{_window8(small, small_budgets)}
 
 ![accuracy by length and depth](../docs/accuracy-needles.png)
+
+## RULER
+
+RULER's synthetic tasks ({len(ruler["tasks"])}: {", ".join(ruler["tasks"])}), generated offline by
+`headprof tasks build` from the built-in haystack, {ruler["samples"]} sample(s) per task and length, under every
+method (window 32, KV-head layout) at B={", ".join(str(b) for b in ruler_budgets)}. Cells: the mean RULER
+string-match score in percent over the tasks, [95% bootstrap interval over the items, 1000 draws]. Answers are
+capped at {ruler["max_new_tokens"]} new tokens (RULER allows up to 128 for the needle tasks) to keep the run within
+the hour on 2 cores.{" Skipped: " + "; ".join(ruler["skipped"]) if ruler["skipped"] else ""}
+
+{_ruler_table(ruler)}
 
 ## Do the scores mean anything?
 
 Mean ablation (a masked head outputs its mean output over the measured prompts) of the top-k heads
 by r2 vs {args.trials} random sets of k heads drawn outside the top set, matched per layer, on the same
-{len(items)} probes, no compression; nothing masked: {ablation["baseline"]:.2f}.
+{ablation["n_items"]} probes of 1024 tokens, no compression; nothing masked: {ablation["baseline"]:.2f}.
 
 | heads masked | top k by r2 | random k (mean ± sd) | random min - max | random <= top |
 |---|---|---|---|---|

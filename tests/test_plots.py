@@ -10,8 +10,19 @@ import torch
 
 from headprof import plots
 from headprof.evaluation import accuracy_points
-from headprof.intervals import wilson_interval
+from headprof.intervals import bootstrap_interval, wilson_interval
 from headprof.runtime import METHODS
+
+
+def test_bootstrap_interval_of_a_mean():
+    # constant scores: no spread; the same values and seed: the same interval
+    assert bootstrap_interval([0.5] * 7) == (0.5, 0.5)
+    values = [1.0] * 12 + [0.0] * 4 + [0.5] * 4  # mean 0.7, sd of the mean about 0.09
+    low, high = bootstrap_interval(values)
+    assert (low, high) == bootstrap_interval(values) and low < 0.7 < high
+    assert 0.45 < low < 0.6 and 0.8 < high < 0.9  # about mean -/+ 1.96 standard errors
+    assert bootstrap_interval(values * 4)[1] - bootstrap_interval(values * 4)[0] < (high - low) * 0.7
+    assert bootstrap_interval([]) == (0.0, 1.0)
 
 
 def test_wilson_interval_known_values():

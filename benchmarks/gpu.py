@@ -1,6 +1,6 @@
 """The device check: the model families, the runtime at the embedded model's shape and the scoring capture, on CUDA.
 
-    python benchmarks/cuda.py [--device cuda] [--out DIR] [--tokenizer DIR] [--sections families,runtime,capture]
+    python benchmarks/gpu.py [--device cuda] [--out DIR] [--tokenizer DIR] [--sections families,runtime,capture]
                               [--families llama,gemma2] [--lengths 2048,6144] [--budget 128] [--new-tokens 16]
 
 Random weights only (no download, no GGUF): the tokenizer is the embedded model's (`--tokenizer`: a folder holding
@@ -35,8 +35,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python benchmarks/cuda.py`, this folder comes first on the path and this file would shadow the `cuda`
-# package torch imports (cuda-python's `cuda.bindings`): the folder leaves the path before torch is imported.
+# Run as `python benchmarks/gpu.py`, this folder comes first on the path, where `families` would name
+# benchmarks/families.py instead of the tests' tiny models (tests/families.py): the folder leaves the path.
+# (No module in this folder may be called `cuda`: torch imports cuda-python's `cuda.bindings`.)
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
