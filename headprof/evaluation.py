@@ -81,6 +81,9 @@ class EvalConfig:
     kernel: int = 7
     pooling: str = "max"
     sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
+    batch_decode: bool = (
+        False  # decode an item's compressed caches as one batch (faster; floats differ in the last bits)
+    )
 
     def method(self, name: str) -> Method:
         """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
@@ -101,6 +104,8 @@ class EvalConfig:
             raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
         if self.max_new_tokens < 1:
             raise HeadprofError("--max-new-tokens must be at least 1")
+        if self.batch_decode and not self.sweep:
+            raise HeadprofError("--batch-decode decodes a sweep's caches together: it does not go with --per-config")
 
 
 @dataclass
@@ -305,7 +310,9 @@ def evaluate(
 
     def key(c: int, item: EvalItem) -> str:
         method, budget, compressor = configs[c]
+        batched = ("batch-decode",) if config.batch_decode else ()  # its answers may differ: cached apart
         return _key(
+            *batched,
             RESULTS_REVISION,
             loaded.info.fingerprint,
             method,
@@ -327,7 +334,8 @@ def evaluate(
             continue
         limit = item.max_new_tokens or config.max_new_tokens
         if config.sweep:
-            answers = sweep_answers(loaded, [press(c) for c in missing], item.prompt_ids, item.context_tokens, limit)
+            chosen = [press(c) for c in missing]
+            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.batch_decode)
         else:
             answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
         for c, result in zip(missing, answers):

@@ -87,6 +87,14 @@ def eval_(
             help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
         ),
     ] = False,
+    batch_decode: Annotated[
+        bool,
+        typer.Option(
+            "--batch-decode",
+            help="Decode an item's compressed caches as one batch: faster; a greedy answer can differ at a "
+            "rounding-level tie from a run alone.",
+        ),
+    ] = False,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -114,6 +122,7 @@ def eval_(
         kernel,
         pooling.value,
         sweep=not per_config,
+        batch_decode=batch_decode,
     )
     config.validate()
     if max_length is not None and max_length < 1:

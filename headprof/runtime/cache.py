@@ -102,6 +102,7 @@ class CompressedLayer(_Layer):
         self.entry_scores: torch.Tensor | None = None  # per stored entry, for a method that evicts while decoding
         self.recent_keys: torch.Tensor | None = None
         self.recent_values: torch.Tensor | None = None
+        self._by_element: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _flat_by_element
 
     def adopt(self, source: _Layer, length: int) -> None:
         super().adopt(source, length)
@@ -159,14 +160,16 @@ class CompressedLayer(_Layer):
         n_stored = (self.offsets.numel() - 1) // batch
         per, n_kv = n_heads // n_stored, self.recent_keys.shape[1]
         scaled = query.float() * scaling  # [B, Hq, q, d]; float32 from here on, as SDPA accumulates
-        # kept entries: every stored head's queries against the layer's flat keys, other heads' segments masked
-        n_flat = self.flat_keys.shape[0]
-        rows = scaled.reshape(batch * n_stored, per * q_len, dim)
-        logits_flat = capped((rows.reshape(-1, dim) @ self.flat_keys.float().T), extras.softcap)
-        logits_flat = logits_flat.view(batch * n_stored, per * q_len, n_flat)
-        index = torch.arange(n_flat, device=query.device)
-        own = (index[None, :] >= self.offsets[:-1, None]) & (index[None, :] < self.offsets[1:, None])
-        logits_flat = logits_flat.masked_fill(~own[:, None, :], float("-inf")).view(batch, n_heads, q_len, n_flat)
+        # kept entries: every stored head's queries against its batch element's flat keys, other heads' masked
+        keys, values, own = self._flat_by_element(n_stored)
+        n_flat = keys.shape[1]
+        rows = scaled.reshape(batch, n_stored * per * q_len, dim)
+        if batch == 1:  # one matmul over the flat keys, as before batches existed (same floats as a single run)
+            logits_flat = (rows[0] @ keys[0].float().T)[None]
+        else:
+            logits_flat = rows @ keys.float().transpose(1, 2)
+        logits_flat = capped(logits_flat, extras.softcap).view(batch, n_stored, per * q_len, n_flat)
+        logits_flat = logits_flat.masked_fill(~own[:, :, None, :], float("-inf")).view(batch, n_heads, q_len, n_flat)
         # tokens after the prompt: one copy per KV head, read by the query heads of its group, causal among themselves
         n_recent = self.recent_keys.shape[2]
         group_rows = scaled.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
@@ -177,11 +180,35 @@ class CompressedLayer(_Layer):
         ] + (n_recent - q_len)
         logits_recent = logits_recent.masked_fill(future, float("-inf"))
         probs = softmax_with_sinks(torch.cat([logits_flat, logits_recent], dim=-1), extras.sinks)
-        probs_flat = probs[..., :n_flat].reshape(batch * n_stored, per * q_len, n_flat)
+        probs_flat = probs[..., :n_flat].reshape(batch, n_stored * per * q_len, n_flat)
         probs_recent = probs[..., n_flat:].reshape(batch, n_kv, (n_heads // n_kv) * q_len, n_recent)
-        output = (probs_flat @ self.flat_values.float()).view(batch, n_heads, q_len, -1)
+        if batch == 1:
+            output = (probs_flat[0] @ values[0].float()).view(batch, n_heads, q_len, -1)
+        else:
+            output = (probs_flat @ values.float()).view(batch, n_heads, q_len, -1)
         output = output + (probs_recent @ self.recent_values.float()).view(batch, n_heads, q_len, -1)
         return output.to(query.dtype).transpose(1, 2)
+
+    def _flat_by_element(self, n_stored: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each batch element's kept entries: keys and values `[B, n, d]` and `own` `[B, S, n]` (which stored
+        head owns each slot). One element: the flat tensors themselves. Several (a sweep decoding many caches
+        at once): each element's entries padded to the longest, built once per stored set, so that an
+        element's queries meet only its own entries (not B times the work)."""
+        batch = (self.offsets.numel() - 1) // n_stored
+        if self._by_element is None:
+            starts, ends = self.offsets[:-1:n_stored], self.offsets[n_stored::n_stored]
+            width = int((ends - starts).max()) if batch else 0
+            index = starts[:, None] + torch.arange(width, device=self.offsets.device)[None, :]  # [B, n]
+            valid = index < ends[:, None]
+            own = valid[:, None, :] & (index[:, None, :] >= self.offsets[:-1].view(batch, n_stored, 1))
+            own &= index[:, None, :] < self.offsets[1:].view(batch, n_stored, 1)
+            if batch == 1:
+                keys, values = self.flat_keys[None], self.flat_values[None]
+            else:
+                safe = index.clamp(max=max(self.flat_keys.shape[0] - 1, 0))
+                keys, values = self.flat_keys[safe], self.flat_values[safe]
+            self._by_element = keys, values, own
+        return self._by_element
 
     # ---------------------------------------------------------- compression
 
@@ -240,6 +267,7 @@ class CompressedLayer(_Layer):
         """Hold these entries (head r owns rows `offsets[r]:offsets[r+1]`, positions sorted) and no recent part."""
         self.flat_keys, self.flat_values = flat_keys, flat_values
         self.offsets, self.positions = offsets, positions.to(torch.int32)
+        self._by_element = None
         self.entry_scores = entry_scores
         batch = (offsets.numel() - 1) // self.n_stored
         self.recent_keys = flat_keys.new_zeros(batch, self.n_kv, 0, flat_keys.shape[-1])
@@ -410,6 +438,54 @@ class CompressedCache(Cache):
                 layer.end_extra_pass(layer.seen)
         for layer, selection in zip(budgeted, selections):
             layer.compress(None, 1.0, selection=selection, scores=scores[layer.index])
+
+    @classmethod
+    def stack(cls, caches: list[CompressedCache]) -> CompressedCache:
+        """One cache whose batch element i is `caches[i]`: compressed caches of one prompt, one element each, in
+        the same layout (a sweep decodes its configurations together). Their budgets may differ; a method that
+        evicts while decoding cannot be stacked (its budgets are per layer, not per element)."""
+        if any(cache.phase != "compressed" for cache in caches) or len({c.get_seq_length() for c in caches}) > 1:
+            raise HeadprofError("only compressed caches of one prompt can be stacked")
+        stacked = cls([layer.plan for layer in caches[0].layers])
+        for index, layer in enumerate(stacked.layers):
+            parts = [cache.layers[index] for cache in caches]
+            layer.device, layer.dtype, layer.seen, layer.is_initialized = (
+                parts[0].device,
+                parts[0].dtype,
+                parts[0].seen,
+                True,
+            )
+            if isinstance(layer, WindowLayer):
+                layer.keys = torch.cat([part.keys for part in parts])
+                layer.values = torch.cat([part.values for part in parts])
+                continue
+            layer.n_kv = parts[0].n_kv
+            shifts = torch.tensor([0] + [part.flat_keys.shape[0] for part in parts[:-1]]).cumsum(0).tolist()
+            offsets = torch.cat(
+                [parts[0].offsets[:1]] + [part.offsets[1:] + shift for part, shift in zip(parts, shifts)]
+            )
+            layer.store(
+                torch.cat([part.flat_keys for part in parts]),
+                torch.cat([part.flat_values for part in parts]),
+                torch.cat([part.positions for part in parts]),
+                offsets,
+            )
+        return stacked
+
+    def kv_bytes_after(self, tokens: int) -> int:
+        """The `kv_bytes` this compressed single-element cache will report once `tokens` more tokens have run
+        through it: what a sweep that decodes caches stacked reports for each of them."""
+        total = 0
+        for layer in self.layers:
+            allocated = layer.storage_bytes()[0]
+            if isinstance(layer, WindowLayer):
+                stored = layer.keys.shape[-2]
+                per_token = allocated // stored if stored else 0
+                total += min(layer.window - 1, layer.seen + tokens) * per_token if stored else 0
+            else:
+                per_token = layer.n_kv * (layer.flat_keys.shape[-1] + layer.flat_values.shape[-1])
+                total += allocated + tokens * per_token * layer.flat_keys.element_size()
+        return total
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
         """Original prompt positions each stored head of a budgeted layer kept (for inspection and tests)."""

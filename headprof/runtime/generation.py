@@ -85,7 +85,7 @@ def generate_answer(
     with press:
         new, out_cache, elapsed = greedy(loaded, ids, cache, max_new_tokens)
     decode_s = elapsed if press.method.query_agnostic else elapsed - press.stats.prefill_seconds
-    return run_result(loaded, press.stats, ids.shape[1], new, out_cache, decode_s)
+    return run_result(loaded, press.stats, ids.shape[1], new[0], out_cache, decode_s)
 
 
 def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -102,8 +102,8 @@ def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -
 def greedy(
     loaded: LoadedModel, ids: torch.Tensor, cache: Cache | None, max_new_tokens: int
 ) -> tuple[torch.Tensor, Cache, float]:
-    """`generate` greedily from `ids` (the tokens `cache` holds are not fed again): (new tokens, the cache
-    after them, seconds)."""
+    """`generate` greedily from `ids` `[B, n]` (the tokens `cache` holds are not fed again): (new tokens
+    `[B, k]`, the cache after them, seconds)."""
     started = time.perf_counter()
     out = loaded.model.generate(
         ids,
@@ -117,7 +117,7 @@ def greedy(
         pad_token_id=loaded.tokenizer.eos_token_id,
         return_dict_in_generate=True,
     )
-    return out.sequences[0, ids.shape[1] :], out.cache, time.perf_counter() - started
+    return out.sequences[:, ids.shape[1] :], out.cache, time.perf_counter() - started
 
 
 def run_result(

@@ -17,6 +17,12 @@ budget's cache is selected from those scores and the question is fed on top, as 
 
 Memory bound: one prompt's dense K/V at a time (two with KVzip: the prompt's and the context's), each
 method's `[S, T]` scores per layer, and one compressed cache at a time while it decodes.
+
+`together=True` decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`): a decode
+step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
+runs the model's matrix products in other shapes than a single row does, so its floats differ in the last
+bits from a run alone, and a greedy answer can differ where two tokens tie within that rounding: an option,
+not the default. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
+from headprof.allocation import full_kv_bytes
 from headprof.models.loading import LoadedModel
 from headprof.models.registry import attention_switched
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
@@ -43,21 +50,29 @@ def _score_key(press: Press) -> ScoreKey:
 
 @torch.no_grad()
 def sweep_answers(
-    loaded: LoadedModel, presses: Sequence[Press], prompt_ids: list[int], context_tokens: int, max_new_tokens: int
+    loaded: LoadedModel,
+    presses: Sequence[Press],
+    prompt_ids: list[int],
+    context_tokens: int,
+    max_new_tokens: int,
+    together: bool = False,
 ) -> list[RunResult]:
     """Greedy answers to one prompt under every press (one per method x budget), in the order given, equal to
-    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time."""
+    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `together`: decode the
+    compressed caches as one batch (see the module's docstring)."""
     check_length(loaded, len(prompt_ids), max_new_tokens)
     ids = torch.tensor([prompt_ids], device=loaded.device)
     results: dict[int, RunResult] = {}
-    aware = [i for i, p in enumerate(presses) if not p.method.query_agnostic]
-    agnostic = [i for i, p in enumerate(presses) if p.method.query_agnostic]
-    if any(presses[i].method.compresses for i in aware):
-        results.update(_query_aware(loaded, [(i, presses[i]) for i in aware], ids, max_new_tokens))
+    aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
+    if any(p.method.compresses for _, p in aware):
+        prepared = _query_aware(loaded, aware, ids)
+        first = prepared.pop(-1)
+        results.update(_decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, together))
     else:  # only the full cache: nothing to share
-        results.update({i: generate_answer(loaded, presses[i], prompt_ids, 0, max_new_tokens) for i in aware})
-    for group in _groups([(i, presses[i]) for i in agnostic]):
-        results.update(_query_agnostic(loaded, group, ids, context_tokens, max_new_tokens))
+        results.update({i: generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for i, p in aware})
+    for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
+        prepared = _query_agnostic(loaded, group, ids, context_tokens)
+        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, together))
     return [results[i] for i in range(len(presses))]
 
 
@@ -69,10 +84,12 @@ def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
     return list(groups.values())
 
 
-def _query_aware(
-    loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor, max_new_tokens: int
-) -> dict[int, RunResult]:
-    """One prefill of the whole prompt, every method's scores from its queries, then each cache decoded."""
+Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
+
+
+def _query_aware(loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor) -> list:
+    """One prefill of the whole prompt and every method's scores from its queries: each configuration's cache,
+    then (last) the first answer token `[1, 1]`, the same for all."""
     compressing = [(i, p) for i, p in indexed if p.method.compresses]
     dense = compressing[0][1].new_cache()
     dense.defer()
@@ -91,31 +108,25 @@ def _query_aware(
     prefill_s = time.perf_counter() - started
     dense.observe(None)
     total = ids.shape[1]
-    stop = _stop_ids(loaded)
-    results = {}
+    prepared: list = []
     for i, press in indexed:
         if press.method.compresses:
-            cache: Cache = press.new_cache()
+            cache = press.new_cache()
             cache.set_budgets(press.method.budgets_for(press.plan, total))
             cache.adopt(dense, total)
             cache.compress_all(scores[_score_key(press)])
             stats = PressStats(total, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
+            prepared.append((i, press, cache, stats))
         else:
-            cache = _full_cache(loaded, dense)
-            stats = PressStats(total, prefill_s)
-        new, decode_s = first, 0.0
-        if int(first[0]) not in stop and max_new_tokens > 1:
-            with press:
-                rest, cache, decode_s = greedy(loaded, torch.cat([ids, first[None]], dim=1), cache, max_new_tokens - 1)
-            new = torch.cat([first, rest])
-        results[i] = run_result(loaded, stats, total, new, cache, decode_s)
-    return results
+            prepared.append((i, press, _full_cache(loaded, dense), PressStats(total, prefill_s)))
+    return prepared + [first]
 
 
 def _query_agnostic(
-    loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor, context_tokens: int, max_new_tokens: int
-) -> dict[int, RunResult]:
-    """One dense prefill of the context and one set of extra passes for every budget of a query-agnostic method."""
+    loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor, context_tokens: int
+) -> list[Prepared]:
+    """One dense prefill of the context and one set of extra passes for every budget of a query-agnostic method:
+    each budget's compressed context."""
     scorer = indexed[0][1]
     context = ids[:, :context_tokens]
     passes = scorer.method.extra_passes(context, scorer.tokenizer)
@@ -128,17 +139,94 @@ def _query_agnostic(
         loaded.model(input_ids=context, cache=dense, use_cache=True, logits_to_keep=1)
     scores = scorer.pass_scores(dense, passes or [])
     prefill_s = time.perf_counter() - started
-    results = {}
+    prepared = []
     for i, press in indexed:
         cache = press.new_cache()
         cache.set_budgets(press.method.budgets_for(press.plan, context_tokens))
         cache.adopt(dense, context_tokens)
         cache.compress_all(scores)
-        press.stats = PressStats(
-            context_tokens, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0
-        )
-        results[i] = generate_answer(loaded, press, ids[0].tolist(), context_tokens, max_new_tokens, cache)
+        stats = PressStats(context_tokens, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
+        prepared.append((i, press, cache, stats))
+    return prepared
+
+
+def _decode(
+    loaded: LoadedModel,
+    prepared: list[Prepared],
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    first: torch.Tensor | None,
+    together: bool,
+) -> dict[int, RunResult]:
+    """Greedy answers from prepared caches; `ids` holds the prompt (and `first`, the answer's first token when
+    the prompt's own pass gave it). Alone, each cache as a single run decodes it; together, the compressed
+    caches of one layout as one batch."""
+    prompt_tokens = ids.shape[1] - (first is not None)
+    results = {}
+    if first is not None and (int(first) in _stop_ids(loaded) or max_new_tokens < 1):
+        for i, _, cache, stats in prepared:  # the answer ended at its first token
+            results[i] = run_result(loaded, stats, prompt_tokens, first[0], cache, 0.0)
+        return results
+    batches: dict[object, list[Prepared]] = {}
+    for entry in prepared:
+        cache, method = entry[2], entry[1].method
+        stackable = together and isinstance(cache, CompressedCache) and not method.evicts
+        layout = cache.budgeted[0].n_stored if stackable and cache.budgeted else 0
+        batches.setdefault(("stack", layout) if stackable else ("alone", entry[0]), []).append(entry)
+    for batch in batches.values():
+        if len(batch) == 1:
+            i, press, cache, stats = batch[0]
+            with press:
+                new, cache, decode_s = greedy(loaded, ids, cache, max_new_tokens)
+            new = new[0] if first is None else torch.cat([first[0], new[0]])
+            results[i] = run_result(loaded, stats, prompt_tokens, new, cache, decode_s)
+            continue
+        stacked = CompressedCache.stack([entry[2] for entry in batch])
+        with batch[0][1]:
+            rows, _, decode_s = greedy(loaded, ids.expand(len(batch), -1), stacked, max_new_tokens)
+        for (i, _, cache, stats), row in zip(batch, rows):
+            new = _until_stop(loaded, row if first is None else torch.cat([first[0], row]))
+            generated = new.numel() - (first is not None)  # the last one never runs through the cache
+            fed = ids.shape[1] - cache.get_seq_length() + generated - 1
+            results[i] = _stacked_result(loaded, stats, prompt_tokens, new, cache, fed, decode_s)
     return results
+
+
+def _stacked_result(
+    loaded: LoadedModel,
+    stats: PressStats,
+    prompt_tokens: int,
+    new: torch.Tensor,
+    cache: CompressedCache,
+    fed: int,
+    decode_s: float,
+) -> RunResult:
+    """A stacked row's result: its cache's bytes as they would be after its own `fed` tokens (the batch ran on
+    until its longest answer)."""
+    element = next(loaded.model.parameters()).element_size()
+    sizes = cache.kv_bytes()
+    return RunResult(
+        answer=loaded.tokenizer.decode(new, skip_special_tokens=True).strip(),
+        prompt_tokens=prompt_tokens,
+        new_tokens=int(new.numel()),
+        kv_bytes=cache.kv_bytes_after(fed),
+        kv_bytes_full=full_kv_bytes(loaded.info, element, cache.get_seq_length() + fed),
+        padding_bytes=0,
+        index_bytes=sizes["index_bytes"],
+        prefill_s=stats.prefill_seconds,
+        compress_s=stats.compress_seconds,
+        decode_tokens_per_s=max(0, int(new.numel()) - 1) / decode_s if decode_s > 0 else 0.0,
+        compressed=stats.compressed,
+    )
+
+
+def _until_stop(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """A batch row's answer: its tokens up to and with its first stop token (a batch pads finished rows)."""
+    stop = _stop_ids(loaded)
+    for position, token in enumerate(tokens.tolist()):
+        if token in stop:
+            return tokens[: position + 1]
+    return tokens
 
 
 def _full_cache(loaded: LoadedModel, dense: CompressedCache) -> DynamicCache:
