@@ -85,7 +85,8 @@ def generate_answer(
     with press:
         new, out_cache, elapsed = greedy(loaded, ids, cache, max_new_tokens)
     decode_s = elapsed if press.method.query_agnostic else elapsed - press.stats.prefill_seconds
-    return run_result(loaded, press.stats, ids.shape[1], new[0], out_cache, decode_s)
+    sizes, tokens = cache_bytes(out_cache), out_cache.get_seq_length()
+    return run_result(loaded, press.stats, ids.shape[1], new[0], sizes, tokens, decode_s)
 
 
 def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -121,18 +122,24 @@ def greedy(
 
 
 def run_result(
-    loaded: LoadedModel, stats: PressStats, prompt_tokens: int, new: torch.Tensor, cache: Cache, decode_s: float
+    loaded: LoadedModel,
+    stats: PressStats,
+    prompt_tokens: int,
+    new: torch.Tensor,
+    sizes: dict[str, int],
+    cache_tokens: int,
+    decode_s: float,
 ) -> RunResult:
-    """The answer `new` decodes to, with what it cost: `cache`'s bytes, the press's prompt statistics and the
-    decode rate (tokens after the first over `decode_s`)."""
-    sizes = cache_bytes(cache)
+    """The answer `new` decodes to, with what it cost: the cache's `sizes` (`cache_bytes`) once it holds
+    `cache_tokens` tokens, the press's prompt statistics and the decode rate (tokens after the first over
+    `decode_s`)."""
     element = next(loaded.model.parameters()).element_size()
     return RunResult(
         answer=loaded.tokenizer.decode(new, skip_special_tokens=True).strip(),
         prompt_tokens=prompt_tokens,
         new_tokens=int(new.numel()),
         kv_bytes=sizes["kv_bytes"],
-        kv_bytes_full=full_kv_bytes(loaded.info, element, cache.get_seq_length()),
+        kv_bytes_full=full_kv_bytes(loaded.info, element, cache_tokens),
         padding_bytes=sizes["padding_bytes"],
         index_bytes=sizes["index_bytes"],
         prefill_s=stats.prefill_seconds,

@@ -33,12 +33,11 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
-from headprof.allocation import full_kv_bytes
 from headprof.models.loading import LoadedModel
 from headprof.models.registry import attention_switched
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
 from headprof.runtime.generation import RunResult, check_length, generate_answer, greedy, run_result
-from headprof.runtime.press import Press, PressStats
+from headprof.runtime.press import Press, PressStats, cache_bytes
 
 ScoreKey = tuple[type, object, int, int]  # method class, options, window, stored heads per layer
 
@@ -165,7 +164,7 @@ def _decode(
     results = {}
     if first is not None and (int(first) in _stop_ids(loaded) or max_new_tokens < 1):
         for i, _, cache, stats in prepared:  # the answer ended at its first token
-            results[i] = run_result(loaded, stats, prompt_tokens, first[0], cache, 0.0)
+            results[i] = run_result(loaded, stats, prompt_tokens, first[0], cache_bytes(cache), prompt_tokens, 0.0)
         return results
     batches: dict[object, list[Prepared]] = {}
     for entry in prepared:
@@ -179,7 +178,8 @@ def _decode(
             with press:
                 new, cache, decode_s = greedy(loaded, ids, cache, max_new_tokens)
             new = new[0] if first is None else torch.cat([first[0], new[0]])
-            results[i] = run_result(loaded, stats, prompt_tokens, new, cache, decode_s)
+            sizes, tokens = cache_bytes(cache), cache.get_seq_length()
+            results[i] = run_result(loaded, stats, prompt_tokens, new, sizes, tokens, decode_s)
             continue
         stacked = CompressedCache.stack([entry[2] for entry in batch])
         with batch[0][1]:
@@ -188,36 +188,12 @@ def _decode(
             new = _until_stop(loaded, row if first is None else torch.cat([first[0], row]))
             generated = new.numel() - (first is not None)  # the last one never runs through the cache
             fed = ids.shape[1] - cache.get_seq_length() + generated - 1
-            results[i] = _stacked_result(loaded, stats, prompt_tokens, new, cache, fed, decode_s)
+            # the batch ran on to its longest answer: this cache's bytes as after its own `fed` tokens
+            sizes = {"kv_bytes": cache.kv_bytes_after(fed), "padding_bytes": 0}
+            sizes["index_bytes"] = cache.kv_bytes()["index_bytes"]
+            tokens = cache.get_seq_length() + fed
+            results[i] = run_result(loaded, stats, prompt_tokens, new, sizes, tokens, decode_s)
     return results
-
-
-def _stacked_result(
-    loaded: LoadedModel,
-    stats: PressStats,
-    prompt_tokens: int,
-    new: torch.Tensor,
-    cache: CompressedCache,
-    fed: int,
-    decode_s: float,
-) -> RunResult:
-    """A stacked row's result: its cache's bytes as they would be after its own `fed` tokens (the batch ran on
-    until its longest answer)."""
-    element = next(loaded.model.parameters()).element_size()
-    sizes = cache.kv_bytes()
-    return RunResult(
-        answer=loaded.tokenizer.decode(new, skip_special_tokens=True).strip(),
-        prompt_tokens=prompt_tokens,
-        new_tokens=int(new.numel()),
-        kv_bytes=cache.kv_bytes_after(fed),
-        kv_bytes_full=full_kv_bytes(loaded.info, element, cache.get_seq_length() + fed),
-        padding_bytes=0,
-        index_bytes=sizes["index_bytes"],
-        prefill_s=stats.prefill_seconds,
-        compress_s=stats.compress_seconds,
-        decode_tokens_per_s=max(0, int(new.numel()) - 1) / decode_s if decode_s > 0 else 0.0,
-        compressed=stats.compressed,
-    )
 
 
 def _until_stop(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
