@@ -100,7 +100,11 @@ def _ruler_table(ruler: dict) -> str:
 
 def _window8(small: list[dict], budgets: list[int]) -> str:
     if not small:
-        return "(The window-8 table was not part of this run: `--small-window-budgets` was empty.)"
+        return (
+            "The window-8 table (the PyramidKV and HeadKV code's window, where the observation window no longer "
+            'reaches the question) was left out of this run to keep it near an hour (`--small-window-budgets ""`); '
+            "`python benchmarks/results.py` without that option adds it."
+        )
     return f"""The same probes with a window of 8 (the setting of the PyramidKV and HeadKV code), which allows
 B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_start|>assistant\\n`
 and the end of the instruction: the observation window no longer sees the question, so
