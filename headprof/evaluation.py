@@ -328,8 +328,9 @@ def evaluate(
     for item in items:
         missing = [c for c in range(len(configs)) if key(c, item) not in cache.rows]
         if on_result:
-            for c in set(range(len(configs))) - set(missing):
-                on_result(EvalRecord(**cache.rows[key(c, item)]))
+            for c in range(len(configs)):
+                if c not in missing:
+                    on_result(EvalRecord(**cache.rows[key(c, item)]))
         if not missing:
             continue
         limit = item.max_new_tokens or config.max_new_tokens

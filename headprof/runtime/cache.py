@@ -478,10 +478,9 @@ class CompressedCache(Cache):
         total = 0
         for layer in self.layers:
             allocated = layer.storage_bytes()[0]
-            if isinstance(layer, WindowLayer):
+            if isinstance(layer, WindowLayer):  # keeps the last w - 1 tokens
                 stored = layer.keys.shape[-2]
-                per_token = allocated // stored if stored else 0
-                total += min(layer.window - 1, layer.seen + tokens) * per_token if stored else 0
+                total += allocated // stored * min(layer.window - 1, layer.seen + tokens) if stored else 0
             else:
                 per_token = layer.n_kv * (layer.flat_keys.shape[-1] + layer.flat_values.shape[-1])
                 total += allocated + tokens * per_token * layer.flat_keys.element_size()

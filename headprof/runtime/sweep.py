@@ -40,6 +40,7 @@ from headprof.runtime.generation import RunResult, check_length, generate_answer
 from headprof.runtime.press import Press, PressStats, cache_bytes
 
 ScoreKey = tuple[type, object, int, int]  # method class, options, window, stored heads per layer
+Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
 
 
 def _score_key(press: Press) -> ScoreKey:
@@ -64,8 +65,7 @@ def sweep_answers(
     results: dict[int, RunResult] = {}
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
     if any(p.method.compresses for _, p in aware):
-        prepared = _query_aware(loaded, aware, ids)
-        first = prepared.pop(-1)
+        prepared, first = _query_aware(loaded, aware, ids)
         results.update(_decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, together))
     else:  # only the full cache: nothing to share
         results.update({i: generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for i, p in aware})
@@ -83,12 +83,11 @@ def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
     return list(groups.values())
 
 
-Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
-
-
-def _query_aware(loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor) -> list:
+def _query_aware(
+    loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor
+) -> tuple[list[Prepared], torch.Tensor]:
     """One prefill of the whole prompt and every method's scores from its queries: each configuration's cache,
-    then (last) the first answer token `[1, 1]`, the same for all."""
+    and the first answer token `[1, 1]`, the same for all."""
     compressing = [(i, p) for i, p in indexed if p.method.compresses]
     dense = compressing[0][1].new_cache()
     dense.defer()
@@ -107,7 +106,7 @@ def _query_aware(loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: tor
     prefill_s = time.perf_counter() - started
     dense.observe(None)
     total = ids.shape[1]
-    prepared: list = []
+    prepared: list[Prepared] = []
     for i, press in indexed:
         if press.method.compresses:
             cache = press.new_cache()
@@ -118,7 +117,7 @@ def _query_aware(loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: tor
             prepared.append((i, press, cache, stats))
         else:
             prepared.append((i, press, _full_cache(loaded, dense), PressStats(total, prefill_s)))
-    return prepared + [first]
+    return prepared, first
 
 
 def _query_agnostic(
