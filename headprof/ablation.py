@@ -70,8 +70,15 @@ def head_count(top: str, n_heads_total: int) -> int:
 
 
 def head_counts(spec: str, n_heads_total: int) -> tuple[int, ...]:
-    """`1%,2%,5%,10%` -> the distinct head counts, ascending."""
-    return tuple(sorted({head_count(part.strip(), n_heads_total) for part in spec.split(",") if part.strip()}))
+    """`1%,2%,5%,10%` -> the distinct head counts, ascending; each leaves as many heads outside the top set
+    for its matched random set (`matched_random_heads`), checked here rather than after the first passes."""
+    counts = tuple(sorted({head_count(part.strip(), n_heads_total) for part in spec.split(",") if part.strip()}))
+    if counts and 2 * counts[-1] > n_heads_total:
+        raise HeadprofError(
+            f"--top {spec} masks up to {counts[-1]} heads, but the matched random set needs as many heads outside "
+            f"the top ones: at most {n_heads_total // 2} of the model's {n_heads_total}"
+        )
+    return counts
 
 
 def matched_random_heads(top: torch.Tensor, rng: random.Random) -> torch.Tensor:

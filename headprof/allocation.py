@@ -188,7 +188,19 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
     """Budgets for a score artifact, with the metadata that ties them to it (source hash, parameters, rounding)."""
     config.validate(scores.model.max_context)
     model = scores.model
+    if config.policy == "headkv" and not bool(scores.counted.any()):
+        raise HeadprofError(
+            f"the score artifact {source} has no counted probe (of {len(scores.probe_ids)}): its head scores are "
+            "all zero, and HeadKV budgets from them would be uniform; score more probes or use --policy uniform"
+        )
+    if not model.global_layers:
+        raise HeadprofError(f"every layer of {model.model_id} is a sliding-window layer: there is nothing to budget")
     budgets = allocate(scores.scores(score_method), config, model.n_kv_heads, model.global_layers)
+    if model.max_context and int(budgets.max()) > model.max_context:
+        raise HeadprofError(
+            f"{config.policy} budgets at {config.budget} give a head {int(budgets.max())} entries, beyond the "
+            f"model's {model.max_context} positions; use a smaller --budget"
+        )
     meta = {
         "policy": config.policy,
         "budget": config.budget,

@@ -205,6 +205,7 @@ def _header(kind: str, model: ModelInfo, meta: dict[str, Any]) -> dict[str, str]
 
 def artifact_format(path: str | Path) -> str:
     """The format named in an artifact's header (scores when unreadable: its loader then reports the problem)."""
+    validation.input_file(path, "artifact", validation.MAX_ARTIFACT_BYTES)
     try:
         with safe_open(str(path), "pt") as fh:
             return json.loads((fh.metadata() or {}).get("headprof", "{}")).get("format", SCORES_FORMAT)
@@ -213,9 +214,7 @@ def artifact_format(path: str | Path) -> str:
 
 
 def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise HeadprofError(f"artifact {path} not found")
+    path = validation.input_file(path, "artifact", validation.MAX_ARTIFACT_BYTES)
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as fh:
@@ -259,6 +258,11 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     model = validation.model_info(meta.pop("model", None), where)
     probe_ids = validation.string_list(meta.pop("probe_ids", None), f"{where}: probe_ids")
     n_probes = len(probe_ids)
+    if not n_probes:
+        raise HeadprofError(f"{where} holds no probes: it has no scores to use")
+    if len(set(probe_ids)) != n_probes:
+        twice = next(pid for i, pid in enumerate(probe_ids) if pid in probe_ids[:i])
+        raise HeadprofError(f"{where}: probe {twice} appears twice (its scores would count twice)")
     kinds = validation.string_list(meta.pop("probe_kinds", None), f"{where}: probe_kinds", n_probes)
     meta.pop("counts", None)
     groups = validation.string_list(meta.pop("probe_groups", None) or [], f"{where}: probe_groups")
@@ -318,6 +322,8 @@ def load_alloc(path: str | Path) -> AllocArtifact:
     validation.budget_table(
         art.budgets, f"{where}: budgets", (model.n_layers, heads), window, model.max_context, model.window_layers
     )
+    if "budget" in meta:  # the nominal mean budget, reported with results
+        validation.int_field(meta["budget"], f"{where}: budget", window + 1, validation.MAX_CONTEXT)
     if int(art.budgets.sum()) != meta.get("total"):
         raise HeadprofError(f"{where}: budgets sum to {int(art.budgets.sum())}, its metadata says {meta.get('total')}")
     return art
@@ -333,17 +339,19 @@ def merge_scores(parts: list[ScoreArtifact], expected: list[int] | None = None) 
     first = parts[0]
     for part in parts[1:]:
         check_model(first.model, part.model, "shard")
-        for key in ("probe_set_sha256", "mode", "methods", "params"):
+        for key in ("version", "probe_set_sha256", "mode", "methods", "params"):
             if part.meta.get(key) != first.meta.get(key):
                 raise HeadprofError(f"shards differ in {key}: {first.meta.get(key)} vs {part.meta.get(key)}")
     rows: dict[int, tuple[ScoreArtifact, int]] = {}
+    seen: set[str] = set()
     for part in parts:
         if part.meta.get("complete") is False:
             raise HeadprofError("a shard is an unfinished checkpoint; finish it first")
         for pos, index in enumerate(part.meta.get("probe_indices", [])):
-            if index in rows:
+            if index in rows or part.probe_ids[pos] in seen:
                 raise HeadprofError(f"shards overlap: probe {part.probe_ids[pos]} appears twice")
             rows[index] = (part, pos)
+            seen.add(part.probe_ids[pos])
     # Compare counts before listing indices: a forged probe_set_size of 10^9 must not allocate 10^9 entries.
     size = len(expected) if expected is not None else first.meta.get("probe_set_size", len(rows))
     if size != len(rows):

@@ -11,13 +11,16 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from headprof import validation
 from headprof.errors import HeadprofError
 from headprof.validation import is_regular_or_absent
 
@@ -134,6 +137,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text through `atomic_path`: readers never see a half-written file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# Characters `str.splitlines` breaks lines at that JSON leaves raw inside a string (it escapes those below U+0020).
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def jsonl_line(obj: Any, sort_keys: bool = False) -> str:
+    """One JSONL line (UTF-8 kept readable) with NEL, LINE and PARAGRAPH SEPARATOR escaped: readers that split
+    lines the way Python's `splitlines` does would otherwise cut the row in two."""
+    line = json.dumps(obj, ensure_ascii=False, sort_keys=sort_keys)
+    for raw, escaped in _LINE_BREAKS.items():
+        line = line.replace(raw, escaped)
+    return line + "\n"
+
+
+def read_lines(path: str | Path, what: str, hint: str = "") -> list[str]:
+    """The lines of a UTF-8 text input (a regular file of bounded size, `validation.input_file`), split at
+    newlines only: U+2028 or U+0085 inside a JSON string is text, not the end of a row."""
+    path = validation.input_file(path, what, hint=hint)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HeadprofError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

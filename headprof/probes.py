@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from headprof import validation
 from headprof.errors import HeadprofError
-from headprof.fileio import atomic_path
+from headprof.fileio import atomic_path, jsonl_line, read_lines
 from headprof.models.spec import resolve_model
 
 if TYPE_CHECKING:
@@ -200,23 +200,12 @@ class EncodedProbe:
 # ---------------------------------------------------------------- needles
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise HeadprofError(f"{what} {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
 def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:
     """Read and validate a needle JSONL file; every problem names the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise HeadprofError(f"needle file {path} not found")
     needles: list[Needle] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(_read_lines(path, "needle file"), 1):
+    for lineno, line in enumerate(read_lines(path, "needle file"), 1):
         if not line.strip():
             continue
         where = f"needle file {path} line {lineno}"
@@ -288,6 +277,15 @@ def clean_haystack(raw: str) -> list[str]:
     return sentences
 
 
+def _regular(path: Path) -> bool:
+    """A regular file of a haystack folder (a pipe or a link to a device would hang the read: skipped)."""
+    try:
+        validation.input_file(path, "haystack file")
+    except HeadprofError:
+        return False
+    return True
+
+
 def _is_text(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -306,13 +304,11 @@ def load_haystack(source: str = "builtin") -> list[str]:
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and _is_text(p))
+            files = sorted(p for p in path.rglob("*") if _regular(p) and _is_text(p))
             if not files:
                 raise HeadprofError(f"haystack folder {path} has no text files")
-        elif path.is_file():
-            files = [path]
         else:
-            raise HeadprofError(f"haystack {path} not found")
+            files = [validation.input_file(path, "haystack")]
         try:
             raw = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
         except OSError as exc:
@@ -517,16 +513,14 @@ def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for probe in probes:
-                fh.write(json.dumps(asdict(probe), ensure_ascii=False, sort_keys=True) + "\n")
+                fh.write(jsonl_line(asdict(probe), sort_keys=True))
 
 
 def load_probes(path: str | Path) -> list[Probe]:
     """Read and validate a probe file; every problem names the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise HeadprofError(f"probe file {path} not found (build one with: headprof probes build)")
     probes: list[Probe] = []
-    for lineno, line in enumerate(_read_lines(path, "probe file"), 1):
+    for lineno, line in enumerate(read_lines(path, "probe file", " (build one with: headprof probes build)"), 1):
         if not line.strip():
             continue
         try:

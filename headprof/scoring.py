@@ -22,6 +22,7 @@ sentence by default) and, for a reasoning needle, when the same needle asked the
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import warnings
@@ -436,5 +437,5 @@ def _prefix_lengths(
 
 def remove_checkpoints(target: Path) -> None:
     """Delete the resumable checkpoints of every rank once the artifact is written."""
-    for partial in target.parent.glob(f"{target.name}.partial*"):
+    for partial in target.parent.glob(glob.escape(target.name) + ".partial*"):  # `[` in a name is not a pattern
         partial.unlink(missing_ok=True)

@@ -49,6 +49,10 @@ def check_output(target: str | Path, inputs: Iterable[str | Path | None] = (), w
         raise HeadprofError(f"{what} {target} is a directory")
     if target.exists() and not target.is_file():
         raise HeadprofError(f"{what} {target} exists and is not a regular file (a device, a pipe or a socket)")
+    from headprof.workspace import data_dir, is_packaged
+
+    if is_packaged(target):
+        raise HeadprofError(f"{what} {target} is inside headprof's package data ({data_dir()}); write it elsewhere")
     for source in inputs:
         if source is not None and _same_file(target, Path(source)):
             raise HeadprofError(f"{what} {target} is also an input of this command: it would overwrite {source}")
@@ -78,6 +82,36 @@ def is_regular_or_absent(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return True
     return stat.S_ISREG(mode)
+
+
+# ---------------------------------------------------------------- input paths
+
+# Far above any real input (a score artifact of 10k probes of an 80-layer, 64-head model is 200 MB; a probe
+# or task file of 100k rows a few hundred MB), far below what would exhaust memory when read whole.
+MAX_TEXT_BYTES = 1 << 30
+MAX_ARTIFACT_BYTES = 1 << 33
+
+
+def input_file(path: str | Path, what: str, limit: int | None = MAX_TEXT_BYTES, hint: str = "") -> Path:
+    """An input must be a regular file of at most `limit` bytes, checked before it is opened: opening a named
+    pipe blocks until a writer comes, and reading `/dev/zero` (or a symlink to it) never ends.
+
+    `hint` follows the "not found" message (how to make the file). None as `limit`: any size (model weights).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise HeadprofError(f"{what} {path} not found{hint}") from None
+    except OSError as exc:
+        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode.st_mode):
+        raise HeadprofError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode.st_mode):
+        raise HeadprofError(f"{what} {path} is not a regular file (a device, a pipe or a socket); not reading it")
+    if limit is not None and mode.st_size > limit:
+        raise HeadprofError(f"{what} {path} is {mode.st_size} bytes, more than the {limit} bytes headprof reads")
+    return path
 
 
 # ---------------------------------------------------------------- what users type
@@ -144,6 +178,13 @@ def budget_and_window(budget: int, window: int, what: str = "") -> None:
         raise HeadprofError(f"{what}window must be at least 1, got {window}")
     if budget <= window:
         raise HeadprofError(f"{what}budget {budget} must be larger than the window {window}")
+
+
+def resampling(splits: int, bootstrap: int) -> None:
+    """`--splits` and `--bootstrap` of the reliability report, checked before the scores they describe are made."""
+    for value, option in ((splits, "--splits"), (bootstrap, "--bootstrap")):
+        if value < 1:
+            raise HeadprofError(f"{option} must be at least 1, got {value}")
 
 
 def is_text(value: str) -> bool:
@@ -248,9 +289,11 @@ def budget_table(
         raise HeadprofError(f"{what} budget sliding-window layers {sorted(windowed)}, whose rows must be 0")
     budgeted = [i for i in range(shape[0]) if i not in windowed]
     if budgeted:
-        low = int(budgets[budgeted].min())
+        low, high = int(budgets[budgeted].min()), int(budgets[budgeted].max())
         if low < window:
             raise HeadprofError(f"{what} include {low}, below the window {window} every head keeps")
+        if max_context and high > max_context:
+            raise HeadprofError(f"{what} include {high}, beyond the model's {max_context} positions")
 
 
 # Far above any real model, far below what would allocate gigabytes from a forged header.
@@ -277,6 +320,11 @@ def model_info(value: Any, what: str) -> ModelInfo:
     int_field(info.sliding_window, f"{what}: model sliding_window", 0, MAX_CONTEXT)
     if info.layer_types:
         string_list(list(info.layer_types), f"{what}: model layer_types", info.n_layers)
+    if info.window_layers and info.sliding_window < 1:
+        raise HeadprofError(
+            f"{what}: layers {info.window_layers} are sliding-window layers, but the window is "
+            f"{info.sliding_window} (a window holds at least 1 position)"
+        )
     if info.n_heads % info.n_kv_heads:
         raise HeadprofError(f"{what}: {info.n_heads} query heads do not group into {info.n_kv_heads} KV heads")
     return info

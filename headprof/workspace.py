@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
 
+from headprof.errors import HeadprofError
 from headprof.models.spec import resolve_model
 
 DEFAULT_ROOT = Path("headprof-out")
@@ -45,10 +46,18 @@ def set_root(path: Path | None) -> None:
 
 
 def root() -> Path:
-    """Where outputs go: `--workdir`, else `$HEADPROF_WORKDIR`, else `./headprof-out` (relative paths stay relative)."""
-    if _root_override is not None:
-        return _root_override
-    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    """Where outputs go: `--workdir`, else `$HEADPROF_WORKDIR`, else `./headprof-out` (relative paths stay relative).
+
+    Never inside the installed package's data folder: its reference files would be overwritten.
+    """
+    chosen = _root_override if _root_override is not None else Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    if is_packaged(chosen):
+        origin = "--workdir" if _root_override is not None else f"${ROOT_ENV}" if os.environ.get(ROOT_ENV) else "."
+        raise HeadprofError(
+            f"the workspace {chosen} ({origin}) is inside headprof's package data ({data_dir()}), which is read-only "
+            "reference data; choose another folder"
+        )
+    return chosen
 
 
 def model_dir(model: str) -> Path:

@@ -106,7 +106,7 @@ def test_budget_larger_than_any_context():
 )
 def test_published_scores_allocate(name, model, method):
     path = PUBLISHED / name
-    art = import_scores(path, model_info(model))
+    art = import_scores(path, model_info(model), method)
     scores = art.scores(method)
     assert scores.shape == (32, 32)
     for gqa in ("query", "kv"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from headprof.errors import HeadprofError
 from headprof.interop import export_scores, import_scores
 from headprof.models import ModelInfo, model_info
 
-from helpers import PUBLISHED
+from helpers import PUBLISHED, REFERENCE
 
 SMALL = ModelInfo("toy/model", n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8, max_context=512, fingerprint="abc")
 
@@ -136,22 +137,21 @@ def test_merge_checks_and_equals_the_whole(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, model",
+    "name, model, method",
     [
-        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b"),
-        ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b"),
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json", "llama3-8b", "r2"),
+        ("retrieval-head-Mistral-7B-v0.2-hf.means.json", "mistral-7b", "retrieval"),
     ],
 )
-def test_import_export_round_trip_is_exact(tmp_path, name, model):
+def test_import_export_round_trip_is_exact(tmp_path, name, model, method):
     path = PUBLISHED / name
-    first = import_scores(path, model_info(model))
-    method = first.methods[0]
+    first = import_scores(path, model_info(model), method)
     published = json.loads(path.read_text())
     expected = torch.tensor([published[f"{layer}-{head}"][0] for layer in range(32) for head in range(32)]).view(32, 32)
     torch.testing.assert_close(first.scores(method), expected)
     export_scores(first, tmp_path / "out.json", method)
-    second = import_scores(tmp_path / "out.json", model_info(model), method)
-    assert torch.equal(first.per_probe[method], second.per_probe[method])
+    second = import_scores(tmp_path / "out.json", model_info(model))  # the kind from export's record
+    assert second.methods == [method] and torch.equal(first.per_probe[method], second.per_probe[method])
     A.save_scores(tmp_path / "s.safetensors", second)
     assert torch.equal(A.load_scores(tmp_path / "s.safetensors").scores(method), second.scores(method))
 
@@ -159,10 +159,10 @@ def test_import_export_round_trip_is_exact(tmp_path, name, model):
 def test_import_refuses_wrong_shape(tmp_path):
     (tmp_path / "big.json").write_text(json.dumps({"40-0": [1.0], "0-0": [0.5]}))
     with pytest.raises(HeadprofError, match="outside"):
-        import_scores(tmp_path / "big.json", model_info("llama3-8b"))
+        import_scores(tmp_path / "big.json", model_info("llama3-8b"), "r2")
     (tmp_path / "ragged.json").write_text(json.dumps({"0-0": [1.0], "0-1": [0.5, 0.2]}))
     with pytest.raises(HeadprofError, match="one length"):
-        import_scores(tmp_path / "ragged.json", model_info("llama3-8b"))
+        import_scores(tmp_path / "ragged.json", model_info("llama3-8b"), "r2")
 
 
 def test_a_reasoning_needle_counts_only_when_both_polarities_are_right():
@@ -197,3 +197,26 @@ def test_merged_shards_apply_the_polarity_rule_across_shards():
         parts.append(part)
     merged = A.merge_scores(parts)
     assert merged.counted.tolist() == [False, False, True, True, True]
+
+
+def test_export_import_round_trip_keeps_the_score_kind_and_import_never_guesses(cli, tmp_path):
+    """`export` records the kind beside the JSON (whose keys stay heads only, as the reference loaders need);
+    `import` reads it back, and with no record and no --method it refuses instead of guessing from the name."""
+    exported = cli(
+        "export", REFERENCE / "scores.safetensors", "--method", "retrieval", "--out", "r2.json", cwd=tmp_path
+    )
+    assert exported.code == 0, exported.stderr
+    assert all(re.fullmatch(r"\d+-\d+", key) for key in json.loads((tmp_path / "r2.json").read_text()))
+    back = cli("import", "r2.json", "--out", "back.safetensors", "--json")
+    assert back.code == 0 and back.json()["method"] == "retrieval", back.stderr
+    original, again = A.load_scores(REFERENCE / "scores.safetensors"), A.load_scores(tmp_path / "back.safetensors")
+    torch.testing.assert_close(again.scores("retrieval"), original.scores("retrieval"))
+    conflict = cli("import", "r2.json", "--method", "r2", "--out", "x.safetensors")
+    assert conflict.code == 1 and "--method r2, but" in conflict.stderr and "records retrieval" in conflict.stderr
+    (tmp_path / "r2.json.headprof.json").unlink()
+    refused = cli("import", "r2.json", "--out", "x.safetensors")
+    assert refused.code == 1 and "does not record which scores" in refused.stderr and "--method r2" in refused.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(HeadprofError, match="method='r2'"):
+        import_scores(tmp_path / "r2.json", model_info("smollm2-135m"))
+    assert cli("import", "r2.json", "--method", "r2", "--out", "x.safetensors").code == 0

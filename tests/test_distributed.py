@@ -81,7 +81,8 @@ def test_torchrun_two_ranks_equal_one_process(cli, workdir, probe_file):
 
 def test_import_allocate_export_round_trip_cli(cli, workdir):
     source = PUBLISHED / "headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.means.json"
-    imported = cli("import", source, "--model", "llama3-8b", "--out", "llama.safetensors", "--json", cwd=workdir)
+    args = ("import", source, "--model", "llama3-8b", "--method", "r2", "--out", "llama.safetensors", "--json")
+    imported = cli(*args, cwd=workdir)
     assert imported.code == 0, imported.stderr
     assert imported.json()["method"] == "r2"
     alloc = cli("allocate", "--scores", "llama.safetensors", "--budget", "128", "--json")
@@ -89,13 +90,13 @@ def test_import_allocate_export_round_trip_cli(cli, workdir):
     exported = cli("export", "llama.safetensors", "--format", "headkv-json", "--out", "again.json")
     assert exported.code == 0
     assert json.loads((workdir / "again.json").read_text()).keys() == json.loads(source.read_text()).keys()
-    again = cli("import", "again.json", "--model", "llama3-8b", "--method", "r2", "--out", "again.safetensors")
+    again = cli("import", "again.json", "--model", "llama3-8b", "--out", "again.safetensors")  # kind recorded
     assert again.code == 0
     first, second = load_scores(workdir / "llama.safetensors"), load_scores(workdir / "again.safetensors")
     assert torch.equal(first.per_probe["r2"], second.per_probe["r2"])  # ids name the source file; rows are exact
     compared = cli("compare", "llama.safetensors", "again.safetensors", "--json")
     assert compared.code == 0 and compared.json()["spearman"] == pytest.approx(1.0)
-    wrong = cli("import", source, "--model", "smollm2-135m", "--out", "x.safetensors")
+    wrong = cli("import", source, "--model", "smollm2-135m", "--method", "r2", "--out", "x.safetensors")
     assert wrong.code == 1 and "outside" in wrong.stderr
     mismatch = cli("compare", "llama.safetensors", REFERENCE / "scores.safetensors")
     assert mismatch.code == 1 and "different architectures" in mismatch.stderr

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,8 @@ def originals(tmp_path_factory):
     shutil.copy(SCORES, root / "s.safetensors")
     lines = (REFERENCE / "probes.jsonl").read_text().splitlines()
     (root / "p.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    eval_lines = (REFERENCE / "eval-probes.jsonl").read_text().splitlines()
+    (root / "ep.jsonl").write_text("\n".join(eval_lines[:2]) + "\n")
     (root / "n.jsonl").write_text("\n".join((NEEDLES / "needles-retrieval.jsonl").read_text().splitlines()[:2]) + "\n")
     art = load_scores(root / "s.safetensors")
     save_alloc(root / "a.safetensors", allocate_artifact(art, AllocConfig(128, gqa="kv"), "r2", root / "s.safetensors"))
@@ -174,7 +177,7 @@ def fake_gguf(box: Path) -> None:
 
 def one_needle_scores(box: Path) -> None:
     def meta(header):
-        header["probe_ids"] = ["same@1@1"] * len(header["probe_ids"])
+        header["probe_ids"] = [f"same@1@{i}" for i in range(len(header["probe_ids"]))]
 
     forge_scores(box / "s.safetensors", meta=meta)
 
@@ -197,6 +200,118 @@ def huge_shard(box: Path) -> None:
         header["probe_set_size"] = 10**9
 
     forge_scores(box / "s.safetensors", meta=meta)
+
+
+# ---------------------------------------------------------------- second round (issue 24)
+
+PACKAGE_DATA = REFERENCE.parents[1]
+
+
+def fifo(name: str) -> Callable[[Path], None]:
+    """A named pipe: opening it for reading blocks until a writer comes (it never does)."""
+    return lambda box: os.mkfifo(box / name)
+
+
+def link(name: str, target: str) -> Callable[[Path], None]:
+    return lambda box: os.symlink(target, box / name)
+
+
+def model_folder(gguf: Callable[[Path], None]) -> Callable[[Path], None]:
+    """A model folder `m/` whose one `.gguf` is what `gguf(path)` makes (a pipe, a link to /dev/zero)."""
+
+    def setup(box: Path) -> None:
+        (box / "m").mkdir()
+        gguf(box / "m" / "w.gguf")
+
+    return setup
+
+
+def bad_config(**fields) -> Callable[[Path], None]:
+    def setup(box: Path) -> None:
+        config = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
+        (box / "cfg").mkdir()
+        (box / "cfg" / "config.json").write_text(json.dumps({**config, **fields}))
+
+    return setup
+
+
+def shard_copy(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """`t.safetensors`: the scores again with a changed header (another run's shard)."""
+
+    def setup(box: Path) -> None:
+        shutil.copy(box / "s.safetensors", box / "t.safetensors")
+        forge_scores(box / "t.safetensors", meta=change)
+
+    return setup
+
+
+def _other_indices(header):
+    header["probe_indices"] = [i + len(header["probe_ids"]) for i in header["probe_indices"]]
+    header["probe_set_size"] = 2 * len(header["probe_ids"])
+
+
+def _other_version(header):
+    header["version"] = "0.0.1"
+
+
+def _duplicate_id(header):
+    header["probe_ids"][1] = header["probe_ids"][0]
+
+
+def _sliding_window_zero(header):
+    header["model"].update(layer_types=["sliding_attention"] * header["model"]["n_layers"], sliding_window=0)
+
+
+def _no_probes(data):
+    for key in ("per_probe.r2", "per_probe.retrieval", "counted", "right"):
+        data[key] = data[key][:0]
+
+
+def _no_probe_ids(header):
+    for key in ("probe_ids", "probe_kinds", "probe_groups", "answers", "probe_indices"):
+        header[key] = []
+
+
+def _none_counted(data):
+    data["counted"].zero_()
+
+
+def cache_row(**change) -> Callable[[Path], None]:
+    """`c.jsonl`, a results cache of one row edited by `change` (a value, or None to drop the field)."""
+    record = {
+        "method": "snapkv",
+        "budget": 64,
+        "item": "x",
+        "kind": "retrieval",
+        "length": 512,
+        "depth": 50.0,
+        "answer": "a",
+        "exact": True,
+        "f1": 1.0,
+        "kv_bytes": 10,
+        "kv_bytes_full": 20,
+        "task": "",
+        "score": None,
+    }
+    for key, value in change.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    return write("c.jsonl", json.dumps({"key": "k", "record": record}) + "\n")
+
+
+def raw_separators(box: Path) -> None:
+    """The first probe's question holds raw U+2028 and U+0085 (valid JSON: they need no escape)."""
+    for name in ("p.jsonl", "ep.jsonl"):
+        rows = [json.loads(line) for line in (box / name).read_text().splitlines()]
+        rows[0]["question"] += " \u2028 \x85"
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (box / name).write_text(text, encoding="utf-8")
+    (box / "d").mkdir()
+
+
+EVAL_P = ["eval", "--probes", "ep.jsonl", "--methods", "snapkv", "--budgets", "64"]
 
 
 ALLOCATE = ["allocate", "--scores", "s.safetensors", "--budget", "128"]
@@ -604,17 +719,189 @@ CASES = [
     ("usage", ["eval", "--task", "ruler:vt", "--samples", "two"], 2, "Invalid value for '--samples'", None),
     ("usage", ["eval", "--task", "task.jsonl", "--max-length", "1.5"], 2, "Invalid value for '--max-length'", None),
     ("usage", ["tasks", "build", "ruler:vt", "--lengths", "1k"], 2, "Invalid value for '--lengths'", None),
+    # ---- second round (issue 24)
+    # hangs: inputs must be regular files of bounded size, checked before they are opened
+    ("hang", ["show", "f.safetensors"], 1, "not a regular file", fifo("f.safetensors")),
+    ("hang", ["show", "z.safetensors"], 1, "not a regular file", link("z.safetensors", "/dev/zero")),
+    ("hang", ["import", "f.json"], 1, "not a regular file", fifo("f.json")),
+    ("hang", ["import", "z.json"], 1, "not a regular file", link("z.json", "/dev/zero")),
+    ("hang", ["import", "s.json", "--model", "m"], 1, "not a regular file", model_folder(os.mkfifo)),
+    (
+        "hang",
+        ["import", "s.json", "--model", "m"],
+        1,
+        "not a regular file",
+        model_folder(lambda p: os.symlink("/dev/zero", p)),
+    ),
+    ("hang", ["import", "s.json", "--model", "z.gguf"], 1, "not a regular file", link("z.gguf", "/dev/zero")),
+    ("hang", ["score", "--probes", "f.jsonl"], 1, "not a regular file", fifo("f.jsonl")),
+    ("hang", ["eval", "--task", "f.jsonl"], 1, "not a regular file", fifo("f.jsonl")),
+    ("hang", ["probes", "build", "--needles", "f.jsonl"], 1, "not a regular file", fifo("f.jsonl")),
+    ("hang", ["run", "--context-file", "f.txt", "--question", "q"], 1, "not a regular file", fifo("f.txt")),
+    (
+        "hang",
+        [*ALLOCATE[:2], "z.safetensors", *ALLOCATE[3:]],
+        1,
+        "not a regular file",
+        link("z.safetensors", "/dev/zero"),
+    ),
+    # writes outside the chosen folder: package data is never a workspace or an output
+    ("outside", ["--workdir", PACKAGE_DATA, "allocate", "--budget", "128"], 1, "package data", None),
+    ("outside", ["--workdir", REFERENCE, "probes", "build", "--needles", "n.jsonl"], 1, "package data", None),
+    ("outside", [*ALLOCATE, "--out", REFERENCE / "alloc.safetensors"], 1, "package data", None),
+    ("outside", ["export", "s.safetensors", "--out", REFERENCE / "scores.json"], 1, "package data", None),
+    # data loss: a results cache that is a device, a pipe
+    ("data loss", [*EVAL_P, "--cache", "z.jsonl"], 1, "not a regular file", link("z.jsonl", "/dev/zero")),
+    ("data loss", [*EVAL_P, "--cache", "f.jsonl"], 1, "not a regular file", fifo("f.jsonl")),
+    # wrong results accepted before
+    ("wrong result", ALLOCATE, 1, "appears twice", lambda b: forge_scores(b / "s.safetensors", meta=_duplicate_id)),
+    (
+        "wrong result",
+        ["merge", "s.safetensors", "t.safetensors", "--out", "m.st"],
+        1,
+        "shards overlap",
+        shard_copy(_other_indices),
+    ),
+    (
+        "wrong result",
+        ["merge", "s.safetensors", "t.safetensors", "--out", "m.st"],
+        1,
+        "shards differ in version",
+        shard_copy(_other_version),
+    ),
+    (
+        "wrong result",
+        ALLOCATE,
+        1,
+        "the window is 0",
+        lambda b: forge_scores(b / "s.safetensors", meta=_sliding_window_zero),
+    ),
+    ("wrong result", ["run", "--budget", "100000", "--context", "x", "--question", "y"], 1, "8192 positions", None),
+    ("wrong result", [*EVAL_P[:-1], "100000"], 1, "8192 positions", None),
+    ("wrong result", ["allocate", "--scores", "s.safetensors", "--budget", "2147483647"], 1, "8192", None),
+    (
+        "wrong result",
+        RUN_ALLOC,
+        1,
+        "beyond the model's 8192 positions",
+        lambda b: forge_alloc(b / "a.safetensors", lambda t: torch.full_like(t, 2**31 - 1)),
+    ),
+    ("wrong result", [*EVAL_P, "--cache", "c.jsonl"], 1, "f1 1.5 is not a valid value", cache_row(f1=1.5)),
+    ("wrong result", [*EVAL_P, "--cache", "c.jsonl"], 1, "kv_bytes -5 is not a valid value", cache_row(kv_bytes=-5)),
+    ("wrong result", [*EVAL_P, "--cache", "c.jsonl"], 1, "exact 1 is not", cache_row(exact=1)),
+    ("wrong result", ALLOCATE, 1, "no counted probe", lambda b: forge_scores(b / "s.safetensors", _none_counted)),
+    (
+        "wrong result",
+        ["export", "s.safetensors", "--out", "e.json"],
+        1,
+        "no counted probe",
+        lambda b: forge_scores(b / "s.safetensors", _none_counted),
+    ),
+    # internal errors before
+    (
+        "internal",
+        ["show", "s.safetensors"],
+        1,
+        "holds no probes",
+        lambda b: forge_scores(b / "s.safetensors", _no_probes, _no_probe_ids),
+    ),
+    (
+        "internal",
+        ["export", "s.safetensors", "--out", "e.json"],
+        1,
+        "holds no probes",
+        lambda b: forge_scores(b / "s.safetensors", _no_probes, _no_probe_ids),
+    ),
+    ("internal", ["import", "s.json", "--model", "cfg"], 1, "num_hidden_layers", bad_config(num_hidden_layers=-1)),
+    (
+        "internal",
+        ["import", "s.json", "--model", "cfg"],
+        1,
+        "cannot read the config",
+        bad_config(num_attention_heads=0),
+    ),
+    (
+        "internal",
+        RUN_ALLOC,
+        1,
+        "budget must be an integer",
+        lambda b: forge_alloc(b / "a.safetensors", meta=lambda h: h.__setitem__("budget", "abc")),
+    ),
+    ("internal", [*EVAL_P, "--cache", "c.jsonl"], 1, "lacks ['f1']", cache_row(f1=None)),
+    ("internal", [*EVAL_P, "--cache", "c.jsonl"], 1, "has unknown ['extra']", cache_row(extra=1)),
+    ("internal", [*EVAL_P, "--cache", "c.jsonl"], 1, "not a {'key', 'record'} row", write("c.jsonl", "[1]\n")),
+    # late: refused before any model loads or probe runs
+    ("late", ["score", "--probes", "p.jsonl", "--bootstrap", "0"], 1, "--bootstrap must be at least 1", None),
+    ("late", ["score", "--probes", "p.jsonl", "--splits", "0", "--bootstrap", "0"], 1, "--splits must be", None),
+    ("late", ["show", "s.safetensors", "--bootstrap", "0"], 1, "--bootstrap must be at least 1", None),
+    (
+        "late",
+        ["ablate", "--scores", "s.safetensors", "--probes", "p.jsonl", "--top", "1,200", "--random-trials", "1"],
+        1,
+        "at most 135",
+        None,
+    ),
+    (
+        "late",
+        RUN_ALLOC,
+        1,
+        "allocation was made for",
+        lambda b: forge_alloc(b / "a.safetensors", meta=lambda h: h["model"].__setitem__("head_dim", 32)),
+    ),
+    ("late", [*EVAL_P, "--scores", "o.safetensors"], 1, "score artifact was made for", other_architecture),
+    (
+        "late",
+        ["run", "--scores", "o.safetensors", "--context", "x", "--question", "y"],
+        1,
+        "score artifact was made for",
+        other_architecture,
+    ),
+    # round trip: raw U+2028 / U+0085 inside a JSON string are text, not line ends (the file reads past them)
+    ("round trip", ["score", "--probes", "p.jsonl", "--out", "d"], 1, "is a directory", raw_separators),
+    (
+        "round trip",
+        [*EVAL_P, "--report", "d"],
+        1,
+        "is a directory",
+        raw_separators,
+    ),
 ]
 
 
 def _id(case) -> str:
-    return f"{case[0]}: {' '.join(case[1])}"[:90]
+    return f"{case[0]}: {' '.join(map(str, case[1]))}"[:90]
+
+
+class Hung(BaseException):
+    """Raised by the alarm in a case that blocks (a read of a pipe): not an Exception, so the CLI can't catch it."""
+
+
+class ModelLoaded(BaseException):
+    """Raised where a case would load a model's weights: every check must fire before."""
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
 def test_hostile_input_is_one_clean_error(case, cli, sandbox, monkeypatch):
     _kind, args, code, fragment, setup = case
-    if any("gguf" in a for a in args):  # its dequantization key goes to a cache of its own, not the shared one
+
+    def loaded(*_a, **_k):
+        raise ModelLoaded(f"a model loaded for: {' '.join(map(str, args))}")
+
+    def hung(*_a):
+        raise Hung(f"still running after 60 s: {' '.join(map(str, args))}")
+
+    monkeypatch.setattr("headprof.models.loading.load_model", loaded)
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        _run_case(cli, sandbox, monkeypatch, args, code, fragment, setup)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_case(cli, sandbox, monkeypatch, args, code, fragment, setup):
+    if any("gguf" in str(a) for a in args):  # its dequantization key goes to a cache of its own, not the shared one
         monkeypatch.setenv("HEADPROF_CACHE", str(sandbox / "cache"))
     if setup:
         setup(sandbox)
@@ -641,7 +928,8 @@ def test_case_classes_cover_the_issue():
     counts: dict[str, int] = {}
     for kind, *_ in CASES:
         counts[kind] = counts.get(kind, 0) + 1
-    assert set(counts) == {"markup", "data loss", "code", "outside", "wrong result", "internal", "late", "usage"}
+    first = {"markup", "data loss", "code", "outside", "wrong result", "internal", "late", "usage"}
+    assert set(counts) == first | {"hang", "round trip"}
 
 
 # ---------------------------------------------------------------- hostile but valid: handled correctly
@@ -869,3 +1157,64 @@ def test_validation_is_a_light_import():
     code = "import sys, headprof.validation; print(sorted(m for m in sys.modules if m in ('torch', 'transformers')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- second round: what a CLI row cannot reach
+
+
+def test_checkpoint_clean_up_takes_the_output_name_literally(tmp_path):
+    """`--out 'sc[12].safetensors'` removes its own checkpoints, not those of sc1 / sc2 (a glob would)."""
+    from headprof.scoring import remove_checkpoints
+
+    others = [tmp_path / "sc1.safetensors.partial", tmp_path / "sc2.safetensors.partial.lock"]
+    mine = [tmp_path / "sc[12].safetensors.partial", tmp_path / "sc[12].safetensors.partial.rank1"]
+    for path in others + mine:
+        path.write_text("x")
+    remove_checkpoints(tmp_path / "sc[12].safetensors")
+    assert all(p.exists() for p in others) and not any(p.exists() for p in mine)
+
+
+def test_a_torn_results_cache_line_does_not_swallow_the_next_record(tmp_path):
+    from headprof.evaluation import EvalRecord, ResultCache
+
+    path = tmp_path / "c.jsonl"
+    first = EvalRecord("snapkv", 64, "a", "retrieval", 512, 50.0, "x", True, 1.0, 10, 20)
+    ResultCache.open(path).add("k1", first)
+    with open(path, "a") as fh:  # kill -9 in the middle of a row
+        fh.write('{"key": "k2", "record": {"method": "sn')
+    ResultCache.open(path).add("k3", EvalRecord("snapkv", 64, "b", "retrieval", 512, 50.0, "y", False, 0.0, 10, 20))
+    rows = ResultCache.open(path).rows
+    assert set(rows) == {"k1", "k3"} and rows["k1"]["answer"] == "x" and rows["k3"]["answer"] == "y"
+
+
+def test_cache_keys_stay_inside_the_cache(tmp_path, monkeypatch):
+    """A `.keys.json` mapping a GGUF to `/../../../X` is ignored: the folder is the file's hash, in the cache."""
+    from headprof.models.gguf import dequantized_dir
+    from headprof.models.spec import ModelSpec
+
+    monkeypatch.setenv("HEADPROF_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "w.gguf").write_bytes(b"GGUF weights")
+    gguf = tmp_path / "w.gguf"
+    ident = f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / ".keys.json").write_text(json.dumps({ident: "/../../../X"}))
+    folder = dequantized_dir(ModelSpec("w", "w", "w", str(tmp_path), "w.gguf"))
+    assert folder.parent == tmp_path / "cache" / "models"
+    assert folder.name == f"w-{hashlib.sha256(b'GGUF weights').hexdigest()[:16]}"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_jsonl_keeps_line_separators_inside_strings(tmp_path, separator):
+    """Rows holding U+2028 / U+2029 / U+0085 are written escaped and read back whole; a raw one (valid JSON)
+    also reads as one row: files split at newlines only."""
+    from headprof.probes import Probe, load_probes, write_probes
+    from headprof.tasks.rows import read_task_file
+
+    row = json.loads((REFERENCE / "probes.jsonl").read_text().splitlines()[0])
+    row["question"] += f" {separator} ?"
+    write_probes(tmp_path / "p.jsonl", [Probe.from_dict(row)])
+    assert separator not in (tmp_path / "p.jsonl").read_text(encoding="utf-8")
+    assert load_probes(tmp_path / "p.jsonl")[0].question == row["question"]
+    raw = json.dumps({"context": f"a{separator}b", "input": "q", "answers": ["x"]}, ensure_ascii=False)
+    (tmp_path / "t.jsonl").write_text(raw + "\n", encoding="utf-8")
+    assert [r.context for r in read_task_file(tmp_path / "t.jsonl")] == [f"a{separator}b"]

@@ -37,7 +37,8 @@ def test_fixtures_match_the_published_files(name):
 def test_retrieval_heads_agree_with_duoattention_gates():
     """Retrieval-head scores of Mistral-7B (summed per KV head) vs DuoAttention's trained full-attention
     gates: two methods, two papers, same heads. Measured Spearman 0.51 over the 256 KV heads."""
-    scores = import_scores(PUBLISHED / "retrieval-head-Mistral-7B-v0.2-hf.means.json", model_info("mistral-7b"))
+    path = PUBLISHED / "retrieval-head-Mistral-7B-v0.2-hf.means.json"
+    scores = import_scores(path, model_info("mistral-7b"), "retrieval")
     gates = torch.tensor(
         np.loadtxt(PUBLISHED / "duo-attention-Mistral-7B-Instruct-v0.2_full_attention_heads.tsv"), dtype=torch.float32
     )
@@ -46,13 +47,13 @@ def test_retrieval_heads_agree_with_duoattention_gates():
 
 
 @pytest.mark.parametrize(
-    "name,model",
+    "name,model,method",
     [
-        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b"),
-        ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b"),
+        ("headkv-Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json", "llama3-8b", "r2"),
+        ("retrieval-head-Mistral-7B-v0.2-hf.json", "mistral-7b", "retrieval"),
     ],
 )
-def test_published_per_probe_files_import_and_round_trip(name, model, tmp_path):
+def test_published_per_probe_files_import_and_round_trip(name, model, method, tmp_path):
     """The original files (one score per probe and head), not the derived means: rows import exactly."""
     from headprof.interop import export_scores
 
@@ -60,8 +61,7 @@ def test_published_per_probe_files_import_and_round_trip(name, model, tmp_path):
     if not original.is_file():
         pytest.skip(f"{original} not available (the committed means fixture covers import in CI)")
     published = json.loads(original.read_text())
-    art = import_scores(original, model_info(model))
-    method = art.methods[0]
+    art = import_scores(original, model_info(model), method)
     assert art.per_probe[method].shape == (len(published["0-0"]), 32, 32)
     layer, head = 13, 7
     assert float(art.scores(method)[layer, head]) == pytest.approx(

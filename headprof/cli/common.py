@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from headprof.cli import render
 
 if TYPE_CHECKING:
+    from headprof.artifacts import AllocArtifact, ScoreArtifact
     from headprof.models import LoadedModel
     from headprof.probes import Probe
 
@@ -20,6 +21,26 @@ def load(model: str, dtype: str = "auto", device: str = "auto", device_map: str 
     quiet_transformers()
     with render.status(f"loading {model}"):
         return load_model(model, dtype=dtype, device=device, device_map=device_map)
+
+
+def check_before_loading(
+    model: str, budgets: Sequence[int] = (), artifacts: Sequence[tuple[str, AllocArtifact | ScoreArtifact | None]] = ()
+) -> None:
+    """What the model's config alone can refuse, before its weights load: budgets beyond its positions, and
+    artifacts made for another model (architecture, sliding windows, id; weights are checked once loaded)."""
+    from headprof.artifacts import check_model
+    from headprof.errors import HeadprofError
+    from headprof.models.loading import model_info
+
+    info = model_info(model)
+    too_long = [b for b in budgets if info.max_context and b > info.max_context]
+    if too_long:
+        raise HeadprofError(
+            f"budget {too_long[0]} is larger than any context {info.model_id} takes ({info.max_context} positions)"
+        )
+    for what, art in artifacts:
+        if art is not None:
+            check_model(art.model, info, what)
 
 
 def default_input(model: str, path: Path, what: str) -> Path:

@@ -147,6 +147,8 @@ def eval_(
     scores_art = load_scores(scores) if scores else None
     if scores_art is not None:
         E.check_disjoint(probe_list, scores_art)  # before the model loads
+    common.check_before_loading(model, budget_list, [("score artifact", scores_art)])
+    E.ResultCache.open(cache_path)  # an edited results cache is refused now, not after the model loads
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     rows: list = []

@@ -37,7 +37,11 @@ def import_(
     model: ModelOpt = "smollm2-135m",
     method: Annotated[
         ScoreMethod | None,
-        choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Default: r2 if the file name says reasoning, else retrieval."),
+        choice(
+            ScoreMethod,
+            SCORE_METHOD_MESSAGE,
+            "Which scores the file holds; default: what `export` recorded beside it (FILE.headprof.json).",
+        ),
     ] = None,
     out_file: Annotated[
         Path | None,
@@ -49,14 +53,17 @@ def import_(
     from headprof import workspace
     from headprof.artifacts import save_scores
     from headprof.heads import top_heads
-    from headprof.interop import guess_method, import_scores
+    from headprof.interop import import_scores
     from headprof.models import model_info
     from headprof.validation import check_outputs
 
-    name = method.value if method else guess_method(source)
+    info = model_info(model)
+    if out_file is not None:
+        check_outputs([("--out", out_file)], [source])
+    art = import_scores(source, info, method.value if method else None, "--method")
+    name = art.methods[0]
     target = out_file or workspace.imported_scores_file(model, name)
     check_outputs([("--out", target)], [source])
-    art = import_scores(source, model_info(model), name)
     save_scores(target, art)
     if as_json:
         top = top_heads(art.scores(name), 10)
@@ -78,18 +85,19 @@ def export(
 ) -> None:
     """Write scores in the HeadKV / Retrieval-head JSON layout, to use them in those codebases."""
     from headprof.artifacts import load_scores
-    from headprof.interop import export_scores
+    from headprof.interop import export_scores, sidecar_path
     from headprof.validation import check_outputs
 
-    check_outputs([("--out", out_file)], [artifact])
+    check_outputs([("--out", out_file), ("the score record", sidecar_path(out_file))], [artifact])
     art = load_scores(artifact)
     name = method.value if method else art.default_method
     export_scores(art, out_file, name)
     heads = art.model.n_layers * art.model.n_heads
     if as_json:
-        render.emit({"file": str(out_file), "format": fmt.value, "method": name, "heads": heads})
+        record = str(sidecar_path(out_file))
+        render.emit({"file": str(out_file), "record": record, "format": fmt.value, "method": name, "heads": heads})
     else:
-        render.line(f"wrote {name} scores of {heads} heads to {out_file}")
+        render.line(f"wrote {name} scores of {heads} heads to {out_file} (the score kind: {sidecar_path(out_file)})")
 
 
 def compare(

@@ -81,6 +81,11 @@ def run(
         raise HeadprofError("--max-new-tokens must be at least 1")
     if allocation is not None and gqa is not None and gqa.value != allocation.gqa:
         render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
+    common.check_before_loading(
+        model,
+        budgets=[budget] if compressor.compresses and allocation is None else [],
+        artifacts=[("allocation", allocation), ("score artifact", score_art)],
+    )
     loaded = common.load(model, dtype.value, device)
     plan = plan_budgets(
         compressor,
@@ -119,9 +124,9 @@ def _read_context(context_file: Path | None, context: str | None) -> str:
     if (context_file is None) == (context is None):
         raise HeadprofError("give exactly one of --context-file and --context")
     if context_file is not None:
-        if not context_file.is_file():
-            raise HeadprofError(f"context file {context_file} not found")
-        context = context_file.read_text(encoding="utf-8", errors="replace")
+        from headprof.validation import input_file
+
+        context = input_file(context_file, "context file").read_text(encoding="utf-8", errors="replace")
     if not context or not context.strip():
         raise HeadprofError("empty context")
     return context

@@ -78,7 +78,7 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on the probes with attention capture and write per-head scores."""
-    from headprof import distributed, scoring, workspace
+    from headprof import distributed, scoring, validation, workspace
     from headprof import probes as P
     from headprof.artifacts import save_scores
     from headprof.errors import HeadprofError
@@ -88,6 +88,7 @@ def score(
     methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
     config = scoring.ScoreConfig(methods, mode.value, span.value, criterion.value)
     config.validate()
+    validation.resampling(splits, bootstrap)
     source = probes or workspace.probe_file(model)
     if probes is None and not source.is_file():
         raise HeadprofError(f"no probe set at {source}: run `headprof probes build` first, or give --probes FILE")

@@ -52,10 +52,11 @@ def show(
     from headprof.errors import HeadprofError
     from headprof.heads import layer_summary, top_heads
     from headprof.reliability import artifact_reliability
-    from headprof.validation import check_outputs
+    from headprof.validation import check_outputs, resampling
 
     if top < 1:
         raise HeadprofError(f"--top must be at least 1, got {top}")
+    resampling(splits, bootstrap)
     artifact = artifact or common.default_input(model, workspace.scores_file(model), "scores")
     reliability_png = png.with_name(png.stem + "-reliability" + png.suffix) if png else None
     check_outputs([("--png", png), ("the reliability figure", reliability_png)], [artifact])

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from headprof import validation
 from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.fileio import remove_orphans, sha256_file, share_mode, temp_prefix, write_text_atomic
 from headprof.models.spec import ModelSpec, first_line, slugify
@@ -39,14 +41,23 @@ def dequantized_dir(spec: ModelSpec) -> Path:
     return cache_dir() / "models" / f"{slugify(gguf.stem)}-{_gguf_key(gguf)}"
 
 
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
 def _gguf_key(gguf: Path) -> str:
+    """The first 16 hex digits of the GGUF's hash, remembered in `.keys.json` by path, size and mtime. A key
+    that is not 16 hex digits (an edited file mapping a model to `/../../X`) would place the cache folder
+    outside the cache: it is ignored and the hash recomputed."""
+    gguf = validation.input_file(gguf, "GGUF file", limit=None)
     stamp = cache_dir() / "models" / ".keys.json"
     ident = f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
     try:
-        known = json.loads(stamp.read_text())
-    except (OSError, ValueError):
+        known = json.loads(validation.input_file(stamp, "model cache index").read_text())
+    except (OSError, ValueError, HeadprofError):
         known = {}
-    if ident not in known:
+    if not isinstance(known, dict):
+        known = {}
+    if not isinstance(known.get(ident), str) or not _KEY.fullmatch(known[ident]):
         known[ident] = sha256_file(gguf)[:16]
         try:
             write_text_atomic(stamp, json.dumps(known))

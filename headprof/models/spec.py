@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +131,24 @@ def refuse_remote_code(folder: Path, name: str) -> None:
         )
 
 
+def _refuse_special_files(local: Path, name: str) -> None:
+    """A model path, or a file in a model folder, that is a pipe or a device (or a link to one) would block or
+    never end the first read (hashing a GGUF that is `/dev/zero`): refused before anything is opened."""
+    try:
+        entries = sorted(local.iterdir()) if local.is_dir() else [local]
+    except OSError:
+        return  # an unreadable folder: the loader names it
+    for entry in entries:
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError:
+            continue  # missing or a dangling link: nothing to open
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise HeadprofError(
+                f"model '{name}': {entry} is not a regular file (a device, a pipe or a socket); not reading it"
+            )
+
+
 def embedded_gguf_path() -> Path:
     """Find the embedded GGUF without importing its package (its imports need `llm`, which we don't install)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -153,6 +173,7 @@ def resolve_model(name: str) -> ModelSpec:
             gguf.name,
         )
     local = Path(target).expanduser()
+    _refuse_special_files(local, name)
     if local.is_file():
         if local.suffix != ".gguf":
             raise HeadprofError(f"model file {local} is not a .gguf file")
@@ -203,12 +224,21 @@ def layer_kinds(config: PretrainedConfig) -> tuple[list[str], list[int]]:
 
 def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str = "") -> ModelInfo:
     """`ModelInfo` from a transformers config (multimodal configs: their text part)."""
+    from headprof import validation
+
     text = _text_config(config)
     n_heads = text.num_attention_heads
+    if type(n_heads) is not int or n_heads < 1 or type(getattr(text, "num_hidden_layers", None)) is not int:
+        raise HeadprofError(
+            f"the config of '{model_id}' has num_attention_heads {n_heads!r} and num_hidden_layers "
+            f"{getattr(text, 'num_hidden_layers', None)!r}: positive integers expected"
+        )
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
+    if text.num_hidden_layers < 1:
+        raise HeadprofError(f"the config of '{model_id}' has num_hidden_layers {text.num_hidden_layers}, expected >= 1")
     types, windows = layer_kinds(config)
     bounded = sorted({w for kind, w in zip(types, windows) if kind in WINDOWED})
-    return ModelInfo(
+    info = ModelInfo(
         model_id=model_id,
         n_layers=text.num_hidden_layers,
         n_heads=n_heads,
@@ -218,6 +248,9 @@ def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str =
         fingerprint=fingerprint,
         layer_types=tuple(types) if bounded else (),
         sliding_window=bounded[0] if bounded else 0,
+    )
+    return validation.model_info(
+        dict(info.to_dict(), layer_types=list(info.layer_types)), f"the config of '{model_id}'"
     )
 
 

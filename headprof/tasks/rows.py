@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from headprof.errors import HeadprofError
-from headprof.fileio import atomic_path
+from headprof.fileio import atomic_path, jsonl_line, read_lines
 from headprof.validation import is_text
 
 
@@ -139,14 +139,7 @@ def row_from_json(data: Any, default_id: str) -> TaskRow:
 def read_task_file(path: str | Path) -> list[TaskRow]:
     """Every row of a LongBench-layout JSONL file; the first bad row ends it with one error naming its line."""
     path = Path(path)
-    if not path.is_file():
-        raise HeadprofError(f"task file {path} not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise HeadprofError(f"task file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise HeadprofError(f"cannot read task file {path}: {exc.strerror}") from None
+    lines = read_lines(path, "task file")
     rows = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -174,4 +167,4 @@ def write_task_file(path: str | Path, rows: Sequence[TaskRow]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+                fh.write(jsonl_line(row.to_json()))
