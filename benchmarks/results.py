@@ -128,7 +128,8 @@ def plots_only() -> None:
     needles = E.write_figures(
         records, payload["results"], "docs/accuracy.png", _title(payload["n_items"], payload["window"]), 128
     )
-    print("wrote docs/accuracy.png" + (f" and {needles}" if records else f" ({RECORDS_JSONL} missing: {needles} kept)"))
+    kept = E.needles_png_path("docs/accuracy.png")
+    print("wrote docs/accuracy.png" + (f" and {needles}" if needles else f" ({RECORDS_JSONL} missing: {kept} kept)"))
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ class AllocConfig:
         if self.policy not in POLICIES:
             raise HeadprofError(f"unknown policy '{self.policy}' ({', '.join(POLICIES)})")
         if self.gqa not in GQA_LAYOUTS:
-            raise HeadprofError(f"unknown --gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
+            raise HeadprofError(f"unknown gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
         validation.budget_and_window(self.budget, self.window)
         if max_context and self.budget > max_context:
             raise HeadprofError(f"budget {self.budget} is larger than any context the model takes ({max_context})")
@@ -199,7 +199,7 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
     if model.max_context and int(budgets.max()) > model.max_context:
         raise HeadprofError(
             f"{config.policy} budgets at {config.budget} give a head {int(budgets.max())} entries, beyond the "
-            f"model's {model.max_context} positions; use a smaller --budget"
+            f"model's {model.max_context} positions; use a smaller budget"
         )
     meta = {
         "policy": config.policy,

@@ -520,10 +520,10 @@ def write_figures(
     png: str | Path,
     title: str,
     grid_budget: int | None = None,
-) -> Path:
+) -> Path | None:
     """Accuracy vs KV bytes (one line per method, full cache as reference, 95% Wilson interval bars) at `png`,
     and a length x depth needle heatmap per method at `<png>-needles.png` (at `grid_budget`, default the middle
-    budget) when `records` hold needle probes."""
+    budget) when `records` hold needle probes; returns that heatmap's path (None: none written)."""
     from headprof import plots
 
     png = Path(png)
@@ -540,9 +540,10 @@ def write_figures(
         if rows:
             label = method if method == "full" else f"{method} B={chosen}"
             lengths, depths, grids[label] = needle_grid(rows)
+    if not grids:  # no needle probes (task rows only): no heatmap
+        return None
     needles_png = needles_png_path(png)
-    if grids:
-        plots.needle_grids(grids, lengths, depths, needles_png, f"{title}: accuracy by length x depth")
+    plots.needle_grids(grids, lengths, depths, needles_png, f"{title}: accuracy by length x depth")
     return needles_png
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.figure import Figure
@@ -18,6 +20,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 from matplotlib.transforms import offset_copy
 
 from headprof.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _save(fig: Figure, path: str | Path) -> None:
@@ -149,6 +154,10 @@ def accuracy_vs_bytes(
     if every:  # set by hand: lines drawn with an offset transform do not update the data limits
         ax.set_xlim(min(every) / 1.2, max(every) * 1.2)
     ax.xaxis.set_major_locator(LogLocator(base=2))
+    if every and 2 ** math.floor(math.log2(max(every) * 1.2)) < 2 * min(every) / 1.2:
+        # fewer than two powers of two in view (points within one doubling): tick the points' own sizes
+        sizes = sorted(set(every))
+        ax.set_xticks(sizes[:: max(1, math.ceil(len(sizes) / 6))])
     ax.xaxis.set_major_formatter(FuncFormatter(format_bytes))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("KV cache at the end of generation (log scale; point labels: budget per head)")
@@ -203,6 +212,13 @@ def needle_grids(
     _save(fig, path)
 
 
+def _note(ax: Axes, text: str) -> None:
+    """An axis with nothing to plot says why, in words, instead of staying empty."""
+    ax.text(0.5, 0.5, textwrap.fill(text, 45), ha="center", va="center", fontsize=8, transform=ax.transAxes, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def reliability_figure(reports: Mapping[str, Mapping], path: str | Path, title: str) -> None:
     """Left: split-half Spearman over random needle splits per score (median and 5th percentile marked).
     Right: the first score's top heads with their bootstrap intervals."""
@@ -223,8 +239,13 @@ def reliability_figure(reports: Mapping[str, Mapping], path: str | Path, title: 
     left.set_title("split-half agreement (solid: median, dashed: 5th pct)", fontsize=8)
     if left.get_legend_handles_labels()[0]:
         left.legend(fontsize=7, loc="upper left")
+    else:  # no score could be split: say why instead of an empty axis
+        reason = next((r.get("reason") for r in reports.values() if r.get("reason")), "too few needles")
+        _note(left, f"split-half agreement not available:\n{reason}")
     method, report = next(iter(reports.items()))
     rows = report.get("top_heads") or []
+    if not rows:
+        _note(right, f"bootstrap intervals not available:\n{report.get('bootstrap_reason', 'no counted probes')}")
     if rows:
         labels = [f"L{int(r[0])}H{int(r[1])}" for r in rows]
         scores = [r[2] for r in rows]

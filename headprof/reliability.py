@@ -211,7 +211,13 @@ def reliability_report(
         report["split_half_values"] = [round(v, 4) for v in halves.spearman]
     except HeadprofError as exc:
         report["reason"] = str(exc)
-    if units.by_kind:
+    few = sorted(kind for kind, members in units.by_kind.items() if len(members) < 2)
+    if units.by_kind and few:
+        # Resampling one needle gives that needle back every time: a zero-width interval that looks certain.
+        report["bootstrap_reason"] = (
+            f"bootstrap intervals need at least two needles of every kind ({', '.join(few)}: one)"
+        )
+    elif units.by_kind:
         means = units.sums.sum(0) / units.counts.sum()
         order = torch.argsort(means, descending=True, stable=True)[:top].tolist()
         intervals = bootstrap_heads(units, order, n_heads, n_boot, seed, k=k)

@@ -160,8 +160,10 @@ def test_eval_cli_table_json_plots_and_cache(cli, workdir, eval_probes):
     again = cli(*args, "--methods", "full,snapkv,headkv,kvzip,streamingllm", "--json")
     assert again.code == 0 and len(cache.read_text().splitlines()) == lines + 8  # only the new method ran
     assert [r for r in again.json()["results"] if r["method"] != "streamingllm"] == results
-    table = cli(*args)
+    table = cli(*args, "--png", "t.png")
     assert table.code == 0 and "B=48" in table.stdout and "headkv" in table.stdout
+    assert "wrote t.png" in table.stdout and "wrote t-needles.png" in table.stdout  # both figures named
+    assert "notice: 28 answers to compute (4 items x 7 method-budget configurations" in table.stderr
 
 
 @pytest.mark.e2e

@@ -856,6 +856,14 @@ CASES = [
         "score artifact was made for",
         other_architecture,
     ),
+    (
+        "late",
+        ["run", "--budget", "64", "--compression-ratio", "0.5", "--context", "x", "--question", "y"],
+        2,
+        "not both",
+        None,
+    ),
+    ("late", ["run", "--compression-ratio", "1.5", "--context", "x", "--question", "y"], 1, "must be in [0, 1)", None),
     # round trip: raw U+2028 / U+0085 inside a JSON string are text, not line ends (the file reads past them)
     ("round trip", ["score", "--probes", "p.jsonl", "--out", "d"], 1, "is a directory", raw_separators),
     (

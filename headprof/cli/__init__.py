@@ -39,6 +39,14 @@ probes_app = typer.Typer(
 _invoked: list[str] = []  # the command being run, for its Ctrl-C message
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from headprof import __version__
+
+        render.line(f"headprof {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     ctx: typer.Context,
@@ -50,6 +58,10 @@ def _options(
             help=f"Outputs go here, a folder per model (default: ${ROOT_ENV}, else ./{DEFAULT_ROOT}).",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print headprof's version and exit."),
+    ] = False,
 ) -> None:
     workspace.set_root(workdir)
     _invoked[:] = [ctx.invoked_subcommand or ""]

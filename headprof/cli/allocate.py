@@ -35,7 +35,13 @@ def allocate(
     context: Annotated[
         int | None, typer.Option(help="Context length for the KV bytes summary; default: model window.")
     ] = None,
-    bytes_per_value: Annotated[int, typer.Option(help="Bytes per cached value for the summary (2 = bf16).")] = 2,
+    bytes_per_value: Annotated[
+        int | None,
+        typer.Option(
+            help="Bytes per cached value for the summary (2 = bf16/fp16, 4 = fp32); default: what --dtype auto runs "
+            "on this machine (bf16 on CUDA, fp32 on CPU)."
+        ),
+    ] = None,
     out_file: Annotated[
         Path | None,
         typer.Option(
@@ -51,8 +57,12 @@ def allocate(
     from headprof.errors import HeadprofError
     from headprof.validation import check_outputs
 
-    if bytes_per_value < 1 or (context is not None and context < 1):
+    if (bytes_per_value is not None and bytes_per_value < 1) or (context is not None and context < 1):
         raise HeadprofError("--bytes-per-value and --context must be positive")
+    if bytes_per_value is None:  # the dtype `run` and `eval` use by default here: the bytes they will report
+        import torch
+
+        bytes_per_value = 2 if torch.cuda.is_available() else 4
     config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value)
     config.validate()
     source = scores or common.default_input(model, workspace.scores_file(model), "scores")

@@ -157,13 +157,19 @@ def eval_(
         for message in notices:
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    total = len(items) * sum(1 if m == "full" else len(budget_list) for m in method_list)
+    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list)
+    total = len(items) * n_configs
+    render.notice(
+        f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "
+        "ones are skipped); the time per item shows after the first (fewer: --methods, --budgets, --probes)"
+    )
     with exclusive(cache_path, "the results cache"), render.progress("evaluating", total) as advance:
         records = E.evaluate(loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance())
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
     if png:
-        payload["png"] = [str(png), str(E.write_figures(records, results, png, loaded.info.model_id))]
+        needles = E.write_figures(records, results, png, loaded.info.model_id)
+        payload["png"] = [str(png)] + ([str(needles)] if needles else [])
     payload = render.finite(payload)  # the report is strict JSON too: a NaN after all that work is not a crash
     if report:
         write_text_atomic(report, json.dumps(payload, indent=1, allow_nan=False) + "\n")
@@ -177,6 +183,8 @@ def eval_(
     if any("tasks" in r for r in results):
         header, task_rows = E.task_cells(results, method_list, budget_list)
         render.task_table(header, task_rows)
+    for written in [*payload.get("png", []), *([str(report)] if report else [])]:
+        render.line(f"wrote {written}")
 
 
 def ablate(

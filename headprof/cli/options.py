@@ -1,5 +1,5 @@
 """Option types shared by the commands. Choices are `str` Enums shown in `--help` as `<a|b|c>`; a value
-outside them is one `error:` line naming the choices (exit code 1), as every other bad input. Every option
+outside them is one `error:` line naming the choices, a usage error (exit code 2) like typer's own. Every option
 that takes free text names what it takes (`<alias|hub-id|path>`, `<int,...>`), never a bare `<str>`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from headprof.errors import HeadprofError
+from headprof.errors import UsageError
 from headprof.runtime.methods import METHODS
 
 
@@ -121,7 +121,7 @@ def _parser(choices: type[Enum], message: str) -> Callable[[Any], Enum]:
             return choices(value)
         except ValueError:
             names = ", ".join(member.value for member in choices)
-            raise HeadprofError(message.format(value=value, choices=names)) from None
+            raise UsageError(message.format(value=value, choices=names)) from None
 
     return parse
 

@@ -16,7 +16,12 @@ def build(
     model: ModelOpt = "smollm2-135m",
     kind: Annotated[Kind, choice(Kind, "unknown kind '{value}' ({choices})", "Which needles.")] = Kind.both,
     lengths: Annotated[
-        str, typer.Option(metavar=INTS, help="Prompt lengths in tokens of the model's tokenizer.")
+        str,
+        typer.Option(
+            metavar=INTS,
+            help="Longest prompt in tokens of the model's tokenizer: every prompt fits within it (whole haystack "
+            "sentences, sized for the longest needle and question, so most prompts are some 5-10% shorter).",
+        ),
     ] = "1024",
     depths: Annotated[
         str, typer.Option(metavar="<percent,...>", help="Needle depths in percent of the haystack.")

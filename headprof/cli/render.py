@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
+# Off a terminal (a pipe, a file, CI) rich would cut tables at 80 columns: names the user must type (task names,
+# paths) would end in an ellipsis or split mid-word. There, lines are as wide as their content.
+PIPE_WIDTH = 1000
+if not out.is_terminal and not os.environ.get("COLUMNS"):
+    out.width = PIPE_WIDTH
 
 # What Ctrl-C leaves behind, per command: only `score` checkpoints and `eval` caches results.
 INTERRUPTED = {
@@ -275,6 +281,8 @@ def reliability(method: str, report: dict[str, Any]) -> None:
             f"share of resamples in the top {boot['top_k']}"
         )
         _table(title, ("rank", "layer", "head", "score", "interval", f"top-{boot['top_k']}"), rows, justify="right")
+    elif report.get("bootstrap_reason"):
+        out.print(f"bootstrap intervals of {method}: not available ({report['bootstrap_reason']})")
     half = report.get("split_half")
     if half is None:
         out.print(f"split-half agreement of {method}: not available ({report.get('reason', 'too few needles')})")
@@ -347,31 +355,46 @@ def head_table(
     out.print(Text.assemble((str(artifact), "bold"), f": {label} of {model_id} ({shape})"))
     if counts is not None:
         probe_counts(mode, counts)
-    rows = [(str(rank), str(layer), str(head), f"{value:.4f}") for rank, (layer, head, value) in enumerate(top, 1)]
-    _table(f"top {k} heads", ("rank", "layer", "head", "value"), rows, justify="right")
+    budgets = label.startswith("budgets")  # an allocation: whole numbers of KV entries
+    rows = [
+        (str(rank), str(layer), str(head), f"{value:.0f}" if budgets else f"{value:.4f}")
+        for rank, (layer, head, value) in enumerate(top, 1)
+    ]
+    _table(f"top {k} heads", ("rank", "layer", "head", "budget" if budgets else "score"), rows, justify="right")
     out.print(_heatmap(values, layers))
+    low, high = float(values.min()), float(values.max())
+    number = "{:.0f}" if budgets else "{:.4f}"
+    out.print(
+        f"cells: '{SHADES[0]}' = {number.format(low)} (lowest) ... '{SHADES[-1]}' = {number.format(high)} (highest)"
+    )
     for method, report in (reports or {}).items():
         reliability(method, report)
     for path in pngs:
         out.print(f"wrote {path}")
 
 
+SHADES = " .:-=+*#%@"  # lowest to highest: the heatmap reads in a pipe, where colours are dropped
+
+
 def _heatmap(values: torch.Tensor, layers: list[dict[str, Any]]) -> Table:
-    """One coloured cell per head, darker = lower; the last columns summarise the layer."""
+    """One cell per head, a shade character (and on a terminal a colour), denser = higher; the last columns
+    summarise the layer."""
     low, high = float(values.min()), float(values.max())
     span = (high - low) or 1.0
-    table = Table(title="heatmap (rows: layers, columns: heads)", box=None, pad_edge=False, padding=(0, 0))
+    table = Table(title="heatmap (rows: layers, columns: heads)", box=None, pad_edge=False, padding=(0, 1))
     table.add_column("layer", justify="right")
     for head in range(values.shape[1]):
         table.add_column(f"{head:>2}", justify="center")
-    table.add_column(" mean / max", justify="left")
+    table.add_column("mean / max", justify="left")
     for layer, row in enumerate(values):
         cells = []
         for value in row.tolist():
-            level = int(round((value - low) / span * 255))
-            cells.append(Text("  ", style=f"on rgb({level},{int(level * 0.6)},{255 - level})"))
+            share = (value - low) / span
+            level = int(round(share * 255))
+            shade = SHADES[min(int(share * len(SHADES)), len(SHADES) - 1)] * 2
+            cells.append(Text(shade, style=f"on rgb({level},{int(level * 0.6)},{255 - level})"))
         mark = "  (sliding window)" if layers[layer]["sliding"] else ""
-        table.add_row(f"{layer} ", *cells, f" {layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}{mark}")
+        table.add_row(str(layer), *cells, f"{layers[layer]['mean']:.3f} / {layers[layer]['max']:.3f}{mark}")
     return table
 
 

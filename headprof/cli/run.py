@@ -37,7 +37,14 @@ def run(
             MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."
         ),
     ] = None,
-    budget: Annotated[int, typer.Option(help="KV entries per head, window included.")] = 128,
+    budget: Annotated[int | None, typer.Option(help="KV entries per head, window included (default 128).")] = None,
+    compression_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of --budget, as kvpress means it: the share of the prompt's KV entries dropped (0.5: each "
+            "head keeps half of the prompt on average)."
+        ),
+    ] = None,
     alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
     scores: Annotated[
         Path | None,
@@ -62,10 +69,16 @@ def run(
     """Answer a question about a long context with a compressed KV cache."""
     from headprof import validation, workspace
     from headprof.artifacts import load_alloc, load_scores
-    from headprof.errors import HeadprofError
-    from headprof.runtime import Press, build_method, default_method, plan_budgets
+    from headprof.errors import HeadprofError, UsageError
+    from headprof.runtime import build_method, compressed, default_method
     from headprof.runtime.generation import answer_question
+    from headprof.runtime.press import ratio_budget
 
+    if budget is not None and compression_ratio is not None:
+        raise UsageError("give --budget or --compression-ratio, not both")
+    if compression_ratio is not None:
+        ratio_budget(compression_ratio, window, alloc is not None)  # its range, before anything loads
+    budget = 128 if budget is None else budget
     text = validation.text(_read_context(context_file, context), "the context")
     if not validation.text(question, "--question").strip():
         raise HeadprofError("empty question")
@@ -75,7 +88,7 @@ def run(
     score_art = load_scores(scores) if scores and not alloc else None
     name = method.value if method else default_method(allocation is not None or score_art is not None)
     compressor = build_method(name, kernel=kernel, pooling=pooling.value)
-    if compressor.compresses and allocation is None:
+    if compressor.compresses and allocation is None and compression_ratio is None:
         validation.budget_and_window(budget, window, "--")
     if max_new_tokens < 1:
         raise HeadprofError("--max-new-tokens must be at least 1")
@@ -83,20 +96,22 @@ def run(
         render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
     common.check_before_loading(
         model,
-        budgets=[budget] if compressor.compresses and allocation is None else [],
+        budgets=[budget] if compressor.compresses and allocation is None and compression_ratio is None else [],
         artifacts=[("allocation", allocation), ("score artifact", score_art)],
     )
     loaded = common.load(model, dtype.value, device)
-    plan = plan_budgets(
+    press = compressed(
+        loaded.model,
         compressor,
-        loaded.info,
         budget,
         allocation=allocation,
         scores=score_art,
         gqa=(gqa or Gqa.kv).value,
         window=window,
+        tokenizer=loaded.tokenizer,
+        info=loaded.info,
+        compression_ratio=compression_ratio,
     )
-    press = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
     result = answer_question(loaded, press, text, question, max_new_tokens)
     payload = {
         "answer": result.answer,
@@ -115,14 +130,15 @@ def run(
         return
     if compressor.compresses and not result.compressed:
         render.notice(f"every head's budget covers the {result.prompt_tokens}-token prompt: no compression")
-    render.answer(f"{name} ({'budgets from ' + str(alloc) if alloc else f'budget {budget}'})", payload)
+    what = f"budgets from {alloc}" if alloc else f"compression ratio {compression_ratio}" if compression_ratio else ""
+    render.answer(f"{name} ({what or f'budget {budget}'})", payload)
 
 
 def _read_context(context_file: Path | None, context: str | None) -> str:
-    from headprof.errors import HeadprofError
+    from headprof.errors import HeadprofError, UsageError
 
     if (context_file is None) == (context is None):
-        raise HeadprofError("give exactly one of --context-file and --context")
+        raise UsageError("give exactly one of --context-file and --context")
     if context_file is not None:
         from headprof.validation import input_file
 

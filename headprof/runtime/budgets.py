@@ -67,7 +67,7 @@ def plan_budgets(
     config.validate()
     if method.policy == "headkv":
         if scores is None:
-            raise HeadprofError("headkv needs an allocation artifact (--alloc) or a score artifact (--scores)")
+            raise HeadprofError("headkv needs an allocation artifact (allocation=) or a score artifact (scores=)")
         check_model(scores.model, info, "score artifact")
         budgets = allocate(scores.scores(score_method), config, info.n_kv_heads, info.global_layers)
         return BudgetPlan(budgets, window, gqa, budget)

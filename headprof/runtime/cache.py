@@ -368,6 +368,19 @@ class CompressedCache(Cache):
     """One `CompressedLayer` per budgeted decoder layer, a `WindowLayer` per sliding-window layer; made by a
     `Press` (see `press.py`)."""
 
+    # The config of the model whose press made this cache (`Press.new_cache`): only headprof's attention reads
+    # a compressed layer, so a forward with the model's own attention (outside `with press:`) is refused.
+    attention_config: Any = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        config = self.attention_config
+        if config is not None and getattr(config, "_attn_implementation", None) != ATTENTION_IMPL:
+            raise HeadprofError(
+                "this cache was made by a headprof press and is read by its attention: use it inside "
+                "`with press:` (or `with compressed(...)`), not with the model alone"
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
     def __init__(self, plans: list[LayerPlan]):
         self.stats = CacheStats()
         super().__init__(
@@ -496,6 +509,7 @@ class CompressedCache(Cache):
         if self.phase != "compressed":
             raise HeadprofError("only a compressed cache can be forked (run the prompt first)")
         twin = CompressedCache([layer.plan for layer in self.layers])
+        twin.attention_config = self.attention_config
         twin.stats = CacheStats(**vars(self.stats))
         for source, target in zip(self.layers, twin.layers):
             target.__dict__.update({k: v for k, v in source.__dict__.items() if k != "stats"})

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ from headprof.runtime.plan import LayerPlan
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_ATTACHED: weakref.WeakSet = weakref.WeakSet()  # models a press is attached to now: one at a time
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Press:
         plan: BudgetPlan,
         *,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        plan_for: Callable[[int], BudgetPlan] | None = None,
     ):
         check_supported(model.config, model_name(model), runtime=True)
         if method.compresses and plan.budgets is None:
@@ -69,6 +74,12 @@ class Press:
         self.method = method
         self.plan = plan
         self.tokenizer = tokenizer
+        self.plan_for = plan_for  # budgets that follow each prompt's length (`compression_ratio`)
+        if tokenizer is None and type(method).extra_passes is not Method.extra_passes:
+            try:  # a method whose extra passes are text (KVzip) says so now, not at the first generate
+                method.extra_passes(torch.zeros((1, 1), dtype=torch.long), None)
+            except HeadprofError as exc:
+                raise HeadprofError(f"{exc}: pass tokenizer= when building the press") from None
         self.stats = PressStats()
         self._hooks: list[Any] = []
         self._previous_impl: str | None = None
@@ -93,12 +104,14 @@ class Press:
         if not self.method.compresses:
             return DynamicCache(config=self.model.config)
         windowed = set(self.info.window_layers)
-        return CompressedCache(
+        cache = CompressedCache(
             [
                 LayerPlan(self.method, budgets, self.plan.window, self.info.sliding_window if i in windowed else 0)
                 for i, budgets in enumerate(self.plan.budgets)
             ]
         )
+        cache.attention_config = self.model.config  # refused by the model's own attention (outside the press)
+        return cache
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> Cache:
@@ -115,6 +128,11 @@ class Press:
     def __enter__(self) -> Press:
         if self.active:
             raise HeadprofError("this press is already active (one `with press:` at a time)")
+        if self.model in _ATTACHED:
+            raise HeadprofError(
+                "another press is already attached to this model: leave its `with` block first (presses do not nest)"
+            )
+        _ATTACHED.add(self.model)
         if self.method.compresses:
             self._previous_impl = switch_attention(self.model, ATTENTION_IMPL)
         self._hooks = [
@@ -124,6 +142,8 @@ class Press:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._hooks:
+            _ATTACHED.discard(self.model)
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -135,6 +155,7 @@ class Press:
         if self._in_extra_pass or kwargs.get("use_cache") is False:
             return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._refuse_unsupported(kwargs, cache)
         if cache is None or (not isinstance(cache, CompressedCache) and cache.get_seq_length() == 0):
             cache = self.new_cache()
             kwargs.pop("past_key_values", None)
@@ -153,7 +174,8 @@ class Press:
             self.stats = PressStats(prompt_tokens=tokens)
             self._passes = None
             if isinstance(cache, CompressedCache):
-                cache.set_budgets(self.method.budgets_for(self.plan, tokens))
+                plan = self.plan_for(tokens) if self.plan_for else self.plan
+                cache.set_budgets(self.method.budgets_for(plan, tokens))
                 self._passes = self.method.extra_passes(ids, self.tokenizer)
                 if self._passes is not None:
                     self.check_positions(tokens, self._passes)
@@ -175,6 +197,21 @@ class Press:
         if isinstance(cache, CompressedCache):
             self.stats.compress_seconds = cache.stats.compress_seconds
             self.stats.compressed = cache.stats.compressed_heads > 0
+
+    def _refuse_unsupported(self, kwargs: dict, cache: Cache | None) -> None:
+        """What a compressed cache cannot honour is refused in words, never silently replaced or left empty."""
+        if not self.method.compresses:
+            return
+        if kwargs.get("output_attentions"):
+            raise HeadprofError(
+                "output_attentions=True is not available under a compressed cache: headprof's attention does not "
+                "return attention weights (capture them with headprof.capture.AttentionCapture, without a press)"
+            )
+        if cache is not None and type(cache) not in (DynamicCache, CompressedCache):
+            raise HeadprofError(
+                f"a {type(cache).__name__} (cache_implementation=...) cannot be compressed: the press brings its own "
+                "cache; leave cache_implementation unset and pass no cache, or one from press.prefill"
+            )
 
     def check_positions(self, tokens: int, passes: list[ExtraPass]) -> None:
         """Refuse extra passes that would run past the positions the model was trained for."""
@@ -241,25 +278,53 @@ def compressed(
     score_method: str = "r2",
     tokenizer: PreTrainedTokenizerBase | None = None,
     info: ModelInfo | None = None,
+    compression_ratio: float | None = None,
     **options: Any,
 ) -> Press:
     """`with compressed(model, "headkv", allocation=alloc): model.generate(...)`: a `Press` from a method name
-    (or object) and its options (`kernel=`, `pooling=`, `sinks=`, ...), budgets as in `plan_budgets`."""
+    (or object) and its options (`kernel=`, `pooling=`, `sinks=`, ...), budgets as in `plan_budgets`.
+
+    `compression_ratio` (kvpress's meaning, instead of `budget`): the share of each prompt's KV entries dropped,
+    so every prompt of T tokens gets a mean budget of `int(T * (1 - ratio))` per head (at least the window + 1),
+    distributed by the method's policy (HeadKV: from `scores`).
+    """
     method = method if isinstance(method, Method) else build_method(method, **options)
     info = info or info_from_config(model.config, model_name(model), weights_fingerprint(model))
-    plan = plan_budgets(
-        method,
-        info,
-        budget,
-        allocation=allocation,
-        scores=scores,
-        gqa=gqa,
-        window=window,
-        beta=beta,
-        temp=temp,
-        score_method=score_method,
+
+    def plan_at(mean: int) -> BudgetPlan:
+        return plan_budgets(
+            method,
+            info,
+            mean,
+            allocation=allocation,
+            scores=scores,
+            gqa=gqa,
+            window=window,
+            beta=beta,
+            temp=temp,
+            score_method=score_method,
+        )
+
+    if compression_ratio is None:
+        return Press(model, method, plan_at(budget), tokenizer=tokenizer)
+    ratio = ratio_budget(compression_ratio, window, allocation is not None)
+    return Press(
+        model, method, plan_at(window + 1), tokenizer=tokenizer, plan_for=lambda tokens: plan_at(ratio(tokens))
     )
-    return Press(model, method, plan, tokenizer=tokenizer)
+
+
+def ratio_budget(compression_ratio: float, window: int, has_allocation: bool = False) -> Callable[[int], int]:
+    """The mean per-head budget kvpress's `compression_ratio` gives a prompt of T tokens: `int(T * (1 - r))`
+    entries kept, never fewer than the window + 1 (a prompt shorter than that is kept whole)."""
+    if not isinstance(compression_ratio, (int, float)) or not 0 <= compression_ratio < 1:
+        raise HeadprofError(
+            f"compression_ratio must be in [0, 1) (the share of KV entries dropped), got {compression_ratio}"
+        )
+    if has_allocation:
+        raise HeadprofError(
+            "compression_ratio sets each prompt's budget, an allocation artifact fixes them: give scores= instead"
+        )
+    return lambda tokens: max(window + 1, int(tokens * (1 - compression_ratio)))  # kvpress: int(q_len * (1 - r))
 
 
 def cache_bytes(cache: Cache) -> dict[str, int]:
