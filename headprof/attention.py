@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from headprof.errors import HeadprofError
+
 
 @dataclass(frozen=True)
 class LogitExtras:
@@ -73,12 +75,23 @@ def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 def visible(mask: torch.Tensor | None, n_rows: int, total: int, device: torch.device) -> torch.Tensor:
     """Which of `total` positions the last `n_rows` queries see: a transformers mask (4D bool, True = attend, or
-    additive float) sliced to those rows, or, for None, causal attention aligned bottom-right."""
+    additive float holding only 0 and the dtype's minimum) sliced to those rows, or, for None, causal attention
+    aligned bottom-right.
+
+    A float mask with any other value carries a bias (ALiBi's): read as visibility it would silently drop every
+    biased position, so it is refused. Families reach this check only when their config did not say so
+    (`models.spec.check_supported` refuses ALiBi configs before any forward).
+    """
     if mask is None:
         query_pos = torch.arange(total - n_rows, total, device=device)
         return torch.arange(total, device=device)[None, :] <= query_pos[:, None]
     mask = mask[..., -n_rows:, -total:]
-    return mask if mask.dtype == torch.bool else mask == 0
+    if mask.dtype == torch.bool:
+        return mask
+    seen = mask == 0
+    if not bool((seen | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+        raise HeadprofError("the attention mask carries a position bias (as ALiBi does): headprof does not support it")
+    return seen
 
 
 def softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
