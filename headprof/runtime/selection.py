@@ -57,7 +57,7 @@ def window_votes(query: torch.Tensor, key: torch.Tensor, scaling: float, window:
     this rounds the votes and makes ties). query `[B, Hq, T, d]`, key `[B, Hkv, T, d]` -> `[B, Hq, T - w]`.
     """
     total = key.shape[2]
-    rows = attention_rows(query[:, :, -window:], key, scaling, model_dtype_matmul=True)
+    rows = attention_rows(query[:, :, -window:], key, scaling, model_dtype_logits=True)
     rows = rows[..., : total - window].to(key.dtype)
     return rows.sum(dim=2) if reduce == "sum" else rows.mean(dim=2)
 
@@ -127,7 +127,7 @@ def accumulated_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, b
     acc = torch.zeros(batch, n_heads, total, device=query.device, dtype=torch.float32)
     for start in range(0, total, block):
         stop = min(start + block, total)
-        rows = attention_rows(query[:, :, start:stop], key[:, :, :stop], scaling, model_dtype_matmul=True)
+        rows = attention_rows(query[:, :, start:stop], key[:, :, :stop], scaling, model_dtype_logits=True)
         rows = rows.to(key.dtype)
         acc[:, :, :stop] += rows.sum(dim=2, dtype=torch.float32)
     return acc.to(key.dtype)

@@ -141,7 +141,7 @@ class KVzip(Method):
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
             rows = attention_rows(
-                query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_matmul=True
+                query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_logits=True
             )
             top = rows[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
