@@ -250,3 +250,19 @@ def global_top_k(candidates: torch.Tensor, count: int) -> torch.Tensor:
     if count > 0:
         keep.scatter_(1, flat.topk(min(count, flat.shape[1]), dim=1).indices, True)
     return keep.view_as(candidates)
+
+
+def above_threshold(candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """KVzip's rule for `count` entries: keep-mask of the candidates `[B, ...]` scoring strictly above the
+    `(count + 1)`-th best of their batch element (all of them when `count` covers them all).
+
+    The authors (`KVScore._threshold`) keep `score > sorted[int(n * ratio) - 1]`: with `int(n * ratio) - 1 =
+    count` that is `count` entries when the scores are distinct, fewer when some tie with the threshold
+    (in half precision, often): those are all dropped, none picked.
+    """
+    batch = candidates.shape[0]
+    flat = candidates.reshape(batch, -1)
+    if count >= flat.shape[1]:
+        return torch.ones_like(candidates, dtype=torch.bool)
+    threshold = flat.topk(max(count, 0) + 1, dim=1).values[:, -1:]
+    return (flat > threshold).view_as(candidates)
