@@ -35,12 +35,8 @@ from oracles import kvzip as kvzip_oracle
 SCORED = ("streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HALF = [torch.bfloat16, torch.float16]
-# the authors' template strings (snu-mllab/KVzip model/template.py) and the embedded model's own system turn
-CHATML_OPENER = "<|im_end|>\n<|im_start|>assistant\n"
-SMOLLM2_PREFIX = (
-    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-    "<|im_start|>user\n"
-)
+CHATML_OPENER = kvzip_oracle.OPENERS["qwen"]  # the authors' opener of the embedded model's family (ChatML)
+SMOLLM2_PREFIX = fixture.CHAT_PREFIX
 
 
 @pytest.fixture(scope="module")

@@ -173,14 +173,21 @@ def random_qk(seed: int, dtype: torch.dtype, dim: int = 128, total: int = 700, n
 
 
 def random_jaccard(
-    name: str, dtype: torch.dtype, seed: int, gqa: str = "kv", budget: int = 128, window: int = 8, **options: Any
+    name: str,
+    dtype: torch.dtype,
+    seed: int,
+    gqa: str = "kv",
+    budget: int = 128,
+    window: int = 8,
+    rounding: str = "round",
+    **options: Any,
 ) -> float:
     """Jaccard of headprof's and the reference's kept sets on `random_qk(seed, dtype)` (one layer, chosen by
     the seed; H2O reads every query, the others the last `window`)."""
     q, k, scores = random_qk(seed, dtype)
     if name != "h2o":
         q = q[:, :, -window:]
-    case = Case(name, budget, window, seed % N_LAYERS, gqa, scores, options)
+    case = Case(name, budget, window, seed % N_LAYERS, gqa, scores, options, rounding)
     both, either = jaccard_pair(case, q, k)
     return both / either
 
