@@ -110,9 +110,7 @@ def shape_rows(seeds: int) -> None:
         for dtype in DTYPES.values():
             values = []
             for seed in range(seeds):
-                mine, _ = harness.kvzip_random(dtype, seed, cutoff=cutoff)
-                _, theirs = harness.kvzip_random(dtype, seed)  # the authors' rule
-                values.append(jaccard(mine, theirs))
+                values.append(jaccard(*harness.kvzip_random(dtype, seed, "threshold", cutoff=cutoff)))
             cells.append(f"{cell(values):>11}")
         print(f"{'kvzip':>12} {'cutoff=' + cutoff:>28} " + " ".join(cells) + "   (vs the authors' threshold rule)")
 

@@ -123,14 +123,22 @@ def jaccard_pair(case: Case, q: torch.Tensor, k: torch.Tensor) -> tuple[int, int
 
 
 def kvzip_masks(
-    model, tokenizer, ids: list[int], budget: int, method, prefix_text: str, opener_text: str
+    model,
+    tokenizer,
+    ids: list[int],
+    budget: int,
+    method,
+    prefix_text: str,
+    opener_text: str,
+    reference: str = "threshold",
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """KVzip on the model: headprof's kept context `[L, S, C]`, the authors' (their scoring run with
     transformers alone, their selection rule at the same count), and the prefix length.
 
-    `method`: a KVzip method object (its chunk size, selection and cutoff are used); `prefix_text` and
-    `opener_text`: the template prefix `ids` start with and the assistant-turn opener, as the caller reads them
-    from the authors' template (never from headprof).
+    `method`: a KVzip method object (its chunk size and selection are used); `prefix_text` and `opener_text`:
+    the template prefix `ids` start with and the assistant-turn opener, as the caller reads them from the
+    authors' template (never from headprof); `reference`: the global rule compared with, the authors'
+    `threshold` or an exact `topk` (the option's).
     """
     from headprof.runtime import compressed
 
@@ -147,14 +155,14 @@ def kvzip_masks(
         for head_index, positions in enumerate(cache.kept_positions(layer)):
             mine[layer, head_index, positions] = True
     options = method.options
-    reference = kvzip.reference_scores(model, ids, prefix, encode(opener_text), encode, size=options.chunk_size)
+    scores = kvzip.reference_scores(model, ids, prefix, encode(opener_text), encode, size=options.chunk_size)
     free = min(budget, len(ids)) - prefix  # per head: the budget counts the always-kept prefix
-    if options.selection == "global" and options.cutoff == "threshold":  # int(n r) - 1 above a strict threshold
-        expected = kvzip.threshold_keep(reference, (mine.shape[0] * mine.shape[1] * free + 1.5) / reference.numel())
+    if options.selection == "global" and reference == "threshold":  # int(n r) - 1 above a strict threshold
+        expected = kvzip.threshold_keep(scores, (mine.shape[0] * mine.shape[1] * free + 1.5) / scores.numel())
     elif options.selection == "global":  # exactly n: the best n, ties aside
-        expected = kvzip.top_keep(reference, mine.shape[0] * mine.shape[1] * free)
+        expected = kvzip.top_keep(scores, mine.shape[0] * mine.shape[1] * free)
     else:
-        expected = kvzip.uniform_keep(reference, (free + 0.5) / reference.shape[-1])
+        expected = kvzip.uniform_keep(scores, (free + 0.5) / scores.shape[-1])
     assert bool(mine[..., :prefix].all()), "the template prefix must be kept"
     return mine[..., prefix:], expected[:, 0], prefix
 
@@ -193,18 +201,19 @@ def random_jaccard(
 
 
 def kvzip_random(
-    dtype: torch.dtype, seed: int, budget: int = 128, dim: int = 128, n_layers: int = 4, **options: Any
+    dtype: torch.dtype, seed: int, reference: str = "threshold", budget: int = 128, dim: int = 128, **options: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KVzip's scoring and global selection on random tensors: `n_layers` layers of one reconstruction pass over a
+    """KVzip's scoring and global selection on random tensors: 4 layers of one reconstruction pass over a
     context of 400 positions after an 8-token prefix (its `n` queries over the prefill keys and its own).
 
-    Returns headprof's and the authors' kept context `[L, Hkv, C]`."""
+    Returns headprof's kept context `[L, Hkv, C]` (KVzip with `options`) and the reference's: the authors'
+    `threshold` rule or an exact `topk` (the option's) over the authors' scores."""
     from headprof.runtime.methods.kvzip import KVzip, KVzipOptions, ReconstructionPass
 
     from oracles import kvzip
 
     generator = torch.Generator().manual_seed(seed)
-    prefix, context, n, n_heads, n_kv = 8, 400, 430, 8, 2
+    prefix, context, n, n_heads, n_kv, n_layers = 8, 400, 430, 8, 2, 4
     total = prefix + context
     method = KVzip(KVzipOptions(**options))
     extra = ReconstructionPass(torch.zeros(1, n, dtype=torch.long), prefix, total, prefix)
@@ -221,10 +230,10 @@ def kvzip_random(
     for layer, selection in enumerate(selections):
         rows = torch.repeat_interleave(torch.arange(n_kv), selection.lengths)
         keep[layer, rows, selection.positions] = True
-    reference = torch.stack(theirs)  # [L, B, Hkv, C]
+    scores_ref = torch.stack(theirs)  # [L, B, Hkv, C]
     free = n_layers * n_kv * (budget - prefix)
-    if method.options.cutoff == "threshold":
-        expected = kvzip.threshold_keep(reference, (free + 1.5) / reference.numel())
+    if reference == "threshold":
+        expected = kvzip.threshold_keep(scores_ref, (free + 1.5) / scores_ref.numel())
     else:
-        expected = kvzip.top_keep(reference, free)
+        expected = kvzip.top_keep(scores_ref, free)
     return keep[..., prefix:], expected[:, 0]
