@@ -131,6 +131,26 @@ def test_random_tensors(name, seed):
             assert jaccard(harness.headprof_keep(case, q, k), harness.oracle_keep(case, q, k)) == 1
 
 
+@pytest.mark.parametrize("name", ["snapkv", "h2o", "kvzip"])
+def test_scale_head_dim_is_the_references_sqrt_of_the_head_dim(name):
+    # Gemma-2-27B scales its logits by 144**-0.5 at head dim 128; every reference divides by sqrt(128) anyway
+    from headprof.runtime.methods import build_method
+    from headprof.runtime.methods.kvzip import ReconstructionPass
+
+    q, k, _ = harness.random_qk(0, torch.bfloat16, total=200)
+    model_scale, literal = build_method(name), build_method(name, scale="head-dim")
+    if name == "kvzip":
+        extra = ReconstructionPass(torch.zeros(1, 40, dtype=torch.long), 8, 160, 8)
+        q = q[:, :, -40:]
+        assert torch.equal(literal.score_pass(extra, q, k, 144**-0.5, 2), kvzip_oracle.score(q, k, 8, 8, 160))
+        assert not torch.equal(model_scale.score_pass(extra, q, k, 144**-0.5, 2), kvzip_oracle.score(q, k, 8, 8, 160))
+        return
+    q = q if name == "h2o" else q[:, :, -8:]
+    reference = model_scale.score(q, k, 128**-0.5, 8, 2)
+    assert torch.equal(literal.score(q, k, 144**-0.5, 8, 2), reference)
+    assert not torch.equal(model_scale.score(q, k, 144**-0.5, 8, 2), reference)
+
+
 def test_max_pooling_ties_are_broken_by_topk_not_by_position():
     # a plateau of 7 equal pooled scores and room for 3 of them: torch.topk decides which, as in the reference
     q, k = torch.zeros(1, 1, 20, 16), torch.zeros(1, 1, 20, 16)

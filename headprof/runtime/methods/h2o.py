@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import Method
+from headprof.runtime.methods.base import SCALES, Method, logit_scale
 from headprof.runtime.selection import accumulated_scores, reduce_groups
 
 if TYPE_CHECKING:
@@ -25,11 +25,13 @@ class H2OOptions:
     budget while decoding, as the original H2O does: each new token's attention is added to the kept
     entries' scores, and the lowest-scored entry outside the recent window leaves; `accumulate`: the dtype
     `evict` keeps those running scores in: `model` (the original's `hh_score`, a half-precision tensor to
-    which every step's rows, cast to the model dtype, are added) or `float32` (no rounding per step)."""
+    which every step's rows, cast to the model dtype, are added) or `float32` (no rounding per step); `scale`:
+    the logits' factor, the model's `scaling` or `head-dim` (see `logit_scale`)."""
 
     block: int = 256
     decode: str = "once"
     accumulate: str = "model"
+    scale: str = "model"
 
     def __post_init__(self) -> None:
         if self.block < 1:
@@ -38,6 +40,8 @@ class H2OOptions:
             raise HeadprofError(f"unknown h2o decode mode '{self.decode}' ({', '.join(DECODE_MODES)})")
         if self.accumulate not in ACCUMULATIONS:
             raise HeadprofError(f"unknown h2o accumulate '{self.accumulate}' ({', '.join(ACCUMULATIONS)})")
+        if self.scale not in SCALES:
+            raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
 
 class H2O(Method):
@@ -56,6 +60,7 @@ class H2O(Method):
         self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
     ) -> torch.Tensor:
         """Attention each position receives, summed over every prompt query, averaged over a KV group."""
+        scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         return reduce_groups(accumulated_scores(query, keys, scaling, self.options.block), n_stored)
 
     def evict(self, layer: CompressedLayer, query: torch.Tensor, scaling: float) -> None:
@@ -67,6 +72,7 @@ class H2O(Method):
         back to it, summed over the step's queries (then averaged over a KV group, as the prompt's scores
         are), and added to the held scores in the `accumulate` dtype."""
         batch, n_heads, q_len, dim = query.shape
+        scaling = logit_scale(self.options.scale, scaling, dim)
         rows = layer.offsets.numel() - 1
         per = n_heads * batch // rows
         lengths = layer.offsets.diff()

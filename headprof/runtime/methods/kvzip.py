@@ -28,7 +28,7 @@ import torch
 
 from headprof.attention import attention_rows
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import ExtraPass, Method
+from headprof.runtime.methods.base import SCALES, ExtraPass, Method, logit_scale
 from headprof.runtime.selection import Selection, above_threshold, global_top_k, reduce_groups
 
 if TYPE_CHECKING:
@@ -58,17 +58,19 @@ class KVzipOptions:
     authors' `score > threshold`, the threshold being the (n+1)-th best score for n entries: ties with it are
     dropped, so fewer than n may be kept) or `topk` (exactly n, `torch.topk` picking among ties, as kvpress);
     `opener`: the assistant-turn opener of the repeat passes, `authors` (their hard-coded one per family)
-    or `template` (derived from the chat template for every family); `recent_window`: also keep the last w prompt
-    tokens in every head, inside the budget (the authors keep none); `block`: pass queries per scoring step
-    (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens is one matmul, as the
-    authors compute it, more blocks agree up to float rounding); `first_prompt` / `next_prompt`: the repeat
-    instructions."""
+    or `template` (derived from the chat template for every family); `scale`: the logits' factor, the model's
+    `scaling` or `head-dim` (the authors' `math.sqrt(head_dim)`; see `logit_scale`); `recent_window`: also
+    keep the last w prompt tokens in every head, inside the budget (the authors keep none); `block`: pass
+    queries per scoring step (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens
+    is one matmul, as the authors compute it, more blocks agree up to float rounding); `first_prompt` /
+    `next_prompt`: the repeat instructions."""
 
     chunk_size: int = 2000
     hint_tokens: int = 8
     selection: str = "global"
     cutoff: str = "threshold"
     opener: str = "authors"
+    scale: str = "model"
     recent_window: bool = False
     block: int = 256
     first_prompt: str = FIRST_PROMPT
@@ -83,6 +85,8 @@ class KVzipOptions:
             raise HeadprofError(f"unknown kvzip cutoff '{self.cutoff}' ({', '.join(CUTOFFS)})")
         if self.opener not in OPENERS:
             raise HeadprofError(f"unknown kvzip opener '{self.opener}' ({', '.join(OPENERS)})")
+        if self.scale not in SCALES:
+            raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class KVzip(Method):
         chunk and the pass's tokens only; cast to the model dtype (the authors' scores are in it)."""
         assert isinstance(extra, ReconstructionPass)
         n_queries, block = query.shape[2], self.options.block
+        scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         span = extra.end - extra.start
         sub = torch.cat(
             [keys[:, :, : extra.prefix], keys[:, :, extra.start : extra.end], keys[:, :, -n_queries:]], dim=2
