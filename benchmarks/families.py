@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from headprof.models import info_from_config, load_tokenizer
 from headprof.runtime import METHODS, cache_bytes, compressed
@@ -33,6 +34,7 @@ from headprof.runtime import METHODS, cache_bytes, compressed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny models and measuring code
 from families import (  # noqa: E402
     CAPTURED,
+    REFUSED,
     RUNTIME,
     WHAT,
     capture_vs_eager,
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     tokenizer, _ = load_tokenizer()
+    refused = ", ".join(REFUSED)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}, {args.device}; refused: {refused}\n")
     print(HEADER)
     print("|---|---|---:|---|---|---|")
     for name in args.families.split(","):

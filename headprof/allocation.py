@@ -2,8 +2,9 @@
 
 Every policy keeps the last `w` prompt tokens in every head and distributes the rest. Budgets are
 integers; HeadKV's formula gives fractions, rounded with the largest-remainder method (ties go to the
-lower head index), so its total is exactly `B * number_of_heads`. PyramidKV follows KVCache-Factory's
-integer schedule, whose total is slightly above that (its integer step).
+lower head index), so its total is exactly `B * number_of_heads`; `rounding="round"` rounds each head on
+its own (half to even) as the HeadKV code does, within one entry of it per head, the total a few off.
+PyramidKV follows KVCache-Factory's integer schedule, whose total is slightly above that (its integer step).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from headprof.heads import kv_view
 from headprof.models.spec import ModelInfo
 
 POLICIES = ("headkv", "uniform", "pyramid")
+ROUNDINGS = ("largest-remainder", "round")
 DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}
 GQA_LAYOUTS = ("query", "kv")
 ROUNDING = {
     "headkv": "largest remainder, ties to lower head index",
+    "headkv-round": "torch.round per head (half to even), as FYYFU/HeadKV",
     "uniform": "none",
     "pyramid": "KVCache-Factory integer schedule (prompts longer than the bottom layer's budget)",
 }
@@ -41,6 +44,7 @@ class AllocConfig:
     beta: float | None = None
     temp: float = 1.0
     gqa: str = "query"
+    rounding: str = "largest-remainder"
 
     @property
     def beta_value(self) -> float:
@@ -49,6 +53,8 @@ class AllocConfig:
     def validate(self, max_context: int = 0) -> None:
         if self.policy not in POLICIES:
             raise HeadprofError(f"unknown policy '{self.policy}' ({', '.join(POLICIES)})")
+        if self.rounding not in ROUNDINGS:
+            raise HeadprofError(f"unknown rounding '{self.rounding}' ({', '.join(ROUNDINGS)})")
         if self.gqa not in GQA_LAYOUTS:
             raise HeadprofError(f"unknown gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
         validation.budget_and_window(self.budget, self.window)
@@ -119,6 +125,8 @@ def headkv(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
     if not bool(weights.isfinite().all()) or (weights.sum() == 0 and bool((scores > 0).any())):
         raise HeadprofError(f"temp {config.temp} overflows or underflows the score weights s^temp; use a smaller temp")
     share = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / weights.numel())
+    if config.rounding == "round":  # FYYFU/HeadKV: round(S_i * M * L * H + N - M) candidates, then the window
+        return torch.round(share * (pooled * scores.numel()) + (n_free - pooled)).long() + config.window
     raw = (n_free - pooled) + share * pooled * scores.numel() + config.window
     return largest_remainder(raw, config.budget * scores.numel())
 
@@ -201,6 +209,7 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
             f"{config.policy} budgets at {config.budget} give a head {int(budgets.max())} entries, beyond the "
             f"model's {model.max_context} positions; use a smaller budget"
         )
+    rounding_key = "headkv-round" if config.policy == "headkv" and config.rounding == "round" else config.policy
     meta = {
         "policy": config.policy,
         "budget": config.budget,
@@ -211,7 +220,7 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
         "score_method": score_method,
         "source_scores": str(source),
         "source_scores_sha256": scores.meta["sha256"],
-        "rounding": ROUNDING[config.policy],
+        "rounding": ROUNDING[rounding_key],
         "floor": floor_of(config, len(model.global_layers)),
         "sliding_layers": model.window_layers,
     }

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from headprof.errors import HeadprofError
+
 
 @dataclass(frozen=True)
 class LogitExtras:
@@ -47,19 +49,24 @@ def grouped_logits(
     scaling: float,
     softcap: float | None = None,
     *,
-    model_dtype_matmul: bool = False,
+    model_dtype_logits: bool = False,
 ) -> torch.Tensor:
     """Scaled (and soft-capped) float32 logits `[B, Hq, n, T]` of queries `[B, Hq, n, d]`, keys `[B, Hkv, T, d]`.
 
-    `model_dtype_matmul`: `q k^T` in the inputs' dtype, then float32 and the scale, as the KV-compression
-    references (KVCache-Factory, kvpress, KVzip) compute their selection logits; in bf16 this rounds them.
-    Default: queries scaled and the product accumulated in float32, as SDPA and the eager attention do.
+    `model_dtype_logits`: the logits as every KV-compression reference computes its selection logits
+    (KVCache-Factory, AdaKV, HeadKV, KVzip, H2O: `matmul(q, k^T) / math.sqrt(head_dim)`): the product and
+    the division both in the inputs' dtype, so in bf16/fp16 the scaled logits are rounded to it before the
+    float32 softmax. Dividing by `1 / scaling` is that division: float32(1 / d**-0.5) == float32(sqrt(d))
+    for every d up to 1024, and torch divides a half-precision tensor by a Python scalar in float32.
+    Scaling in float32 after the matmul instead changes which entries win in bf16 at head dim 128 (1 / sqrt(d)
+    is no power of two there; at d = 64 both are exact). Default: queries scaled and the product
+    accumulated in float32, as SDPA and the eager attention do.
     """
     batch, n_heads, n_rows, dim = query.shape
     n_kv, total = key.shape[1], key.shape[2]
-    if model_dtype_matmul:
+    if model_dtype_logits:
         grouped = query.reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
-        logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling
+        logits = (torch.matmul(grouped, key.transpose(-1, -2)) / (1.0 / scaling)).float()
     else:
         grouped = (query.float() * scaling).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
         logits = torch.matmul(grouped, key.float().transpose(-1, -2))
@@ -73,12 +80,23 @@ def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 def visible(mask: torch.Tensor | None, n_rows: int, total: int, device: torch.device) -> torch.Tensor:
     """Which of `total` positions the last `n_rows` queries see: a transformers mask (4D bool, True = attend, or
-    additive float) sliced to those rows, or, for None, causal attention aligned bottom-right."""
+    additive float holding only 0 and the dtype's minimum) sliced to those rows, or, for None, causal attention
+    aligned bottom-right.
+
+    A float mask with any other value carries a bias (ALiBi's): read as visibility it would silently drop every
+    biased position, so it is refused. Families reach this check only when their config did not say so
+    (`models.spec.check_supported` refuses ALiBi configs before any forward).
+    """
     if mask is None:
         query_pos = torch.arange(total - n_rows, total, device=device)
         return torch.arange(total, device=device)[None, :] <= query_pos[:, None]
     mask = mask[..., -n_rows:, -total:]
-    return mask if mask.dtype == torch.bool else mask == 0
+    if mask.dtype == torch.bool:
+        return mask
+    seen = mask == 0
+    if not bool((seen | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+        raise HeadprofError("the attention mask carries a position bias (as ALiBi does): headprof does not support it")
+    return seen
 
 
 def softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
@@ -96,16 +114,16 @@ def attention_rows(
     *,
     mask: torch.Tensor | None = None,
     extras: LogitExtras = PLAIN,
-    model_dtype_matmul: bool = False,
+    model_dtype_logits: bool = False,
 ) -> torch.Tensor:
     """Softmax rows of the last queries over all keys, in float32.
 
     query `[B, Hq, n, d]` (the last n query positions), key `[B, Hkv, T, d]`; returns `[B, Hq, n, T]`.
     `mask`: the mask transformers handed the attention call (its last n rows are used; None = causal), so
-    sliding-window and chunked layers give rows that are zero outside their window. `model_dtype_matmul`:
+    sliding-window and chunked layers give rows that are zero outside their window. `model_dtype_logits`:
     see `grouped_logits` (capture leaves it off; the runtime's selection turns it on).
     """
-    logits = grouped_logits(query, key, scaling, extras.softcap, model_dtype_matmul=model_dtype_matmul)
+    logits = grouped_logits(query, key, scaling, extras.softcap, model_dtype_logits=model_dtype_logits)
     seen = visible(mask, query.shape[2], key.shape[2], key.device)
     return softmax_with_sinks(logits.masked_fill(~seen, float("-inf")), extras.sinks)
 

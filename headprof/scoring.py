@@ -143,6 +143,16 @@ class _Recorder:
         self.mass[layer, :, start:stop] = mass[:, : stop - start].cpu()
         self.filled[layer] = stop
 
+    def check_every_layer(self, model_id: str) -> None:
+        """Refuse scores with a hole: a family whose switch to headprof's attention took effect may still run
+        some layers' attention outside the registry, and their heads would score 0 as if they had been tried."""
+        missing = [layer for layer, filled in enumerate(self.filled) if filled == 0]
+        if missing:
+            raise HeadprofError(
+                f"model '{model_id}': the attention of layers {missing[:8]} never reached headprof's attention "
+                "function (it bypasses transformers' attention-function registry); its heads cannot be scored"
+            )
+
 
 # ---------------------------------------------------------------- one probe
 
@@ -231,6 +241,7 @@ def score_probe(
         reference = probe.target.strip() if criterion.reference == "sentence" else probe.answer
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
         right = bool(answer_ids) and criterion.metric(answer, reference) > config.threshold
+    recorder.check_every_layer(info.model_id)
     if answer_ids:
         scores = _probe_scores(recorder, enc, answer_keys, config)
     else:  # the model ended its answer at once: no answer step to score

@@ -1,4 +1,4 @@
-"""Tiny random-weight causal LMs of the model families headprof supports (transformers 5.24), built from configs.
+"""Tiny random-weight causal LMs of the model families headprof supports, built from configs.
 
     model = tiny_model("gemma2")                 # fp32, eval(), seeded; no download
     model = tiny_model("gemma2", vocab=49152)    # to read probes made with the embedded model's tokenizer
@@ -149,10 +149,18 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
         },
         ("head_dim",),
     ),
-    # refused: attention outside the registry (falcon, bloom, gpt-neo), linear-attention layers (qwen3-next)
+    # Falcon (rotary, the new decoder architecture of Falcon-40B/180B): its attention reaches the registry from
+    # transformers 5.25 on; supported or refused by what the installed version does (`ROUTED` below)
     "falcon": (
         "falcon",
         {"new_decoder_architecture": True, "num_kv_heads": KV_HEADS},
+        ("intermediate_size", "num_key_value_heads", "head_dim"),
+    ),
+    # refused: ALiBi in the attention mask (falcon-alibi), attention outside the registry (bloom, gpt-neo),
+    # linear-attention layers (qwen3-next)
+    "falcon-alibi": (
+        "falcon",
+        {"alibi": True, "new_decoder_architecture": False, "multi_query": False},
         ("intermediate_size", "num_key_value_heads", "head_dim"),
     ),
     "bloom": (
@@ -217,10 +225,8 @@ WHAT: dict[str, str] = {
     "gpt-bigcode": "multi-query attention, learned positions",
     "deepseek-v3": "multi-head latent attention",
 }
-
-CAPTURED = list(WHAT)  # capture equals eager attention
-RUNTIME = [name for name in WHAT if name != "deepseek-v3"]  # every runtime method runs
-REFUSED = ["falcon", "bloom", "gpt-neo", "qwen3-next"]
+# Families whose attention reaches the registry on some transformers versions only: what they add, when they do.
+VERSIONED: dict[str, str] = {"falcon": "fused qkv, grouped KV heads (new decoder architecture), parallel block"}
 
 
 def tiny_config(name: str, vocab: int = VOCAB, **changes: Any) -> Any:
@@ -251,6 +257,27 @@ def tiny_model(
     model = AutoModelForCausalLM.from_config(tiny_config(name, vocab, **changes), dtype=dtype, **extra).eval()
     model.generation_config.eos_token_id = None  # random weights: generation runs its full length
     return model
+
+
+def routes_attention(name: str) -> bool:
+    """Whether headprof serves the family on the installed transformers, found as a user finds it: switching a
+    loaded model to headprof's capturing attention is refused in one line when its attention ignores the registry."""
+    from headprof.capture import AttentionCapture
+    from headprof.errors import HeadprofError
+
+    try:
+        with AttentionCapture(tiny_model(name)):
+            return True
+    except HeadprofError:
+        return False
+
+
+ROUTED = {name: routes_attention(name) for name in VERSIONED}
+WHAT.update({name: what for name, what in VERSIONED.items() if ROUTED[name]})
+
+CAPTURED = list(WHAT)  # capture equals eager attention
+RUNTIME = [name for name in WHAT if name != "deepseek-v3"]  # every runtime method runs
+REFUSED = [name for name, routed in ROUTED.items() if not routed] + ["falcon-alibi", "bloom", "gpt-neo", "qwen3-next"]
 
 
 def token_ids(length: int = 48, batch: int = 1, seed: int = 1) -> torch.Tensor:

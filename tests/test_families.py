@@ -17,9 +17,10 @@ import torch
 
 from headprof.allocation import AllocConfig, allocate_artifact
 from headprof.artifacts import load_alloc, load_scores, save_alloc, save_scores
-from headprof.capture import AttentionCapture
+from headprof.capture import CAPTURE_IMPL, AttentionCapture
 from headprof.errors import HeadprofError
 from headprof.models import LoadedModel, ModelSpec, info_from_config, weights_fingerprint
+from headprof.models.registry import attention_switched
 from headprof.probes import build_probes, encode_probe
 from headprof.runtime import METHODS, cache_bytes, compressed
 from headprof.scoring import ScoreConfig, r2_scores, score_probe, score_probes, step_stats
@@ -27,6 +28,7 @@ from headprof.scoring import ScoreConfig, r2_scores, score_probe, score_probes, 
 from families import (
     CAPTURED,
     REFUSED,
+    ROUTED,
     RUNTIME,
     VOCAB,
     WINDOW,
@@ -224,8 +226,18 @@ def test_families_headprof_cannot_serve_are_refused_in_one_line(name):
         pass
     for error in (capture_error, runtime_error):
         message = str(error.value)
-        assert "\n" not in message and ("registry" in message or "not attention" in message)
+        assert "\n" not in message and any(why in message for why in ("registry", "not attention", "ALiBi"))
     assert net.config._attn_implementation != "headprof"  # a refused switch leaves the model as it was
+
+
+@pytest.mark.skipif(not ROUTED["falcon"], reason="this transformers refuses Falcon at the switch (before 5.25)")
+def test_a_position_bias_in_the_mask_is_refused_where_the_config_does_not_say_so():
+    # Past the config check (which refuses `alibi: true` first), the mask itself gives ALiBi away: rows read
+    # from it as visibility would drop every biased position
+    net = tiny_model("falcon-alibi")
+    with attention_switched(net, CAPTURE_IMPL), AttentionCapture.rows(2, lambda layer, rows: None):
+        with pytest.raises(HeadprofError, match="position bias"):
+            net(token_ids(16), use_cache=False)
 
 
 def test_mla_scores_but_refuses_the_runtime():

@@ -258,15 +258,21 @@ def check_supported(config: PretrainedConfig, name: str, *, runtime: bool = Fals
     """Refuse, in one line, what capture (and with `runtime`, the compressed cache) cannot handle.
 
     Supported: causal softmax attention through transformers' attention-function registry, with or without
-    sliding windows, chunks, logit soft-capping or attention sinks. Refused: bidirectional attention, layers
-    that are not attention (linear attention, state-space and hybrid caches, KV-shared layers), several
-    window sizes in one model, and, for the runtime, MLA's latent cache (one shared latent, not per-head K/V).
+    sliding windows, chunks, logit soft-capping or attention sinks. Refused: bidirectional attention, ALiBi (a
+    position bias transformers adds to the attention mask: capture's rows and the compressed cache read masks
+    as visibility only), layers that are not attention (linear attention, state-space and hybrid caches,
+    KV-shared layers), several window sizes in one model, and, for the runtime, MLA's latent cache (one shared
+    latent, not per-head K/V).
     Families whose attention ignores the registry are refused when headprof switches to its attention
     (`models.registry.switch_attention`).
     """
     text = _text_config(config)
     if getattr(text, "is_causal", True) is False or getattr(text, "use_bidirectional_attention", False):
         raise HeadprofError(f"model '{name}' uses bidirectional attention; headprof scores causal language models")
+    if getattr(text, "alibi", False):
+        raise HeadprofError(
+            f"model '{name}' adds an ALiBi position bias to its attention mask, which headprof does not support"
+        )
     types, windows = layer_kinds(config)
     other = sorted({kind for kind in types if kind != FULL and kind not in WINDOWED})
     if other:

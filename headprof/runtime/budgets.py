@@ -47,6 +47,7 @@ def plan_budgets(
     beta: float | None = None,
     temp: float = 1.0,
     score_method: str = "r2",
+    rounding: str = "largest-remainder",
 ) -> BudgetPlan:
     """Budgets for `method` on the model `info` describes.
 
@@ -54,7 +55,7 @@ def plan_budgets(
     `budget` (HeadKV allocation on the fly), or the method's own policy at `budget` (uniform;
     PyramidKV's pyramid, recomputed for each prompt's length by `Method.budgets_for`). `gqa="kv"`
     stores one selection per KV head (memory-honest); `gqa="query"` stores per query head,
-    repeating shared KV heads (the HeadKV paper's layout).
+    repeating shared KV heads (the HeadKV paper's layout). `rounding`: HeadKV's, see `AllocConfig`.
     """
     if not method.compresses:
         return BudgetPlan(None, window, gqa, budget)
@@ -63,7 +64,7 @@ def plan_budgets(
         budgets = allocation.budgets.long()
         nominal = int(allocation.meta.get("budget", round(float(budgets.float().mean()))))
         return BudgetPlan(budgets, int(allocation.meta.get("window", window)), allocation.gqa, nominal)
-    config = AllocConfig(budget, method.policy, window, beta, temp, gqa)
+    config = AllocConfig(budget, method.policy, window, beta, temp, gqa, rounding)
     config.validate()
     if method.policy == "headkv":
         if scores is None:

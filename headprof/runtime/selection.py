@@ -57,7 +57,7 @@ def window_votes(query: torch.Tensor, key: torch.Tensor, scaling: float, window:
     this rounds the votes and makes ties). query `[B, Hq, T, d]`, key `[B, Hkv, T, d]` -> `[B, Hq, T - w]`.
     """
     total = key.shape[2]
-    rows = attention_rows(query[:, :, -window:], key, scaling, model_dtype_matmul=True)
+    rows = attention_rows(query[:, :, -window:], key, scaling, model_dtype_logits=True)
     rows = rows[..., : total - window].to(key.dtype)
     return rows.sum(dim=2) if reduce == "sum" else rows.mean(dim=2)
 
@@ -127,7 +127,7 @@ def accumulated_scores(query: torch.Tensor, key: torch.Tensor, scaling: float, b
     acc = torch.zeros(batch, n_heads, total, device=query.device, dtype=torch.float32)
     for start in range(0, total, block):
         stop = min(start + block, total)
-        rows = attention_rows(query[:, :, start:stop], key[:, :, :stop], scaling, model_dtype_matmul=True)
+        rows = attention_rows(query[:, :, start:stop], key[:, :, :stop], scaling, model_dtype_logits=True)
         rows = rows.to(key.dtype)
         acc[:, :, :stop] += rows.sum(dim=2, dtype=torch.float32)
     return acc.to(key.dtype)
@@ -250,3 +250,19 @@ def global_top_k(candidates: torch.Tensor, count: int) -> torch.Tensor:
     if count > 0:
         keep.scatter_(1, flat.topk(min(count, flat.shape[1]), dim=1).indices, True)
     return keep.view_as(candidates)
+
+
+def above_threshold(candidates: torch.Tensor, count: int) -> torch.Tensor:
+    """KVzip's rule for `count` entries: keep-mask of the candidates `[B, ...]` scoring strictly above the
+    `(count + 1)`-th best of their batch element (all of them when `count` covers them all).
+
+    The authors (`KVScore._threshold`) keep `score > sorted[int(n * ratio) - 1]`: with `int(n * ratio) - 1 =
+    count` that is `count` entries when the scores are distinct, fewer when some tie with the threshold
+    (in half precision, often): those are all dropped, none picked.
+    """
+    batch = candidates.shape[0]
+    flat = candidates.reshape(batch, -1)
+    if count >= flat.shape[1]:
+        return torch.ones_like(candidates, dtype=torch.bool)
+    threshold = flat.topk(max(count, 0) + 1, dim=1).values[:, -1:]
+    return (flat > threshold).view_as(candidates)

@@ -19,6 +19,11 @@ LAYERS = (1, 14, 27)
 ALL_QUERIES_LAYER = 14
 WINDOW = 32
 N_LAYERS = 30  # of the model, for PyramidKV's schedule
+# the model's chat template before a user message's text (its system turn), written out: KVzip's prefix
+CHAT_PREFIX = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\n"
+)
 
 
 def capture(loaded) -> dict[str, torch.Tensor]:

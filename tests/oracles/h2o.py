@@ -4,6 +4,9 @@
 the attention every kept entry received, summed over all queries so far (the prompt's, then one row per decoded
 token, new columns appended); after every forward, when the cache holds more than hh_size + recent_size entries,
 it keeps `topk(hh_score[:, :len - recent], hh_size)` (re-sorted by position) plus the last `recent_size`.
+Numerics (`H2OLlamaAttention.forward` l.484-505): logits `matmul(q, k^T) / math.sqrt(head_dim)` in the model
+dtype, softmax in float32 cast back to it, and `hh_score` a tensor of that dtype: each step's rows are summed
+(`sum(0).sum(1)`, a half-precision result) and added to it in half precision.
 """
 
 from __future__ import annotations
@@ -35,13 +38,16 @@ class H2OLayer:
         new = torch.ones(k.shape[0], k.shape[1], dtype=torch.bool)
         self.kept = new if first else torch.cat([self.kept, new], dim=1)
         total, n = self.keys.shape[1], q.shape[2]
-        logits = torch.einsum("sgnd,std->sgnt", q, self.keys) / math.sqrt(q.shape[-1])
+        logits = torch.matmul(q, self.keys[:, None].transpose(-1, -2)) / math.sqrt(q.shape[-1])
         query_pos = torch.arange(total - n, total)
         visible = self.kept[:, None, None, :] & (torch.arange(total)[None, :] <= query_pos[:, None])[None, None]
-        probs = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        out = torch.einsum("sgnt,std->sgnd", probs, self.values)
+        probs = torch.softmax(logits.float().masked_fill(~visible, float("-inf")), dim=-1).to(q.dtype)
+        out = torch.matmul(probs.float(), self.values[:, None].float())
         received = probs.sum(dim=2).mean(dim=1)  # [S, T]: summed over the queries, averaged over the group
-        self.score = received if first else torch.cat([self.score, torch.zeros(k.shape[0], n)], dim=1) + received
+        if first:
+            self.score = received
+        else:
+            self.score = torch.cat([self.score, torch.zeros(k.shape[0], n, dtype=q.dtype)], dim=1) + received
         self._evict()
         return out
 

@@ -7,6 +7,11 @@
   each pass, so every pass starts at position N).
 - `attention/score.py` `KVScore._get_score` (l.36): softmax over prefix + own chunk + the pass's own tokens
   (causal among them), columns of the chunk, max over the GQA group and the pass's queries.
+- `model/template.py` `template`: the system prefix and the assistant-turn opener ("postfix") per family, by
+  model name: Llama 3 (opener with a leading "\n\n"), Qwen (ChatML; Qwen3 adds an empty think block), Gemma 3,
+  else the fallback "\n\nAnswer: ".
+- Numerics (`KVScore._get_score`): `matmul(q, k^T) / math.sqrt(head_dim)` in the model dtype, softmax in the
+  model dtype ("not fp32"), scores kept in it.
 - `KVScore._threshold` (l.84, level "pair"): one threshold over all layers, heads and context positions,
   `n = max(int(numel * ratio) - 1, 0)`, strict `>` (ties with the threshold dropped);
   `_threshold_uniform` (l.101, "pair-uniform"): `topk(int(C * ratio))` per head.
@@ -21,6 +26,13 @@ import torch
 
 FIRST_PROMPT = "\n\nRepeat the previous context exactly."
 NEXT_PROMPT = "\n\nRepeat the part of the previous context exactly, starting with "
+OPENERS = {  # template.py's postfix strings
+    "llama": "\n\n<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "qwen": "<|im_end|>\n<|im_start|>assistant\n",
+    "qwen3": "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    "gemma3": "<end_of_turn>\n<start_of_turn>model\n",
+    "fallback": "\n\nAnswer: ",
+}
 
 
 def chunks(ctx_ids: list[int], size: int) -> list[list[int]]:
@@ -49,7 +61,7 @@ def score(q: torch.Tensor, k: torch.Tensor, prefix: int, start: int, end: int) -
     n_kv = k.shape[1]
     grouped = q.view(batch, n_kv, heads // n_kv, n, dim)
     sub = torch.cat([k[:, :, :prefix], k[:, :, start:end], k[:, :, -n:]], dim=2)
-    logits = torch.matmul(grouped, sub.unsqueeze(2).transpose(-2, -1)) / math.sqrt(dim)
+    logits = torch.matmul(grouped, sub.unsqueeze(2).transpose(-2, -1)) / math.sqrt(dim)  # model dtype
     causal = torch.full((n, n), torch.finfo(logits.dtype).min)
     cols = torch.arange(n)
     causal = causal.masked_fill(cols[None, :] <= cols[:, None], 0)
@@ -65,6 +77,13 @@ def threshold_keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     ranked = torch.sort(scores.reshape(-1), descending=True).values
     threshold = ranked[max(int(len(ranked) * ratio) - 1, 0)].item()
     return scores > threshold
+
+
+def top_keep(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Exactly `count` of `[L, B, Hkv, C]` (headprof's `cutoff="topk"`, no reference rule): `torch.topk` over
+    all of them."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    return keep.scatter(0, torch.topk(scores.reshape(-1), count).indices, True).view_as(scores)
 
 
 def uniform_keep(scores: torch.Tensor, ratio: float) -> torch.Tensor:

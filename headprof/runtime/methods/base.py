@@ -34,6 +34,18 @@ if TYPE_CHECKING:
     from headprof.runtime.cache import CompressedLayer
 
 
+SCALES = ("model", "head-dim")
+
+
+def logit_scale(scale: str, scaling: float, head_dim: int) -> float:
+    """The factor a method's selection logits use: the model's own `scaling` (`scale="model"`, the attention the
+    model computes) or `1 / sqrt(head_dim)` (`"head-dim"`, what every reference's code writes, `math.sqrt` of the
+    query's last dim). They differ only where a model scales otherwise: Gemma 2/3 (`query_pre_attn_scalar`,
+    e.g. 144 at Gemma-2-27B's head dim 128, 168 at Gemma-3-27B's), Granite (`attention_multiplier`), the
+    MLA models' mscale."""
+    return head_dim**-0.5 if scale == "head-dim" else scaling
+
+
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """The options of a method that has none."""

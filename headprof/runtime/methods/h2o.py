@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import Method
+from headprof.runtime.methods.base import SCALES, Method, logit_scale
 from headprof.runtime.selection import accumulated_scores, reduce_groups
 
 if TYPE_CHECKING:
     from headprof.runtime.cache import CompressedLayer
 
 DECODE_MODES = ("once", "evict")
+ACCUMULATIONS = ("model", "float32")
 
 
 @dataclass(frozen=True)
@@ -22,16 +23,25 @@ class H2OOptions:
     """`block`: prompt queries per step of the accumulation (memory `[B, H, block, T]`, never `T x T`);
     `decode`: `once` compresses after the prompt only (KVCache-Factory); `evict` keeps every head at its
     budget while decoding, as the original H2O does: each new token's attention is added to the kept
-    entries' scores, and the lowest-scored entry outside the recent window leaves."""
+    entries' scores, and the lowest-scored entry outside the recent window leaves; `accumulate`: the dtype
+    `evict` keeps those running scores in: `model` (the original's `hh_score`, a half-precision tensor to
+    which every step's rows, cast to the model dtype, are added) or `float32` (no rounding per step); `scale`:
+    the logits' factor, the model's `scaling` or `head-dim` (see `logit_scale`)."""
 
     block: int = 256
     decode: str = "once"
+    accumulate: str = "model"
+    scale: str = "model"
 
     def __post_init__(self) -> None:
         if self.block < 1:
             raise HeadprofError(f"h2o block must be >= 1, got {self.block}")
         if self.decode not in DECODE_MODES:
             raise HeadprofError(f"unknown h2o decode mode '{self.decode}' ({', '.join(DECODE_MODES)})")
+        if self.accumulate not in ACCUMULATIONS:
+            raise HeadprofError(f"unknown h2o accumulate '{self.accumulate}' ({', '.join(ACCUMULATIONS)})")
+        if self.scale not in SCALES:
+            raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
 
 class H2O(Method):
@@ -50,13 +60,19 @@ class H2O(Method):
         self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
     ) -> torch.Tensor:
         """Attention each position receives, summed over every prompt query, averaged over a KV group."""
+        scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         return reduce_groups(accumulated_scores(query, keys, scaling, self.options.block), n_stored)
 
     def evict(self, layer: CompressedLayer, query: torch.Tensor, scaling: float) -> None:
         """Add this step's attention to every held entry's score, then bring each head back to its budget:
         `topk(b - w)` of the entries outside the last w positions (in position order, as the original
-        `H2OKVCache_LayerWise` calls it) plus those w. The step's tokens join the flat per-head storage."""
+        `H2OKVCache_LayerWise` calls it) plus those w. The step's tokens join the flat per-head storage.
+
+        The step's attention is the original's: `q k^T / sqrt(d)` in the model dtype, softmax in float32 cast
+        back to it, summed over the step's queries (then averaged over a KV group, as the prompt's scores
+        are), and added to the held scores in the `accumulate` dtype."""
         batch, n_heads, q_len, dim = query.shape
+        scaling = logit_scale(self.options.scale, scaling, dim)
         rows = layer.offsets.numel() - 1
         per = n_heads * batch // rows
         lengths = layer.offsets.diff()
@@ -71,13 +87,16 @@ class H2O(Method):
         values = torch.cat([layer.flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
         positions = torch.cat([layer.positions[index].long(), new_pos], dim=1)
         held = torch.cat([held_old, torch.ones(rows, n_new, dtype=torch.bool, device=device)], dim=1)
-        scores = torch.cat([layer.entry_scores[index] * held_old, torch.zeros(rows, n_new, device=device)], dim=1)
+        dtype = keys.dtype if self.options.accumulate == "model" else torch.float32
+        old = layer.entry_scores[index].to(dtype) * held_old
+        scores = torch.cat([old, torch.zeros(rows, n_new, dtype=dtype, device=device)], dim=1)
         # this step's attention over what each head holds (the queries of a group share their stored head)
-        logits = query.reshape(rows, per * q_len, dim) @ keys.transpose(1, 2)
+        logits = (query.reshape(rows, per * q_len, dim) @ keys.transpose(1, 2)) / (1.0 / scaling)
         query_pos = (layer.seen - q_len + torch.arange(q_len, device=device)).repeat(per)
         visible = held[:, None, :] & (positions[:, None, :] <= query_pos[None, :, None])
-        probs = (logits.float() * scaling).masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        scores = scores + probs.nan_to_num(0.0).sum(dim=1) / per
+        probs = logits.float().masked_fill(~visible, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+        received = probs.to(dtype).view(rows, per, q_len, -1).sum(dim=2).mean(dim=1)
+        scores = scores + received
         budgets = layer.plan.budgets.to(device).repeat(batch)  # plans keep budgets on the CPU
         keep = held & self._keep(held, scores, budgets, layer.plan.window)
         counts = keep.sum(dim=1)

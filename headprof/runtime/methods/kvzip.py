@@ -8,11 +8,15 @@ As the authors run it (snu-mllab/KVzip, `model/wrapper.py` `self_task` and `scor
 - a context position's score is the most attention any query of its chunk's pass gives it (max over the
   GQA group too), the softmax taken over the prefix, the own chunk and the pass's own tokens only;
 - the template prefix is always kept (no pass scores it), and so is everything after the context;
-- selection: one budget across all layers and heads (default), or the same count in every head.
+- selection: one budget across all layers and heads (default; the authors' strict threshold: every entry
+  scoring above the (n+1)-th best, so entries tied with it are dropped), or the same count in every head.
 
-The opener comes from the tokenizer's chat template (the text after a user message, as kvpress derives it;
-the authors hard-code it per family and fall back to `PLAIN_SUFFIX`, used here for tokenizers without a
-template, whose prefix is their BOS token when the prompt starts with it).
+The assistant-turn opener is the authors' (`model/template.py`) for the families they hard-code, recognised
+by their chat template's marker (Llama 3: with its leading "\n\n"; Qwen/ChatML, with Qwen3's empty think
+block when the template renders one; Gemma 3); for other families, whose template the authors lack, the
+text the tokenizer's chat template puts after a user message (as kvpress derives it), and for a tokenizer
+without a template the authors' fallback `PLAIN_SUFFIX` (its prefix then is the BOS token when the prompt
+starts with it).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import torch
 
 from headprof.attention import attention_rows
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import ExtraPass, Method
-from headprof.runtime.selection import Selection, global_top_k, reduce_groups
+from headprof.runtime.methods.base import SCALES, ExtraPass, Method, logit_scale
+from headprof.runtime.selection import Selection, above_threshold, global_top_k, reduce_groups
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,7 +37,16 @@ if TYPE_CHECKING:
 FIRST_PROMPT = "\n\nRepeat the previous context exactly."
 NEXT_PROMPT = "\n\nRepeat the part of the previous context exactly, starting with "  # trailing space: the authors'
 PLAIN_SUFFIX = "\n\nAnswer: "  # the authors' fallback template (model/template.py)
+# the authors' hard-coded openers (model/template.py), by a marker of the family's chat template
+AUTHORS_OPENERS = (
+    ("<|start_header_id|>", "\n\n<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),  # Llama 3
+    ("<|im_start|>", "<|im_end|>\n<|im_start|>assistant\n"),  # Qwen (ChatML)
+    ("<start_of_turn>", "<end_of_turn>\n<start_of_turn>model\n"),  # Gemma 3
+)
+QWEN3_THINK = "<think>\n\n</think>\n\n"  # the authors append it for Qwen3 (thinking off)
 SELECTIONS = ("global", "uniform")
+CUTOFFS = ("threshold", "topk")
+OPENERS = ("authors", "template")
 _MARKER = "headprof-kvzip-context"
 
 
@@ -41,15 +54,23 @@ _MARKER = "headprof-kvzip-context"
 class KVzipOptions:
     """`chunk_size`: context tokens per reconstruction pass (2000); `hint_tokens`: tokens of the previous chunk
     quoted in the next prompt (8); `selection`: `global` (one budget across layers and heads: the authors'
-    default) or `uniform` (the same count in every head); `recent_window`: also keep the last w prompt
-    tokens in every head, inside the budget (the authors keep none); `block`: pass queries per scoring step
-    (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens is one matmul, as the
-    authors compute it, more blocks agree up to float rounding); `first_prompt` / `next_prompt`: the repeat
-    instructions."""
+    default) or `uniform` (the same count in every head); `cutoff` (global selection): `threshold` (the
+    authors' `score > threshold`, the threshold being the (n+1)-th best score for n entries: ties with it are
+    dropped, so fewer than n may be kept) or `topk` (exactly n, `torch.topk` picking among ties, as kvpress);
+    `opener`: the assistant-turn opener of the repeat passes, `authors` (their hard-coded one per family)
+    or `template` (derived from the chat template for every family); `scale`: the logits' factor, the model's
+    `scaling` or `head-dim` (the authors' `math.sqrt(head_dim)`; see `logit_scale`); `recent_window`: also
+    keep the last w prompt tokens in every head, inside the budget (the authors keep none); `block`: pass
+    queries per scoring step (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens
+    is one matmul, as the authors compute it, more blocks agree up to float rounding); `first_prompt` /
+    `next_prompt`: the repeat instructions."""
 
     chunk_size: int = 2000
     hint_tokens: int = 8
     selection: str = "global"
+    cutoff: str = "threshold"
+    opener: str = "authors"
+    scale: str = "model"
     recent_window: bool = False
     block: int = 256
     first_prompt: str = FIRST_PROMPT
@@ -60,6 +81,12 @@ class KVzipOptions:
             raise HeadprofError("kvzip chunk_size and block must be >= 1, hint_tokens >= 0")
         if self.selection not in SELECTIONS:
             raise HeadprofError(f"unknown kvzip selection '{self.selection}' ({', '.join(SELECTIONS)})")
+        if self.cutoff not in CUTOFFS:
+            raise HeadprofError(f"unknown kvzip cutoff '{self.cutoff}' ({', '.join(CUTOFFS)})")
+        if self.opener not in OPENERS:
+            raise HeadprofError(f"unknown kvzip opener '{self.opener}' ({', '.join(OPENERS)})")
+        if self.scale not in SCALES:
+            raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
 
 @dataclass(frozen=True)
@@ -69,14 +96,27 @@ class ReconstructionPass(ExtraPass):
     prefix: int = 0
 
 
-def chat_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """(template tokens before a user message's content, the assistant-turn opener after it)."""
+def authors_opener(template_opener: str) -> str | None:
+    """The authors' opener for the family whose chat template renders `template_opener` after a user message;
+    None for a family they do not hard-code."""
+    for marker, opener in AUTHORS_OPENERS:
+        if marker in template_opener:
+            think = marker == "<|im_start|>" and template_opener.endswith(QWEN3_THINK)
+            return opener + QWEN3_THINK if think else opener
+    return None
+
+
+def chat_frame(tokenizer: PreTrainedTokenizerBase, opener: str = "authors") -> tuple[list[int], list[int]]:
+    """(template tokens before a user message's content, the assistant-turn opener after it); `opener` as
+    `KVzipOptions.opener`."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": _MARKER}], add_generation_prompt=True, tokenize=False, enable_thinking=False
         )
         if _MARKER in text:
             before, after = text.split(_MARKER, 1)
+            if opener == "authors":
+                after = authors_opener(after) or after
             encode = tokenizer.encode
             return encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -100,7 +140,7 @@ class KVzip(Method):
             raise HeadprofError("kvzip needs input_ids (its reconstruction passes feed the context tokens again)")
         if tokenizer is None:
             raise HeadprofError("kvzip needs the model's tokenizer (its reconstruction prompts are text)")
-        head, suffix = chat_frame(tokenizer)
+        head, suffix = chat_frame(tokenizer, self.options.opener)
         batch, total = prompt_ids.shape
         device = prompt_ids.device
         expected = torch.tensor(head, dtype=prompt_ids.dtype, device=device)
@@ -132,6 +172,7 @@ class KVzip(Method):
         chunk and the pass's tokens only; cast to the model dtype (the authors' scores are in it)."""
         assert isinstance(extra, ReconstructionPass)
         n_queries, block = query.shape[2], self.options.block
+        scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         span = extra.end - extra.start
         sub = torch.cat(
             [keys[:, :, : extra.prefix], keys[:, :, extra.start : extra.end], keys[:, :, -n_queries:]], dim=2
@@ -141,16 +182,16 @@ class KVzip(Method):
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
             rows = attention_rows(
-                query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_matmul=True
+                query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_logits=True
             )
             top = rows[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
         return reduce_groups(best.to(keys.dtype), n_stored, "max")
 
     def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
-        """Keep the unscored prefix, optionally the last w positions, and the best context entries: the top
-        `sum_i min(b_i, N)` minus what is protected across all layers and heads (`global`, one `torch.topk`),
-        or per head (`uniform`)."""
+        """Keep the unscored prefix, optionally the last w positions, and the best context entries: of
+        `sum_i min(b_i, N)` minus what is protected, across all layers and heads (`global`: by `cutoff`), or
+        per head (`uniform`: `torch.topk`, as the authors' `_threshold_uniform`)."""
         batch, n_stored, total = scores[0].shape
         stacked = torch.stack(scores, dim=1)  # [B, L, S, N]
         scored = (~torch.isinf(stacked[0, 0, 0])).nonzero().squeeze(1)
@@ -162,7 +203,10 @@ class KVzip(Method):
         limits = budgets.to(stacked.device).long().clamp(max=total)  # [L, S]
         if self.options.selection == "global":
             free = int(limits.sum()) - keep[0].sum().item()
-            keep[..., start:stop] = global_top_k(candidates, free)
+            if self.options.cutoff == "threshold":
+                keep[..., start:stop] = above_threshold(candidates, free)
+            else:
+                keep[..., start:stop] = global_top_k(candidates, free)
         else:
             free = (limits - (total - (stop - start))).clamp(min=0)  # [L, S]
             flat = candidates.reshape(-1, stop - start)

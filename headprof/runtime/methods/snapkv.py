@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from headprof.errors import HeadprofError
-from headprof.runtime.methods.base import Method
+from headprof.runtime.methods.base import SCALES, Method, logit_scale
 from headprof.runtime.selection import GQA_ORDERS, snapkv_scores
 
 POOLINGS = ("max", "avg")
@@ -18,11 +18,13 @@ POOLINGS = ("max", "avg")
 class SnapKVOptions:
     """`kernel`: 1-D pooling width over positions (odd); `pooling`: max | avg; `gqa_order`: in the KV-head
     layout, average the group's window votes then pool (`mean-pool`, KVCache-Factory and AdaKV) or pool
-    each query head then average (`pool-mean`, kvpress)."""
+    each query head then average (`pool-mean`, kvpress); `scale`: the logits' factor, the model's own
+    `scaling` (`model`) or the references' literal `1 / sqrt(head_dim)` (`head-dim`; see `logit_scale`)."""
 
     kernel: int = 7
     pooling: str = "max"
     gqa_order: str = "mean-pool"
+    scale: str = "model"
 
     def __post_init__(self) -> None:
         # an even kernel would shift the pooled scores by half a position
@@ -32,6 +34,8 @@ class SnapKVOptions:
             raise HeadprofError(f"unknown pooling '{self.pooling}' ({', '.join(POOLINGS)})")
         if self.gqa_order not in GQA_ORDERS:
             raise HeadprofError(f"unknown gqa_order '{self.gqa_order}' ({', '.join(GQA_ORDERS)})")
+        if self.scale not in SCALES:
+            raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
 
 class SnapKV(Method):
@@ -48,6 +52,7 @@ class SnapKV(Method):
     ) -> torch.Tensor:
         """Window votes, pooled over candidate positions, per stored head."""
         o = self.options
+        scaling = logit_scale(o.scale, scaling, query.shape[-1])
         return snapkv_scores(
             query, keys, scaling, window, n_stored, o.kernel, o.pooling, self.window_reduce, o.gqa_order
         )
