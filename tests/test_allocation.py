@@ -83,7 +83,7 @@ def test_pyramid_on_a_single_layer_is_uniform():
         (AllocConfig(20, "headkv", window=32), "must be larger than the window"),
         (AllocConfig(128, "snapkv"), "unknown policy"),
         (AllocConfig(128, "headkv", beta=0.5), "beta must be >= 1"),
-        (AllocConfig(128, "headkv", gqa="group"), "unknown --gqa"),
+        (AllocConfig(128, "headkv", gqa="group"), "unknown gqa layout"),
     ],
 )
 def test_bad_configs(config, message):
