@@ -132,9 +132,9 @@ class Press:
             raise HeadprofError(
                 "another press is already attached to this model: leave its `with` block first (presses do not nest)"
             )
-        _ATTACHED.add(self.model)
         if self.method.compresses:
-            self._previous_impl = switch_attention(self.model, ATTENTION_IMPL)
+            self._previous_impl = switch_attention(self.model, ATTENTION_IMPL)  # may refuse the family
+        _ATTACHED.add(self.model)
         self._hooks = [
             self.model.register_forward_pre_hook(self._before, with_kwargs=True),
             self.model.register_forward_hook(self._after, with_kwargs=True),
