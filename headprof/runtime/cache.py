@@ -7,12 +7,16 @@ values), head r owning rows `offsets[r]:offsets[r+1]`; tokens that arrive later 
 query-agnostic cache, generated tokens) go to a dense "recent" part stored once per KV head, which
 the query heads of its group all read (so `--gqa query` does not repeat what is generated).
 
-Decode attention over the flat part is one matmul of every query head against the layer's flat
-keys with a block-diagonal segment mask, then one softmax over [flat | recent]: plain PyTorch,
-the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored heads per layer) on a
-part that is budget-sized, and reads each stored byte once. As in SDPA, queries are scaled before
-the matmul and logits, softmax and the weighted sum of values are computed in float32, whatever the
-model's dtype; soft-capping and attention sinks enter as in the model's eager attention.
+Decode attention reads each stored head's own entries and nothing else. Runs of consecutive stored heads
+that keep the same number of entries are `[R, n, d]` views of the flat tensors (no copy): one attention
+call per run (one per layer when budgets are uniform), the queries of a head's group as rows of that
+head. The recent part is a second call, over a buffer that grows by doubling (appending a token writes
+one row; no `torch.cat` per step). The two parts are merged exactly through their log-sum-exps, as
+split-K decoding kernels merge their splits. In float32 on the CPU each call is PyTorch's fused flash kernel
+(the one SDPA dispatches to, which also returns the log-sum-exp). Elsewhere (CUDA, bf16/fp16, soft-capping)
+each call is plain float32 math on the run, the same code on CPU and CUDA: queries scaled before the matmul,
+logits, softmax and the weighted sum of values in float32, as SDPA accumulates (a low-precision run is cast
+to float32 for its call). Attention sinks join the merge's denominator.
 
 A model's sliding-window (and chunked) layers are `WindowLayer`s: their cache is bounded by the
 window already, so they are not budgeted; they keep a rolling window exactly as transformers does.
@@ -27,13 +31,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from headprof.attention import PLAIN, LogitExtras, capped, softmax_with_sinks
+from headprof.attention import PLAIN, LogitExtras, capped
 from headprof.errors import HeadprofError
 from headprof.models.registry import model_attention, pop_logit_options, register_attention
 from headprof.runtime.plan import LayerPlan
@@ -42,13 +46,29 @@ from headprof.runtime.selection import Selection
 # Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
 Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
 
+# PyTorch's fused CPU flash-attention op: SDPA's own CPU kernel, which also returns the log-sum-exp of each row.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_MIN_RECENT = 16  # first capacity of the recent part, in tokens
+
 
 @dataclass
 class CacheStats:
-    """Compression time and count of heads that dropped entries, shared by a cache's layers."""
+    """Compression time and count of heads that dropped entries, shared by a cache's layers.
 
-    compress_seconds: float = 0.0
+    On CUDA each compression is timed by a pair of CUDA events, read (one wait) when `compress_seconds` is
+    asked for, instead of synchronizing the device around every layer."""
+
+    wall_seconds: float = 0.0
     compressed_heads: int = 0
+    events: list[tuple[Any, Any]] = field(default_factory=list)
+
+    @property
+    def compress_seconds(self) -> float:
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.wall_seconds += sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+            self.events = []
+        return self.wall_seconds
 
 
 class _Layer(CacheLayerMixin):
@@ -100,9 +120,20 @@ class CompressedLayer(_Layer):
         self.offsets: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.entry_scores: torch.Tensor | None = None  # per stored entry, for a method that evicts while decoding
-        self.recent_keys: torch.Tensor | None = None
-        self.recent_values: torch.Tensor | None = None
-        self._by_element: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _flat_by_element
+        self.lengths: list[int] = []  # entries kept by each stored head (= offsets.diff(), on the host)
+        self.runs: list[tuple[int, int, int, int]] = []  # (first row, end row, length, first flat entry)
+        self.n_recent = 0
+        self._recent: tuple[torch.Tensor, torch.Tensor] | None = None  # [B, Hkv, capacity, d] keys, values
+        self._row_budgets: torch.Tensor | None = None
+
+    @property
+    def recent_keys(self) -> torch.Tensor:
+        """Keys `[B, Hkv, n, d]` of the tokens after the prompt (a view of the growing buffer)."""
+        return self._recent[0][:, :, : self.n_recent]
+
+    @property
+    def recent_values(self) -> torch.Tensor:
+        return self._recent[1][:, :, : self.n_recent]
 
     def adopt(self, source: _Layer, length: int) -> None:
         super().adopt(source, length)
@@ -120,8 +151,11 @@ class CompressedLayer(_Layer):
             self.lazy_initialization(key_states, value_states)
         self.seen += key_states.shape[-2]
         if self.phase == "compressed":
-            self.recent_keys = torch.cat([self.recent_keys, key_states], dim=-2)
-            self.recent_values = torch.cat([self.recent_values, value_states], dim=-2)
+            end = self.n_recent + key_states.shape[-2]
+            self._reserve(end, key_states, value_states)
+            self._recent[0][:, :, self.n_recent : end] = key_states
+            self._recent[1][:, :, self.n_recent : end] = value_states
+            self.n_recent = end
         else:
             self.phase = "dense" if self.phase == "empty" else self.phase
             self.keys = key_states if self.keys is None else torch.cat([self.keys, key_states], dim=-2)
@@ -157,58 +191,66 @@ class CompressedLayer(_Layer):
 
     def _attend_compressed(self, query: torch.Tensor, scaling: float, extras: LogitExtras) -> torch.Tensor:
         batch, n_heads, q_len, dim = query.shape
-        n_stored = (self.offsets.numel() - 1) // batch
-        per, n_kv = n_heads // n_stored, self.recent_keys.shape[1]
-        scaled = query.float() * scaling  # [B, Hq, q, d]; float32 from here on, as SDPA accumulates
-        # kept entries: every stored head's queries against its batch element's flat keys, other heads' masked
-        keys, values, own = self._flat_by_element(n_stored)
-        n_flat = keys.shape[1]
-        rows = scaled.reshape(batch, n_stored * per * q_len, dim)
-        if batch == 1:  # one matmul over the flat keys, as before batches existed (same floats as a single run)
-            logits_flat = (rows[0] @ keys[0].float().T)[None]
+        n_stored, n_kv = len(self.lengths) // batch, self.n_kv
+        # kept entries: stored head r's queries (those of its group) against its own entries, a run at a time
+        rows = query.reshape(1, batch * n_stored, (n_heads // n_stored) * q_len, dim)
+        parts = []
+        for first, end, length, flat in self.runs:
+            if length == 0:  # a head that keeps nothing: no mass (lse -inf)
+                empty = rows[:, first:end]
+                nothing = torch.full(empty.shape[:-1], float("-inf"), device=empty.device)
+                parts.append((torch.zeros_like(empty), nothing))
+                continue
+            span = slice(flat, flat + (end - first) * length)
+            keys = self.flat_keys[span].view(1, end - first, length, dim)
+            values = self.flat_values[span].view(1, end - first, length, -1)
+            parts.append(_attention_with_lse(rows[:, first:end], keys, values, scaling, None, extras.softcap))
+        if len(parts) == 1:
+            kept, kept_lse = parts[0]
         else:
-            logits_flat = rows @ keys.float().transpose(1, 2)
-        logits_flat = capped(logits_flat, extras.softcap).view(batch, n_stored, per * q_len, n_flat)
-        logits_flat = logits_flat.masked_fill(~own[:, :, None, :], float("-inf")).view(batch, n_heads, q_len, n_flat)
+            kept = torch.cat([part[0] for part in parts], dim=1)
+            kept_lse = torch.cat([part[1] for part in parts], dim=1)
         # tokens after the prompt: one copy per KV head, read by the query heads of its group, causal among themselves
-        n_recent = self.recent_keys.shape[2]
-        group_rows = scaled.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
-        logits_recent = capped(group_rows @ self.recent_keys.float().transpose(-1, -2), extras.softcap)
-        logits_recent = logits_recent.view(batch, n_heads, q_len, n_recent)
-        future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
-            :, None
-        ] + (n_recent - q_len)
-        logits_recent = logits_recent.masked_fill(future, float("-inf"))
-        probs = softmax_with_sinks(torch.cat([logits_flat, logits_recent], dim=-1), extras.sinks)
-        probs_flat = probs[..., :n_flat].reshape(batch, n_stored * per * q_len, n_flat)
-        probs_recent = probs[..., n_flat:].reshape(batch, n_kv, (n_heads // n_kv) * q_len, n_recent)
-        if batch == 1:
-            output = (probs_flat[0] @ values[0].float()).view(batch, n_heads, q_len, -1)
-        else:
-            output = (probs_flat @ values.float()).view(batch, n_heads, q_len, -1)
-        output = output + (probs_recent @ self.recent_values.float()).view(batch, n_heads, q_len, -1)
+        group_rows = query.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
+        mask = None
+        if q_len > 1:
+            seen = torch.arange(q_len, device=query.device)[:, None] + (self.n_recent - q_len)
+            future = torch.arange(self.n_recent, device=query.device)[None, :] > seen
+            mask = query.new_zeros(q_len, self.n_recent).masked_fill(future, float("-inf")).repeat(n_heads // n_kv, 1)
+        recent, recent_lse = _attention_with_lse(
+            group_rows, self.recent_keys, self.recent_values, scaling, mask, extras.softcap
+        )
+        # merge: each part's output weighted by its share of the softmax mass, in float32
+        kept_lse, recent_lse = kept_lse.reshape(batch, n_heads, q_len), recent_lse.reshape(batch, n_heads, q_len)
+        share = torch.sigmoid(kept_lse - recent_lse)[..., None]
+        shape = (batch, n_heads, q_len, -1)
+        output = torch.lerp(recent.float().reshape(shape), kept.float().reshape(shape), share)
+        if extras.sinks is not None:  # exp(sink) joins the denominator: scale by the parts' share against it
+            total = torch.logaddexp(kept_lse, recent_lse)
+            output = output * torch.sigmoid(total - extras.sinks.float().view(1, -1, 1))[..., None]
         return output.to(query.dtype).transpose(1, 2)
 
-    def _flat_by_element(self, n_stored: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each batch element's kept entries: keys and values `[B, n, d]` and `own` `[B, S, n]` (which stored
-        head owns each slot). One element: the flat tensors themselves. Several (a sweep decoding many caches
-        at once): each element's entries padded to the longest, built once per stored set, so that an
-        element's queries meet only its own entries (not B times the work)."""
-        batch = (self.offsets.numel() - 1) // n_stored
-        if self._by_element is None:
-            starts, ends = self.offsets[:-1:n_stored], self.offsets[n_stored::n_stored]
-            width = int((ends - starts).max()) if batch else 0
-            index = starts[:, None] + torch.arange(width, device=self.offsets.device)[None, :]  # [B, n]
-            valid = index < ends[:, None]
-            own = valid[:, None, :] & (index[:, None, :] >= self.offsets[:-1].view(batch, n_stored, 1))
-            own &= index[:, None, :] < self.offsets[1:].view(batch, n_stored, 1)
-            if batch == 1:
-                keys, values = self.flat_keys[None], self.flat_values[None]
-            else:
-                safe = index.clamp(max=max(self.flat_keys.shape[0] - 1, 0))
-                keys, values = self.flat_keys[safe], self.flat_values[safe]
-            self._by_element = keys, values, own
-        return self._by_element
+    def _reserve(self, needed: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Room for `needed` recent tokens: the buffer doubles when full (amortized O(1) copies per token)."""
+        capacity = 0 if self._recent is None else self._recent[0].shape[2]
+        if needed <= capacity:
+            return
+        capacity = max(needed, 2 * capacity, _MIN_RECENT)
+        shape = (*key_states.shape[:2], capacity)
+        buffers = (
+            key_states.new_empty(*shape, key_states.shape[-1]),
+            value_states.new_empty(*shape, value_states.shape[-1]),
+        )
+        if self.n_recent:
+            buffers[0][:, :, : self.n_recent] = self.recent_keys
+            buffers[1][:, :, : self.n_recent] = self.recent_values
+        self._recent = buffers
+
+    def row_budgets(self, batch: int) -> torch.Tensor:
+        """Budget of every stored row `[B * S]`, on the cache's device (copied there once, not every step)."""
+        if self._row_budgets is None or self._row_budgets.numel() != batch * self.n_stored:
+            self._row_budgets = self.plan.budgets.repeat(batch).to(self.flat_keys.device)
+        return self._row_budgets
 
     # ---------------------------------------------------------- compression
 
@@ -228,9 +270,10 @@ class CompressedLayer(_Layer):
         `selection` given (chosen across layers after extra passes, or by a sweep from `scores` it computed
         once for many budgets): keep it; otherwise the method scores the prompt from its own queries and selects.
         """
-        sync = self.keys.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize()
+        events = None
+        if self.keys.device.type == "cuda":
+            events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events[0].record()
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
         if selection is None:
@@ -251,10 +294,12 @@ class CompressedLayer(_Layer):
             entry_scores,
         )
         self.keys = self.values = None
-        self.stats.compressed_heads += int((selection.lengths < total).sum())
-        if sync:
-            torch.cuda.synchronize()
-        self.stats.compress_seconds += time.perf_counter() - start
+        self.stats.compressed_heads += sum(length < total for length in self.lengths)
+        if events is None:
+            self.stats.wall_seconds += time.perf_counter() - start
+        else:
+            events[1].record()
+            self.stats.events.append(events)
 
     def store(
         self,
@@ -263,15 +308,17 @@ class CompressedLayer(_Layer):
         positions: torch.Tensor,
         offsets: torch.Tensor,
         entry_scores: torch.Tensor | None = None,
+        lengths: list[int] | None = None,
     ) -> None:
-        """Hold these entries (head r owns rows `offsets[r]:offsets[r+1]`, positions sorted) and no recent part."""
+        """Hold these entries (head r owns rows `offsets[r]:offsets[r+1]`, positions sorted) and no recent part
+        (its buffer is kept for the tokens to come). `lengths`: `offsets.diff()` when the caller knows it on the
+        host (H2O's eviction does, every step); otherwise it is read from `offsets` once."""
         self.flat_keys, self.flat_values = flat_keys, flat_values
         self.offsets, self.positions = offsets, positions.to(torch.int32)
-        self._by_element = None
         self.entry_scores = entry_scores
-        batch = (offsets.numel() - 1) // self.n_stored
-        self.recent_keys = flat_keys.new_zeros(batch, self.n_kv, 0, flat_keys.shape[-1])
-        self.recent_values = flat_values.new_zeros(batch, self.n_kv, 0, flat_values.shape[-1])
+        self.lengths = offsets.diff().tolist() if lengths is None else lengths
+        self.runs = _runs(self.lengths)
+        self.n_recent = 0
         self.phase = "compressed"
 
     def per_stored(self, states: torch.Tensor) -> torch.Tensor:
@@ -281,17 +328,65 @@ class CompressedLayer(_Layer):
     # ---------------------------------------------------------- accounting
 
     def storage_bytes(self) -> tuple[int, int, int]:
-        """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes)."""
-        tensors = [
-            t
-            for t in (self.flat_keys, self.flat_values, self.recent_keys, self.recent_values, self.keys, self.values)
-            if t is not None
-        ]
-        allocated = sum(t.untyped_storage().nbytes() for t in tensors)
-        needed = sum(t.numel() * t.element_size() for t in tensors)
+        """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes). The recent part
+        counts its tokens, not the buffer's spare room (`reserved_bytes`)."""
+        owned = [t for t in (self.flat_keys, self.flat_values, self.keys, self.values) if t is not None]
+        recent = [self.recent_keys, self.recent_values] if self._recent is not None else []
+        allocated = sum(t.untyped_storage().nbytes() for t in owned) + sum(map(_nbytes, recent))
+        needed = sum(map(_nbytes, owned + recent))
         metadata = (self.offsets, self.positions, self.entry_scores)
         index = sum(t.numel() * t.element_size() for t in metadata if t is not None)
         return allocated, needed, index
+
+    def reserved_bytes(self) -> int:
+        """The recent buffer's room for tokens not generated yet (at most what the recent part holds)."""
+        if self._recent is None:
+            return 0
+        return sum(t.untyped_storage().nbytes() for t in self._recent) - sum(
+            map(_nbytes, (self.recent_keys, self.recent_values))
+        )
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _runs(lengths: list[int]) -> list[tuple[int, int, int, int]]:
+    """Maximal runs of consecutive rows keeping the same number of entries: (first row, end row, length, first
+    flat entry). Uniform budgets make one run per layer (per batch of equal prompts)."""
+    runs: list[tuple[int, int, int, int]] = []
+    first = flat = 0
+    for row in range(1, len(lengths) + 1):
+        if row == len(lengths) or lengths[row] != lengths[first]:
+            runs.append((first, row, lengths[first], flat))
+            flat += (row - first) * lengths[first]
+            first = row
+    return runs
+
+
+def _attention_with_lse(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float,
+    mask: torch.Tensor | None,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries `[B, H, n, d]` over keys and values `[B, H, m, d]` (each head its own), with the
+    float32 log-sum-exp `[B, H, n]` of each row's logits, so that parts of one softmax can be merged.
+
+    `mask`: additive, broadcast to `[B, H, n, m]`. In float32 on the CPU without soft-capping: the fused flash op
+    that SDPA runs. Otherwise float32 math, as SDPA's math path computes it: queries scaled before the matmul,
+    capped logits, exact softmax. (The flash op would round each part's output to bf16 or fp16 before the merge,
+    a second rounding that measured 1.2x SDPA's mean error; float32 parts merge without it.)"""
+    fused = query.dtype == torch.float32 and query.device.type == "cpu" and softcap is None
+    if fused and _FLASH_CPU is not None and keys.shape[-1] == values.shape[-1]:
+        return _FLASH_CPU(query, keys, values, attn_mask=mask, scale=scaling)
+    logits = capped((query.float() * scaling) @ keys.float().transpose(-1, -2), softcap)
+    if mask is not None:
+        logits = logits + mask
+    lse = logits.logsumexp(dim=-1)
+    return (logits - lse[..., None]).exp() @ values.float(), lse
 
 
 class WindowLayer(_Layer):
@@ -387,12 +482,15 @@ class CompressedCache(Cache):
         return (self.budgeted or self.layers)[0].phase
 
     def kv_bytes(self) -> dict[str, int]:
+        """Bytes of the K/V held (`kv_bytes`), of what they need, padding, index metadata, and the recent
+        buffers' room for tokens still to come (`reserved_bytes`, not part of `kv_bytes`)."""
         allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
         return {
             "kv_bytes": allocated,
             "kv_bytes_needed": needed,
             "padding_bytes": allocated - needed,
             "index_bytes": index,
+            "reserved_bytes": sum(layer.reserved_bytes() for layer in self.budgeted),
         }
 
     def defer(self) -> None:
@@ -432,7 +530,7 @@ class CompressedCache(Cache):
             method, window = budgeted[0].plan.method, budgeted[0].plan.window
             budgets = torch.stack([layer.plan.budgets for layer in budgeted])
             selections = method.select_layers([scores[layer.index] for layer in budgeted], budgets, window)
-        self.stats.compress_seconds += time.perf_counter() - start
+        self.stats.wall_seconds += time.perf_counter() - start
         for layer in self.layers:
             if isinstance(layer, WindowLayer):
                 layer.end_extra_pass(layer.seen)
@@ -496,10 +594,12 @@ class CompressedCache(Cache):
         if self.phase != "compressed":
             raise HeadprofError("only a compressed cache can be forked (run the prompt first)")
         twin = CompressedCache([layer.plan for layer in self.layers])
-        twin.stats = CacheStats(**vars(self.stats))
+        twin.stats = replace(self.stats, events=list(self.stats.events))
         for source, target in zip(self.layers, twin.layers):
             target.__dict__.update({k: v for k, v in source.__dict__.items() if k != "stats"})
             target.stats = twin.stats
+            if isinstance(target, CompressedLayer) and target._recent is not None:  # the twin appends to its own
+                target._recent = tuple(buffer.clone() for buffer in target._recent)
         return twin
 
 
