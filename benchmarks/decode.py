@@ -116,7 +116,7 @@ def main() -> None:
     bytes_per_s = bandwidth(device, now)
     print(
         f"{args.device}, {args.dtype}, {torch.get_num_threads()} thread(s), Hq {HQ} / Hkv {HKV} / d {DIM}, "
-        f"read bandwidth {bytes_per_s / 1e9:.1f} GB/s; median ms per decode step"
+        f"read bandwidth {bytes_per_s / 1e9:.1f} GB/s; median ms per decode step (full, dense and ours timed in turn)"
     )
     print(
         f"{'T':>6} {'B':>5} {'layout':>8} {'batch':>5} {'full':>8} {'dense':>8} {'ours':>8} {'floor':>8} "
@@ -127,15 +127,29 @@ def main() -> None:
             keys = torch.randn(batch, HKV, total, DIM, generator=generator).to(device, dtype)
             values = torch.randn(batch, HKV, total, DIM, generator=generator).to(device, dtype)
             query = torch.randn(batch, HQ, 1, DIM, generator=generator).to(device, dtype)
-            full = sdpa_time(query, keys, values, now, args)
             for budget in (int(x) for x in args.budgets.split(",")):
-                dense = sdpa_time(
-                    query, keys[:, :, :budget].contiguous(), values[:, :, :budget].contiguous(), now, args
-                )
+                dense_keys, dense_values = keys[:, :, :budget].contiguous(), values[:, :, :budget].contiguous()
                 for layout in args.layouts.split(","):
-                    row = run_ours(query, keys, values, budgets_for(budget, layout), generator, now, args)
-                    ours, kept_bytes = row
-                    floor = kept_bytes / bytes_per_s
+                    budgets = budgets_for(budget, layout)
+                    times = {"full": [], "dense": [], "ours": []}
+                    for _ in range(args.repeats):
+                        layer = compressed_layer(keys, values, budgets, generator)
+                        calls = {
+                            "full": sdpa(query, keys, values),
+                            "dense": sdpa(query, dense_keys, dense_values),
+                            "ours": decode_step(layer, query, generator),
+                        }
+                        for call in calls.values():
+                            call(), call()
+                        for _ in range(args.steps):
+                            for name, call in calls.items():
+                                start = now()
+                                call()
+                                times[name].append(now() - start)
+                    full, dense, ours = (statistics.median(times[name]) for name in ("full", "dense", "ours"))
+                    entry = 2 * DIM * query.element_size()
+                    kept = int(budgets.sum()) * batch + HKV * batch * (args.steps + 2)
+                    floor = kept * entry / bytes_per_s
                     met = [
                         "dense" if ours <= 1.3 * dense else "DENSE",
                         ("floor" if ours <= 1.5 * floor else "FLOOR") if budget >= 1024 else "",
@@ -144,56 +158,34 @@ def main() -> None:
                     print(
                         f"{total:>6} {budget:>5} {layout:>8} {batch:>5} {full * 1e3:>8.3f} {dense * 1e3:>8.3f} "
                         f"{ours * 1e3:>8.3f} {floor * 1e3:>8.3f} {ours / dense:>10.2f} {ours / floor:>10.2f} "
-                        f"{ours / full:>9.2f}  {' '.join(m for m in met if m)}"
+                        f"{ours / full:>9.2f}  {' '.join(m for m in met if m)}",
+                        flush=True,
                     )
             del keys, values
 
 
-def sdpa_time(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, now: Callable[[], float], args: argparse.Namespace
-) -> float:
-    """SDPA over a dense cache: the faster of `enable_gqa` and each group's queries packed as one head's rows."""
-    batch = query.shape[0]
-    packed = query.reshape(batch, HKV, HQ // HKV, DIM)
-    return min(
-        median_time(lambda: F.scaled_dot_product_attention(query, keys, values, enable_gqa=True), now, *_n(args)),
-        median_time(lambda: F.scaled_dot_product_attention(packed, keys, values), now, *_n(args)),
-    )
+def sdpa(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> Callable[[], object]:
+    """SDPA over a dense cache, in the faster of two forms (picked once): `enable_gqa`, as transformers calls
+    it for one query, or each KV group's queries packed as rows of one head."""
+    packed = query.reshape(query.shape[0], HKV, HQ // HKV, DIM)
+    forms = [
+        lambda: F.scaled_dot_product_attention(query, keys, values, enable_gqa=True),
+        lambda: F.scaled_dot_product_attention(packed, keys, values),
+    ]
+    now = clock(query.device)
+    return min(forms, key=lambda form: median_time(form, now, 8, 1))
 
 
-def _n(args: argparse.Namespace) -> tuple[int, int]:
-    return args.steps, args.repeats
+def decode_step(layer: CompressedLayer, query: torch.Tensor, generator: torch.Generator) -> Callable[[], object]:
+    """One decode step of the compressed layer: append the new token's K/V, then attend."""
+    new_key = torch.randn(query.shape[0], HKV, 1, DIM, generator=generator).to(query.device, query.dtype)
+    new_value = torch.randn(query.shape[0], HKV, 1, DIM, generator=generator).to(query.device, query.dtype)
 
+    def step() -> None:
+        layer.update(new_key, new_value)
+        layer.attend(None, query, DIM**-0.5)
 
-def run_ours(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    budgets: torch.Tensor,
-    generator: torch.Generator,
-    now: Callable[[], float],
-    args: argparse.Namespace,
-) -> tuple[float, int]:
-    """Median seconds of one decode step (append the new token, attend) and the bytes that step reads."""
-    batch = query.shape[0]
-    times = []
-    new_key = torch.randn(batch, HKV, 1, DIM, generator=generator).to(query.device, query.dtype)
-    new_value = torch.randn(batch, HKV, 1, DIM, generator=generator).to(query.device, query.dtype)
-    for _ in range(args.repeats):
-        layer = compressed_layer(keys, values, budgets, generator)
-
-        def step(layer: CompressedLayer = layer) -> None:
-            layer.update(new_key, new_value)
-            layer.attend(None, query, DIM**-0.5)
-
-        step(), step()
-        for _ in range(args.steps):
-            start = now()
-            step()
-            times.append(now() - start)
-    entry = 2 * DIM * query.element_size()
-    kept = int(budgets.sum()) * batch + HKV * batch * (args.steps + 2)
-    return statistics.median(times), kept * entry
+    return step
 
 
 if __name__ == "__main__":

@@ -66,11 +66,12 @@ class H2O(Method):
         device = query.device
         slot = torch.arange(max(layer.lengths, default=0), device=device)
         held_old = slot[None, :] < layer.offsets.diff()[:, None]
-        index = (layer.offsets[:-1, None] + slot[None, :]).clamp(max=max(layer.flat_keys.shape[0] - 1, 0))
+        flat_keys, flat_values = layer.flat_keys, layer.flat_values
+        index = (layer.offsets[:-1, None] + slot[None, :]).clamp(max=max(flat_keys.shape[0] - 1, 0))
         new_pos = torch.arange(layer.seen - n_new, layer.seen, device=device).expand(rows, n_new)
         recent_keys, recent_values = layer.per_stored(layer.recent_keys), layer.per_stored(layer.recent_values)
-        keys = torch.cat([layer.flat_keys[index], recent_keys.reshape(rows, n_new, dim)], dim=1)
-        values = torch.cat([layer.flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
+        keys = torch.cat([flat_keys[index], recent_keys.reshape(rows, n_new, dim)], dim=1)
+        values = torch.cat([flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
         positions = torch.cat([layer.positions[index].long(), new_pos], dim=1)
         held = torch.cat([held_old, torch.ones(rows, n_new, dtype=torch.bool, device=device)], dim=1)
         scores = torch.cat([layer.entry_scores[index] * held_old, torch.zeros(rows, n_new, device=device)], dim=1)
