@@ -13,8 +13,11 @@ the same total), the time of one decode step (median over steps and repeats) for
 - `floor`: the bytes `ours` must read (kept K/V plus the tokens generated so far) over the memory bandwidth
   measured in the same run (a sum over a buffer far larger than the caches).
 
-SDPA is timed both as transformers calls it for one query with GQA (`enable_gqa`) and with each KV group's
-queries packed as rows of one head; the faster counts. The targets of issue 20 are printed against each row:
+Each step runs the three in turn (full, dense, ours), so each reads its cache after the others have streamed
+theirs through the CPU's caches, as one layer of a model does after the other layers. SDPA is timed both as
+transformers calls it for one query with GQA (`enable_gqa`) and with each KV group's queries packed as rows
+of one head; the faster form counts. (On one CPU thread dense SDPA itself measured 1.5-3x the floor.) The
+targets of issue 20 are printed against each row:
 `ours` at most 1.3x `dense`, within 1.5x of `floor` at B >= 1024, and faster than `full` whenever it keeps
 less than half of the prompt.
 """
