@@ -103,6 +103,65 @@ def test_varlen_attention_matches_a_per_head_reference(layout):
         torch.testing.assert_close(out[0, :, head], logits.softmax(-1) @ v_all, atol=1e-5, rtol=1e-5)
 
 
+def _step_reference(keys, values, kept, query, scaling, n_stored, n_old):
+    """Softmax attention of query `[B, Hq, q, d]` over, for each head, its stored row's kept prompt positions and
+    every token after the prompt (`keys`/`values` `[B, Hkv, prompt + after, d]`), causal for the step's own."""
+    batch, n_heads, q_len, _ = query.shape
+    n_kv, prompt = keys.shape[1], keys.shape[2] - n_old - q_len
+    out = torch.empty(batch, q_len, n_heads, values.shape[-1])
+    for b in range(batch):
+        for head in range(n_heads):
+            kv, stored = head // (n_heads // n_kv), head // (n_heads // n_stored)
+            for t in range(q_len):
+                seen = torch.cat([kept[b * n_stored + stored], torch.arange(prompt, prompt + n_old + t + 1)])
+                weights = (query[b, head, t] @ keys[b, kv, seen].T * scaling).softmax(-1)
+                out[b, t, head] = weights @ values[b, kv, seen]
+    return out
+
+
+@pytest.mark.parametrize("layout", ["kv", "query"])
+def test_decode_reads_each_row_through_growth_and_forks(layout):
+    """Budgets out of order (rows grouped by length at compression), a head that keeps nothing, two batch
+    elements, tokens past the first doublings of the room after the prompt, a step of several tokens, and two
+    forks that append different tokens: every step is softmax attention over exactly its row's entries."""
+    from headprof.runtime.cache import CompressedCache
+    from headprof.runtime.selection import Selection
+
+    torch.manual_seed(2)
+    n_heads, n_kv, prompt, dim, batch, scaling = 4, 2, 24, 8, 2, 8**-0.5
+    budgets = torch.tensor([5, 0]) if layout == "kv" else torch.tensor([7, 3, 0, 7])
+    n_stored = budgets.numel()
+    cache = CompressedCache([LayerPlan(METHODS["snapkv"](), budgets, window=2)])
+    layer = cache.layers[0]
+    keys, values = torch.randn(batch, n_kv, prompt, dim), torch.randn(batch, n_kv, prompt, dim)
+    layer.update(keys, values)
+    kept = [torch.randperm(prompt)[: int(n)].sort().values for n in budgets.repeat(batch)]
+    offsets = torch.tensor([0] + [len(k) for k in kept]).cumsum(0)
+    layer.compress(None, scaling, selection=Selection(torch.cat(kept), offsets))
+    for q_len in [1] * 20 + [3]:
+        new_k, new_v = torch.randn(batch, n_kv, q_len, dim), torch.randn(batch, n_kv, q_len, dim)
+        query = torch.randn(batch, n_heads, q_len, dim)
+        n_old = keys.shape[2] - prompt
+        keys, values = torch.cat([keys, new_k], dim=2), torch.cat([values, new_v], dim=2)
+        layer.update(new_k, new_v)
+        expected = _step_reference(keys, values, kept, query, scaling, n_stored, n_old)
+        torch.testing.assert_close(layer.attend(None, query, scaling), expected, atol=1e-5, rtol=1e-5)
+    allocated, needed, _ = layer.storage_bytes()
+    assert allocated == needed == 2 * 4 * dim * (int(budgets.sum()) * batch + batch * n_kv * 23)
+    assert 0 < layer.reserved_bytes() <= needed  # room made by doubling, reported apart
+    torch.testing.assert_close(layer.recent_keys, keys[:, :, prompt:])
+    twins, steps = [cache.fork(), cache.fork()], []
+    for twin in twins:  # each appends its own token, then both attend: neither sees the other's
+        new_k, new_v = torch.randn(batch, n_kv, 1, dim), torch.randn(batch, n_kv, 1, dim)
+        twin.layers[0].update(new_k, new_v)
+        steps.append((torch.cat([keys, new_k], dim=2), torch.cat([values, new_v], dim=2)))
+    for twin, (twin_keys, twin_values) in zip(twins, steps):
+        query = torch.randn(batch, n_heads, 1, dim)
+        expected = _step_reference(twin_keys, twin_values, kept, query, scaling, n_stored, 23)
+        torch.testing.assert_close(twin.layers[0].attend(None, query, scaling), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.recent_keys, keys[:, :, prompt:])  # the source is as it was
+
+
 # ---------------------------------------------------------------- the embedded model
 
 

@@ -2,17 +2,23 @@
 
 Lifecycle of a layer: the prompt's K/V are stored densely and attended exactly (SDPA); right after
 the prompt's attention the layer asks its method for importance scores, keeps the selected entries
-and frees the dense tensors. Kept entries of all heads live in two flat `[N, d]` tensors (keys,
-values), head r owning rows `offsets[r]:offsets[r+1]`; tokens that arrive later (the question for a
-query-agnostic cache, generated tokens) go to a dense "recent" part stored once per KV head, which
-the query heads of its group all read (so `--gqa query` does not repeat what is generated).
+and frees the dense tensors. Stored row r (r = b * S + s, S stored heads per batch element) keeps
+`offsets[r+1] - offsets[r]` entries at prompt positions `positions[offsets[r]:offsets[r+1]]`; rows that keep
+the same number of entries form a run, stored as `[R, n + room, d]` keys and values (rows sorted by length
+once, at compression, so that each distinct length is one run: one run per layer when budgets are uniform).
 
-Decode attention over the flat part is one matmul of every query head against the layer's flat
-keys with a block-diagonal segment mask, then one softmax over [flat | recent]: plain PyTorch,
-the same code on CPU and CUDA. It spends S-fold the minimal FLOPs (S = stored heads per layer) on a
-part that is budget-sized, and reads each stored byte once. As in SDPA, queries are scaled before
-the matmul and logits, softmax and the weighted sum of values are computed in float32, whatever the
-model's dtype; soft-capping and attention sinks enter as in the model's eager attention.
+Decode reads each row's own entries and nothing else: one attention call per run, the queries a row
+serves (those of its KV group, at every position of the step) as rows of one head, so work and memory
+traffic follow the kept entries. Tokens after the prompt (the question for a query-agnostic cache,
+generated tokens) are written in place after each row's kept entries, in room that doubles when full
+(amortized O(1) copies per token, no `torch.cat` of the cache): the call is SDPA itself, on CPU and CUDA,
+with its own fused kernels and float32 accumulation and no copy of the cache. Where several stored rows
+read one KV head (`--gqa query` with GQA) the tokens after the prompt are stored once per KV head instead
+(a long generation must not outgrow the full cache), and the two parts are merged exactly through their
+log-sum-exps, as split-K decoding kernels merge their splits: in float32 on the CPU each part is PyTorch's
+fused flash op (SDPA's own CPU kernel, which returns the log-sum-exp too); otherwise float32 math on the
+part (a low-precision part is cast to float32 for its call: the flash op would round each part's output to
+bf16 before the merge). Soft-capping takes the float32 math; attention sinks join the denominator.
 
 A model's sliding-window (and chunked) layers are `WindowLayer`s: their cache is bounded by the
 window already, so they are not budgeted; they keep a rolling window exactly as transformers does.
@@ -27,13 +33,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from headprof.attention import PLAIN, LogitExtras, capped, softmax_with_sinks
+from headprof.attention import PLAIN, LogitExtras, capped
 from headprof.errors import HeadprofError
 from headprof.models.registry import model_attention, pop_logit_options, register_attention
 from headprof.runtime.plan import LayerPlan
@@ -42,13 +48,29 @@ from headprof.runtime.selection import Selection
 # Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
 Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
 
+# PyTorch's fused CPU flash-attention op: SDPA's own CPU kernel, which also returns the log-sum-exp of each row.
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_MIN_RECENT = 16  # first capacity of the recent part, in tokens
+
 
 @dataclass
 class CacheStats:
-    """Compression time and count of heads that dropped entries, shared by a cache's layers."""
+    """Compression time and count of heads that dropped entries, shared by a cache's layers.
 
-    compress_seconds: float = 0.0
+    On CUDA each compression is timed by a pair of CUDA events, read (one wait) when `compress_seconds` is
+    asked for, instead of synchronizing the device around every layer."""
+
+    wall_seconds: float = 0.0
     compressed_heads: int = 0
+    events: list[tuple[Any, Any]] = field(default_factory=list)
+
+    @property
+    def compress_seconds(self) -> float:
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.wall_seconds += sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+            self.events = []
+        return self.wall_seconds
 
 
 class _Layer(CacheLayerMixin):
@@ -87,26 +109,90 @@ class _Layer(CacheLayerMixin):
         self.seen, self.deferred, self.is_initialized = length, True, True
 
 
+@dataclass
+class _Run:
+    """Stored rows that keep `length` entries each, positions `first:end` of the rows sorted by length (r = b * S
+    + s sorted stably, so uniform budgets keep row order): keys and values `[R, length + room, d]`. Where the
+    layer stores one row per KV head, the tokens after the prompt follow each row's kept entries in place, so
+    that one attention call reads a run's whole cache."""
+
+    first: int
+    end: int
+    length: int
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
 class CompressedLayer(_Layer):
-    """One decoder layer's KV: dense while the prompt runs, then flat per-head segments plus a dense recent part."""
+    """One decoder layer's KV: dense while the prompt runs, then per-head kept entries plus the tokens after it."""
 
     is_sliding = False
 
     def __init__(self, plan: LayerPlan, stats: CacheStats, index: int = 0):
         super().__init__(plan, stats, index)
         self.phase = "empty"  # empty -> dense -> compressed
-        self.flat_keys: torch.Tensor | None = None
-        self.flat_values: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.entry_scores: torch.Tensor | None = None  # per stored entry, for a method that evicts while decoding
-        self.recent_keys: torch.Tensor | None = None
-        self.recent_values: torch.Tensor | None = None
-        self._by_element: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _flat_by_element
+        self.lengths: list[int] = []  # entries kept by each stored row (= offsets.diff(), on the host)
+        self.runs: list[_Run] = []
+        self._order: torch.Tensor | None = None  # the rows sorted by length (None: already in that order)
+        self._inverse: torch.Tensor | None = None  # where each row is in that order
+        self.n_recent = 0  # tokens after the prompt
+        self.capacity = 0  # room for them: in every run's rows, or in the separate buffer
+        self._recent: tuple[torch.Tensor, torch.Tensor] | None = None  # [B, Hkv, capacity, d] when S > Hkv
+        self._shared = False  # a fork's twin reads the same buffers: copy them before writing
+        self._row_budgets: torch.Tensor | None = None
 
     def adopt(self, source: _Layer, length: int) -> None:
         super().adopt(source, length)
         self.phase = "dense"
+
+    # ---------------------------------------------------------- what is held
+
+    @property
+    def flat_keys(self) -> torch.Tensor:
+        """Kept keys of every stored row, concatenated `[N, d]` (row r owns `offsets[r]:offsets[r+1]`)."""
+        return self._flat([run.keys[:, : run.length].reshape(-1, run.keys.shape[-1]) for run in self.runs])
+
+    @property
+    def flat_values(self) -> torch.Tensor:
+        return self._flat([run.values[:, : run.length].reshape(-1, run.values.shape[-1]) for run in self.runs])
+
+    def _flat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The runs' kept entries (in sorted row order) back in row order."""
+        stored = _concat(parts)
+        if self._order is None:
+            return stored
+        lengths = self.offsets.diff()
+        row = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+        sorted_lengths = lengths[self._order]
+        starts = torch.cat([sorted_lengths.new_zeros(1), sorted_lengths.cumsum(0)[:-1]])
+        index = starts[self._inverse[row]] + torch.arange(row.numel(), device=row.device) - self.offsets[row]
+        return stored[index]
+
+    @property
+    def recent_keys(self) -> torch.Tensor:
+        """Keys `[B, Hkv, n, d]` of the tokens after the prompt."""
+        return self._recent_part(0)
+
+    @property
+    def recent_values(self) -> torch.Tensor:
+        return self._recent_part(1)
+
+    def _recent_part(self, which: int) -> torch.Tensor:
+        if self._recent is not None:
+            return self._recent[which][:, :, : self.n_recent]
+        parts = [(run.keys, run.values)[which] for run in self.runs]
+        held = _concat([part[:, run.length : run.length + self.n_recent] for part, run in zip(parts, self.runs)])
+        batch = len(self.lengths) // self.n_stored
+        return self._in_row_order(held, 0).reshape(batch, self.n_kv, self.n_recent, held.shape[-1])
+
+    def _in_sorted_order(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        return rows if self._order is None else rows.index_select(dim, self._order)
+
+    def _in_row_order(self, rows: torch.Tensor, dim: int) -> torch.Tensor:
+        return rows if self._order is None else rows.index_select(dim, self._inverse)
 
     # ---------------------------------------------------------- Cache API
 
@@ -120,8 +206,7 @@ class CompressedLayer(_Layer):
             self.lazy_initialization(key_states, value_states)
         self.seen += key_states.shape[-2]
         if self.phase == "compressed":
-            self.recent_keys = torch.cat([self.recent_keys, key_states], dim=-2)
-            self.recent_values = torch.cat([self.recent_values, value_states], dim=-2)
+            self._append(key_states, value_states)
         else:
             self.phase = "dense" if self.phase == "empty" else self.phase
             self.keys = key_states if self.keys is None else torch.cat([self.keys, key_states], dim=-2)
@@ -136,6 +221,45 @@ class CompressedLayer(_Layer):
 
     def get_max_length(self) -> int:
         return -1
+
+    # ---------------------------------------------------------- the tokens after the prompt
+
+    def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write new tokens `[B, Hkv, n, d]` after the held ones: one copy of them, no `torch.cat` of the cache."""
+        if self._shared:
+            self._unshare()
+        start, end = self.n_recent, self.n_recent + key_states.shape[-2]
+        self._reserve(end)
+        if self._recent is not None:
+            self._recent[0][:, :, start:end] = key_states
+            self._recent[1][:, :, start:end] = value_states
+        else:  # one stored row per KV head: row r = b * Hkv + h
+            keys = self._in_sorted_order(key_states.reshape(-1, *key_states.shape[2:]), 0)
+            values = self._in_sorted_order(value_states.reshape(-1, *value_states.shape[2:]), 0)
+            for run in self.runs:
+                run.keys[:, run.length + start : run.length + end] = keys[run.first : run.end]
+                run.values[:, run.length + start : run.length + end] = values[run.first : run.end]
+        self.n_recent = end
+
+    def _reserve(self, needed: int) -> None:
+        """Room for `needed` tokens after the prompt: it doubles when full (amortized O(1) copies per token)."""
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, 2 * self.capacity, _MIN_RECENT)
+        if self._recent is not None:
+            self._recent = tuple(_grown(t, 2, self.n_recent, capacity) for t in self._recent)
+        else:
+            for run in self.runs:
+                used, size = run.length + self.n_recent, run.length + capacity
+                run.keys, run.values = _grown(run.keys, 1, used, size), _grown(run.values, 1, used, size)
+        self.capacity = capacity
+
+    def _unshare(self) -> None:
+        """Own copies of the buffers a fork shares, before writing into them."""
+        self.runs = [replace(run, keys=run.keys.clone(), values=run.values.clone()) for run in self.runs]
+        if self._recent is not None:
+            self._recent = tuple(t.clone() for t in self._recent)
+        self._shared = False
 
     # ---------------------------------------------------------- attention
 
@@ -157,58 +281,55 @@ class CompressedLayer(_Layer):
 
     def _attend_compressed(self, query: torch.Tensor, scaling: float, extras: LogitExtras) -> torch.Tensor:
         batch, n_heads, q_len, dim = query.shape
-        n_stored = (self.offsets.numel() - 1) // batch
-        per, n_kv = n_heads // n_stored, self.recent_keys.shape[1]
-        scaled = query.float() * scaling  # [B, Hq, q, d]; float32 from here on, as SDPA accumulates
-        # kept entries: every stored head's queries against its batch element's flat keys, other heads' masked
-        keys, values, own = self._flat_by_element(n_stored)
-        n_flat = keys.shape[1]
-        rows = scaled.reshape(batch, n_stored * per * q_len, dim)
-        if batch == 1:  # one matmul over the flat keys, as before batches existed (same floats as a single run)
-            logits_flat = (rows[0] @ keys[0].float().T)[None]
-        else:
-            logits_flat = rows @ keys.float().transpose(1, 2)
-        logits_flat = capped(logits_flat, extras.softcap).view(batch, n_stored, per * q_len, n_flat)
-        logits_flat = logits_flat.masked_fill(~own[:, :, None, :], float("-inf")).view(batch, n_heads, q_len, n_flat)
-        # tokens after the prompt: one copy per KV head, read by the query heads of its group, causal among themselves
-        n_recent = self.recent_keys.shape[2]
-        group_rows = scaled.reshape(batch, n_kv, (n_heads // n_kv) * q_len, dim)
-        logits_recent = capped(group_rows @ self.recent_keys.float().transpose(-1, -2), extras.softcap)
-        logits_recent = logits_recent.view(batch, n_heads, q_len, n_recent)
-        future = torch.arange(n_recent, device=query.device)[None, :] > torch.arange(q_len, device=query.device)[
-            :, None
-        ] + (n_recent - q_len)
-        logits_recent = logits_recent.masked_fill(future, float("-inf"))
-        probs = softmax_with_sinks(torch.cat([logits_flat, logits_recent], dim=-1), extras.sinks)
-        probs_flat = probs[..., :n_flat].reshape(batch, n_stored * per * q_len, n_flat)
-        probs_recent = probs[..., n_flat:].reshape(batch, n_kv, (n_heads // n_kv) * q_len, n_recent)
-        if batch == 1:
-            output = (probs_flat[0] @ values[0].float()).view(batch, n_heads, q_len, -1)
-        else:
-            output = (probs_flat @ values.float()).view(batch, n_heads, q_len, -1)
-        output = output + (probs_recent @ self.recent_values.float()).view(batch, n_heads, q_len, -1)
+        # stored row r's queries (the query heads it serves, each of the q positions) as rows of one head
+        rows = self._in_sorted_order(query.reshape(1, len(self.lengths), -1, dim), 1)
+        per = rows.shape[2] // q_len
+        if self._recent is None:  # each row holds its whole cache: one call per run, nothing to merge
+            parts = []
+            for run in self.runs:
+                size = run.length + self.n_recent
+                inputs = rows[:, run.first : run.end], run.keys[None, :, :size], run.values[None, :, :size], scaling
+                visible = _causal_tail(q_len, size, per, query.device)
+                if extras.plain:
+                    parts.append((_sdpa(*inputs, visible), None))
+                else:
+                    parts.append(_attention_with_lse(*inputs, visible, extras))
+            output = self._in_row_order(_concat([part[0] for part in parts], dim=1), 1)
+            output = output.reshape(batch, n_heads, q_len, -1)
+            if extras.sinks is not None:  # exp(sink) joins the denominator
+                lse = self._in_row_order(_concat([part[1] for part in parts], dim=1), 1)
+                lse = lse.reshape(batch, n_heads, q_len)
+                output = output * torch.sigmoid(lse - extras.sinks.float().view(1, -1, 1))[..., None]
+            return output.to(query.dtype).transpose(1, 2)
+        # query layout: kept entries per query head, the recent part once per KV head; merged by log-sum-exp
+        kept = [
+            _attention_with_lse(rows[:, run.first : run.end], run.keys[None], run.values[None], scaling, None, extras)
+            if run.length
+            else _nothing(rows[:, run.first : run.end])
+            for run in self.runs
+        ]
+        kept_out = self._in_row_order(_concat([part[0] for part in kept], dim=1), 1)
+        kept_out = kept_out.reshape(batch, n_heads, q_len, -1)
+        kept_lse = self._in_row_order(_concat([part[1] for part in kept], dim=1), 1).reshape(batch, n_heads, q_len)
+        group_rows = query.reshape(batch, self.n_kv, -1, dim)
+        visible = _causal_tail(q_len, self.n_recent, group_rows.shape[2] // q_len, query.device)
+        recent_out, recent_lse = _attention_with_lse(
+            group_rows, self.recent_keys, self.recent_values, scaling, visible, extras
+        )
+        recent_out = recent_out.reshape(batch, n_heads, q_len, -1)
+        recent_lse = recent_lse.reshape(batch, n_heads, q_len)
+        # each part's output weighted by its share of the softmax mass, in float32
+        output = torch.lerp(recent_out, kept_out, torch.sigmoid(kept_lse - recent_lse)[..., None])
+        if extras.sinks is not None:
+            total = torch.logaddexp(kept_lse, recent_lse)
+            output = output * torch.sigmoid(total - extras.sinks.float().view(1, -1, 1))[..., None]
         return output.to(query.dtype).transpose(1, 2)
 
-    def _flat_by_element(self, n_stored: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each batch element's kept entries: keys and values `[B, n, d]` and `own` `[B, S, n]` (which stored
-        head owns each slot). One element: the flat tensors themselves. Several (a sweep decoding many caches
-        at once): each element's entries padded to the longest, built once per stored set, so that an
-        element's queries meet only its own entries (not B times the work)."""
-        batch = (self.offsets.numel() - 1) // n_stored
-        if self._by_element is None:
-            starts, ends = self.offsets[:-1:n_stored], self.offsets[n_stored::n_stored]
-            width = int((ends - starts).max()) if batch else 0
-            index = starts[:, None] + torch.arange(width, device=self.offsets.device)[None, :]  # [B, n]
-            valid = index < ends[:, None]
-            own = valid[:, None, :] & (index[:, None, :] >= self.offsets[:-1].view(batch, n_stored, 1))
-            own &= index[:, None, :] < self.offsets[1:].view(batch, n_stored, 1)
-            if batch == 1:
-                keys, values = self.flat_keys[None], self.flat_values[None]
-            else:
-                safe = index.clamp(max=max(self.flat_keys.shape[0] - 1, 0))
-                keys, values = self.flat_keys[safe], self.flat_values[safe]
-            self._by_element = keys, values, own
-        return self._by_element
+    def row_budgets(self, batch: int) -> torch.Tensor:
+        """Budget of every stored row `[B * S]`, on the cache's device (copied there once, not every step)."""
+        if self._row_budgets is None or self._row_budgets.numel() != batch * self.n_stored:
+            self._row_budgets = self.plan.budgets.repeat(batch).to(self.offsets.device)
+        return self._row_budgets
 
     # ---------------------------------------------------------- compression
 
@@ -228,15 +349,20 @@ class CompressedLayer(_Layer):
         `selection` given (chosen across layers after extra passes, or by a sweep from `scores` it computed
         once for many budgets): keep it; otherwise the method scores the prompt from its own queries and selects.
         """
-        sync = self.keys.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize()
+        events = None
+        if self.keys.device.type == "cuda":
+            events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events[0].record()
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
         if selection is None:
             scores = method.score(query, self.keys, scaling, self.plan.window, self.n_stored)
             selection = method.select(scores, self.plan.budgets, self.plan.window)
-        rows = torch.repeat_interleave(torch.arange(batch * self.n_stored, device=self.keys.device), selection.lengths)
+        rows = torch.repeat_interleave(
+            torch.arange(batch * self.n_stored, device=self.keys.device),
+            selection.lengths,
+            output_size=selection.positions.numel(),
+        )
         # row r = b * S + s stores KV head s // (S / Hkv) of batch element b
         kv_rows = (rows // self.n_stored) * n_kv + (rows % self.n_stored) // (self.n_stored // n_kv)
         flat_index = kv_rows * total + selection.positions
@@ -251,10 +377,12 @@ class CompressedLayer(_Layer):
             entry_scores,
         )
         self.keys = self.values = None
-        self.stats.compressed_heads += int((selection.lengths < total).sum())
-        if sync:
-            torch.cuda.synchronize()
-        self.stats.compress_seconds += time.perf_counter() - start
+        self.stats.compressed_heads += sum(length < total for length in self.lengths)
+        if events is None:
+            self.stats.wall_seconds += time.perf_counter() - start
+        else:
+            events[1].record()
+            self.stats.events.append(events)
 
     def store(
         self,
@@ -263,15 +391,44 @@ class CompressedLayer(_Layer):
         positions: torch.Tensor,
         offsets: torch.Tensor,
         entry_scores: torch.Tensor | None = None,
+        lengths: list[int] | None = None,
     ) -> None:
-        """Hold these entries (head r owns rows `offsets[r]:offsets[r+1]`, positions sorted) and no recent part."""
-        self.flat_keys, self.flat_values = flat_keys, flat_values
+        """Hold these entries (row r owns `offsets[r]:offsets[r+1]` of the flat `[N, d]` tensors, positions sorted)
+        and no recent part. Rows are grouped by length, so that each distinct length is one run (one attention
+        call): rows already in that order (uniform budgets) are views of the flat tensors, others are gathered
+        once here. Room for the tokens to come is made when the first arrives. `lengths`: `offsets.diff()` when
+        the caller knows it on the host (H2O's eviction does, every step); otherwise it is read once."""
         self.offsets, self.positions = offsets, positions.to(torch.int32)
-        self._by_element = None
         self.entry_scores = entry_scores
-        batch = (offsets.numel() - 1) // self.n_stored
-        self.recent_keys = flat_keys.new_zeros(batch, self.n_kv, 0, flat_keys.shape[-1])
-        self.recent_values = flat_values.new_zeros(batch, self.n_kv, 0, flat_values.shape[-1])
+        self.lengths = offsets.diff().tolist() if lengths is None else lengths
+        order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__)
+        self._order = self._inverse = None
+        if order != list(range(len(order))):  # the same stable sort on the device: no host sync
+            self._order = torch.argsort(offsets.diff(), stable=True)
+            self._inverse = torch.argsort(self._order)
+        sorted_lengths = [self.lengths[row] for row in order]
+        self.runs = []
+        flat = 0
+        for first, end in _runs(sorted_lengths):
+            length, span = sorted_lengths[first], (end - first) * sorted_lengths[first]
+            if self._order is None:
+                index: slice | torch.Tensor = slice(flat, flat + span)
+            else:
+                starts = offsets[self._order[first:end]]
+                index = (starts[:, None] + torch.arange(length, device=starts.device)[None, :]).reshape(-1)
+            keys = flat_keys[index].view(end - first, length, flat_keys.shape[-1])
+            values = flat_values[index].view(end - first, length, flat_values.shape[-1])
+            self.runs.append(_Run(first, end, length, keys, values))
+            flat += span
+        self.n_recent = self.capacity = 0
+        self._recent = None
+        if self.n_stored != self.n_kv:  # several stored rows read one KV head's recent tokens: stored apart
+            batch, shape = len(self.lengths) // self.n_stored, (self.n_kv, 0)
+            self._recent = (
+                flat_keys.new_empty(batch, *shape, flat_keys.shape[-1]),
+                flat_values.new_empty(batch, *shape, flat_values.shape[-1]),
+            )
+        self._shared = False
         self.phase = "compressed"
 
     def per_stored(self, states: torch.Tensor) -> torch.Tensor:
@@ -280,18 +437,106 @@ class CompressedLayer(_Layer):
 
     # ---------------------------------------------------------- accounting
 
+    def _buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(buffer, the part of it in use) of every tensor the compressed layer holds."""
+        embedded = self.n_recent if self._recent is None else 0
+        pairs = [(t, t[:, : run.length + embedded]) for run in self.runs for t in (run.keys, run.values)]
+        if self._recent is not None:
+            pairs += [(t, t[:, :, : self.n_recent]) for t in self._recent]
+        return pairs
+
     def storage_bytes(self) -> tuple[int, int, int]:
-        """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes)."""
-        tensors = [
-            t
-            for t in (self.flat_keys, self.flat_values, self.recent_keys, self.recent_values, self.keys, self.values)
-            if t is not None
-        ]
-        allocated = sum(t.untyped_storage().nbytes() for t in tensors)
-        needed = sum(t.numel() * t.element_size() for t in tensors)
+        """(allocated bytes of stored K/V, bytes the kept entries need, index metadata bytes). Room reserved for
+        tokens still to come is not counted (`reserved_bytes`)."""
+        dense = [t for t in (self.keys, self.values) if t is not None]
+        buffers = self._buffers()
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in dense}
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t, _ in buffers})
+        allocated = sum(storages.values()) - self.reserved_bytes()
+        needed = sum(map(_nbytes, dense)) + sum(_nbytes(used) for _, used in buffers)
         metadata = (self.offsets, self.positions, self.entry_scores)
         index = sum(t.numel() * t.element_size() for t in metadata if t is not None)
         return allocated, needed, index
+
+    def reserved_bytes(self) -> int:
+        """Room for tokens not generated yet (at most as much as the tokens after the prompt take)."""
+        return sum(_nbytes(buffer) - _nbytes(used) for buffer, used in self._buffers() if buffer.shape != used.shape)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _concat(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _grown(tensor: torch.Tensor, dim: int, used: int, size: int) -> torch.Tensor:
+    """A new buffer of `size` along `dim`, holding the first `used` of `tensor`."""
+    shape = list(tensor.shape)
+    shape[dim] = size
+    grown = tensor.new_empty(shape)
+    grown.narrow(dim, 0, used).copy_(tensor.narrow(dim, 0, used))
+    return grown
+
+
+def _runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs `(first, end)` of consecutive rows keeping the same number of entries. Uniform budgets make
+    one run per layer (for a batch of equal prompts too)."""
+    runs: list[tuple[int, int]] = []
+    first = 0
+    for row in range(1, len(lengths) + 1):
+        if row == len(lengths) or lengths[row] != lengths[first]:
+            runs.append((first, row))
+            first = row
+    return runs
+
+
+def _causal_tail(q_len: int, size: int, repeats: int, device: torch.device) -> torch.Tensor | None:
+    """Which of `size` entries each query row sees when the last `q_len` entries are the queries' own tokens:
+    `[repeats * q_len, size]` (rows ordered head, then position), or None for one query (it sees all)."""
+    if q_len == 1:
+        return None
+    limit = torch.arange(q_len, device=device)[:, None] + (size - q_len)
+    return (torch.arange(size, device=device)[None, :] <= limit).repeat(repeats, 1)
+
+
+def _sdpa(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float, visible: torch.Tensor | None
+) -> torch.Tensor:
+    """PyTorch's SDPA: its fused kernels on CPU and CUDA, float32 accumulation whatever the dtype, no copies."""
+    return torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible, scale=scaling)
+
+
+def _nothing(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part of a row that keeps no entry: no output, no mass (log-sum-exp -inf)."""
+    return torch.zeros_like(rows, dtype=torch.float), torch.full(rows.shape[:-1], float("-inf"), device=rows.device)
+
+
+def _attention_with_lse(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float,
+    visible: torch.Tensor | None,
+    extras: LogitExtras,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries `[B, H, n, d]` over keys and values `[B, H, m, d]` (each head its own) in float32,
+    with the log-sum-exp `[B, H, n]` of each row's logits, so that parts of one softmax can be merged.
+
+    `visible`: `[n, m]` or None (all). In float32 on the CPU without soft-capping: the fused flash op SDPA runs,
+    which returns the log-sum-exp too. Otherwise float32 math, as SDPA's math path computes it: queries scaled
+    before the matmul, capped logits, exact softmax. (The flash op rounds a bf16 or fp16 output before the
+    merge, a second rounding that measured 1.2x SDPA's mean error: low precision takes the float32 math.)"""
+    fused = query.dtype == torch.float32 and query.device.type == "cpu" and extras.softcap is None
+    if fused and _FLASH_CPU is not None and keys.shape[-1] == values.shape[-1]:
+        mask = None if visible is None else torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))
+        return _FLASH_CPU(query, keys, values, attn_mask=mask, scale=scaling)
+    logits = capped((query.float() * scaling) @ keys.float().transpose(-1, -2), extras.softcap)
+    if visible is not None:
+        logits = logits.masked_fill(~visible, float("-inf"))
+    lse = logits.logsumexp(dim=-1)
+    return (logits - lse[..., None]).exp() @ values.float(), lse
 
 
 class WindowLayer(_Layer):
@@ -400,12 +645,15 @@ class CompressedCache(Cache):
         return (self.budgeted or self.layers)[0].phase
 
     def kv_bytes(self) -> dict[str, int]:
+        """Bytes of the K/V held (`kv_bytes`), of what they need, padding, index metadata, and the recent
+        buffers' room for tokens still to come (`reserved_bytes`, not part of `kv_bytes`)."""
         allocated, needed, index = (sum(v) for v in zip(*(layer.storage_bytes() for layer in self.layers)))
         return {
             "kv_bytes": allocated,
             "kv_bytes_needed": needed,
             "padding_bytes": allocated - needed,
             "index_bytes": index,
+            "reserved_bytes": sum(layer.reserved_bytes() for layer in self.budgeted),
         }
 
     def defer(self) -> None:
@@ -445,7 +693,7 @@ class CompressedCache(Cache):
             method, window = budgeted[0].plan.method, budgeted[0].plan.window
             budgets = torch.stack([layer.plan.budgets for layer in budgeted])
             selections = method.select_layers([scores[layer.index] for layer in budgeted], budgets, window)
-        self.stats.compress_seconds += time.perf_counter() - start
+        self.stats.wall_seconds += time.perf_counter() - start
         for layer in self.layers:
             if isinstance(layer, WindowLayer):
                 layer.end_extra_pass(layer.seen)
@@ -495,8 +743,9 @@ class CompressedCache(Cache):
                 stored = layer.keys.shape[-2]
                 total += allocated // stored * min(layer.window - 1, layer.seen + tokens) if stored else 0
             else:
-                per_token = layer.n_kv * (layer.flat_keys.shape[-1] + layer.flat_values.shape[-1])
-                total += allocated + tokens * per_token * layer.flat_keys.element_size()
+                keys, values = layer.runs[0].keys, layer.runs[0].values
+                per_token = layer.n_kv * (keys.shape[-1] + values.shape[-1])
+                total += allocated + tokens * per_token * keys.element_size()
         return total
 
     def kept_positions(self, layer_idx: int) -> list[torch.Tensor]:
@@ -510,10 +759,12 @@ class CompressedCache(Cache):
             raise HeadprofError("only a compressed cache can be forked (run the prompt first)")
         twin = CompressedCache([layer.plan for layer in self.layers])
         twin.attention_config = self.attention_config
-        twin.stats = CacheStats(**vars(self.stats))
+        twin.stats = replace(self.stats, events=list(self.stats.events))
         for source, target in zip(self.layers, twin.layers):
             target.__dict__.update({k: v for k, v in source.__dict__.items() if k != "stats"})
             target.stats = twin.stats
+            if isinstance(target, CompressedLayer):  # tokens appended later go to each one's own copy
+                source._shared = target._shared = True
         return twin
 
 

@@ -334,4 +334,10 @@ def cache_bytes(cache: Cache) -> dict[str, int]:
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
     allocated = sum(t.untyped_storage().nbytes() for t in tensors)
     needed = sum(t.numel() * t.element_size() for t in tensors)
-    return {"kv_bytes": allocated, "kv_bytes_needed": needed, "padding_bytes": allocated - needed, "index_bytes": 0}
+    return {
+        "kv_bytes": allocated,
+        "kv_bytes_needed": needed,
+        "padding_bytes": allocated - needed,
+        "index_bytes": 0,
+        "reserved_bytes": 0,
+    }

@@ -70,21 +70,23 @@ class H2O(Method):
 
         The step's attention is the original's: `q k^T / sqrt(d)` in the model dtype, softmax in float32 cast
         back to it, summed over the step's queries (then averaged over a KV group, as the prompt's scores
-        are), and added to the held scores in the `accumulate` dtype."""
+        are), and added to the held scores in the `accumulate` dtype. No host sync: every shape comes from
+        counts the host already knows (each head's held entries, the step's tokens, the budgets), so nothing
+        is read back from the device, token after token."""
         batch, n_heads, q_len, dim = query.shape
         scaling = logit_scale(self.options.scale, scaling, dim)
-        rows = layer.offsets.numel() - 1
+        rows = len(layer.lengths)
         per = n_heads * batch // rows
-        lengths = layer.offsets.diff()
-        n_new = layer.recent_keys.shape[2]
+        n_new = layer.n_recent
         device = query.device
-        slot = torch.arange(int(lengths.max()) if rows else 0, device=device)
-        held_old = slot[None, :] < lengths[:, None]
-        index = (layer.offsets[:-1, None] + slot[None, :]).clamp(max=max(layer.flat_keys.shape[0] - 1, 0))
+        slot = torch.arange(max(layer.lengths, default=0), device=device)
+        held_old = slot[None, :] < layer.offsets.diff()[:, None]
+        flat_keys, flat_values = layer.flat_keys, layer.flat_values
+        index = (layer.offsets[:-1, None] + slot[None, :]).clamp(max=max(flat_keys.shape[0] - 1, 0))
         new_pos = torch.arange(layer.seen - n_new, layer.seen, device=device).expand(rows, n_new)
         recent_keys, recent_values = layer.per_stored(layer.recent_keys), layer.per_stored(layer.recent_values)
-        keys = torch.cat([layer.flat_keys[index], recent_keys.reshape(rows, n_new, dim)], dim=1)
-        values = torch.cat([layer.flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
+        keys = torch.cat([flat_keys[index], recent_keys.reshape(rows, n_new, dim)], dim=1)
+        values = torch.cat([flat_values[index], recent_values.reshape(rows, n_new, -1)], dim=1)
         positions = torch.cat([layer.positions[index].long(), new_pos], dim=1)
         held = torch.cat([held_old, torch.ones(rows, n_new, dtype=torch.bool, device=device)], dim=1)
         dtype = keys.dtype if self.options.accumulate == "model" else torch.float32
@@ -95,30 +97,45 @@ class H2O(Method):
         query_pos = (layer.seen - q_len + torch.arange(q_len, device=device)).repeat(per)
         visible = held[:, None, :] & (positions[:, None, :] <= query_pos[None, :, None])
         probs = logits.float().masked_fill(~visible, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
-        received = probs.to(dtype).view(rows, per, q_len, -1).sum(dim=2).mean(dim=1)
-        scores = scores + received
-        budgets = layer.plan.budgets.to(device).repeat(batch)  # plans keep budgets on the CPU
-        keep = held & self._keep(held, scores, budgets, layer.plan.window)
-        counts = keep.sum(dim=1)
-        offsets = torch.zeros(rows + 1, dtype=torch.long, device=device)
-        offsets[1:] = counts.cumsum(0)
-        layer.store(keys[keep], values[keep], positions[keep], offsets, scores[keep])
+        scores = scores + probs.to(dtype).view(rows, per, q_len, -1).sum(dim=2).mean(dim=1)
+        window, budgets = layer.plan.window, layer.row_budgets(batch)
+        counts = [length + n_new for length in layer.lengths]
+        keep = held & self._keep(held, scores, budgets, window, max(counts, default=0))
+        # the counts kept, on the host (plans keep budgets on the CPU) and, the same, on the device
+        lengths = [_kept_count(n, b, window) for n, b in zip(counts, layer.plan.budgets.repeat(batch).tolist())]
+        kept = keep.sum(dim=1)
+        offsets = torch.cat([kept.new_zeros(1), kept.cumsum(0)])
+        # each row's kept slots first, in slot (= position) order, then gathered into flat storage
+        order = (~keep).to(torch.uint8).argsort(dim=1, stable=True)
+        total = sum(lengths)
+        row = torch.repeat_interleave(torch.arange(rows, device=device), kept, output_size=total)
+        chosen = order[row, torch.arange(total, device=device) - offsets[row]]
+        layer.store(
+            keys[row, chosen], values[row, chosen], positions[row, chosen], offsets, scores[row, chosen], lengths
+        )
 
     @staticmethod
-    def _keep(held: torch.Tensor, scores: torch.Tensor, budgets: torch.Tensor, window: int) -> torch.Tensor:
+    def _keep(held: torch.Tensor, scores: torch.Tensor, budgets: torch.Tensor, window: int, most: int) -> torch.Tensor:
         """Keep-mask over each row's held slots (held in position order): everything while a row holds no
-        more than its budget, else the last `window` and `topk(budget - window)` of the others."""
+        more than its budget, else the last `window` and `topk(budget - window)` of the others. `most`: the
+        largest count of held slots (known on the host)."""
         count = held.sum(dim=1)
         order = held.cumsum(dim=1) - 1  # rank of each held slot by position
         recent = held & (order >= (count - window)[:, None])
         candidates = held & ~recent
-        keep = held.clone()
-        over = count > budgets
-        for n_cand, k in {(int(c), int(b) - window) for c, b in zip((count - window)[over], budgets[over])}:
-            rows = (over & (count - window == n_cand) & (budgets - window == k)).nonzero().squeeze(1)
-            slots = candidates[rows].nonzero()[:, 1].view(len(rows), n_cand)
-            ranked = scores[rows].gather(1, slots)
-            chosen = slots.gather(1, ranked.topk(max(k, 0), dim=-1).indices)
-            keep[rows] = recent[rows]
-            keep[rows[:, None], chosen] = True
-        return keep
+        wanted = (budgets - window).clamp(min=0)
+        top = min(max(most - window, 0), held.shape[1])  # no row has more candidates
+        ranked = scores.masked_fill(~candidates, float("-inf")).topk(top, dim=1).indices  # best candidates first
+        chosen = torch.zeros_like(held).scatter_(
+            1, ranked, torch.arange(top, device=held.device)[None, :] < wanted[:, None]
+        )
+        return torch.where((count > budgets)[:, None], recent | (chosen & candidates), held)
+
+
+def _kept_count(count: int, budget: int, window: int) -> int:
+    """How many entries `_keep` leaves a row that holds `count`: all up to the budget, else the last `window`
+    and `budget - window` of the others."""
+    if count <= budget:
+        return count
+    recent = min(window, count)
+    return recent + min(max(budget - window, 0), count - recent)
