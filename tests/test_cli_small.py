@@ -107,3 +107,17 @@ def test_device_map_without_accelerate_names_the_extra(cli, tmp_path, monkeypatc
     result = cli(*args, cwd=tmp_path)
     assert result.code == 1 and "pip install 'headprof[multi-gpu]'" in result.stderr, result.stderr
     assert not (tmp_path / "s.st").exists()
+
+
+def test_allocate_rounds_as_headkv_does_when_asked(cli, tmp_path):
+    # the reference's rounding itself is held by tests/test_fidelity.py's oracle; here the flag reaches it
+    from headprof.artifacts import load_alloc
+
+    for rounding in ("largest-remainder", "round"):
+        args = ("allocate", "--scores", SCORES, "--budget", "64", "--rounding", rounding, "--out", f"{rounding}.st")
+        assert cli(*args, cwd=tmp_path).code == 0
+    exact, rounded = (load_alloc(tmp_path / f"{r}.st") for r in ("largest-remainder", "round"))
+    assert int(exact.budgets.sum()) == 64 * exact.budgets.numel()  # the default spends exactly B per head
+    assert not torch.equal(exact.budgets, rounded.budgets) and (exact.budgets - rounded.budgets).abs().max() <= 1
+    bad = cli("allocate", "--scores", SCORES, "--budget", "64", "--rounding", "floor", cwd=tmp_path)
+    assert bad.code == 2 and "unknown rounding 'floor'" in bad.stderr

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from headprof.cli import common, render
-from headprof.cli.options import GQA_MESSAGE, SCORE_METHOD_MESSAGE, Gqa, JsonOpt, ModelOpt, Policy, ScoreMethod, choice
+from headprof.cli.options import (
+    GQA_MESSAGE,
+    SCORE_METHOD_MESSAGE,
+    Gqa,
+    JsonOpt,
+    ModelOpt,
+    Policy,
+    Rounding,
+    ScoreMethod,
+    choice,
+)
 
 
 def allocate(
@@ -32,6 +42,15 @@ def allocate(
     score_method: Annotated[
         ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Which score drives headkv.", "--score-method")
     ] = ScoreMethod.r2,
+    rounding: Annotated[
+        Rounding,
+        choice(
+            Rounding,
+            "unknown rounding '{value}' ({choices})",
+            "headkv: largest-remainder (total exactly B x heads, the default) or round (FYYFU/HeadKV's torch.round "
+            "per head: its selection to the entry, total within a few entries of B x heads).",
+        ),
+    ] = Rounding.largest_remainder,
     context: Annotated[
         int | None, typer.Option(help="Context length for the KV bytes summary; default: model window.")
     ] = None,
@@ -63,7 +82,7 @@ def allocate(
         import torch
 
         bytes_per_value = 2 if torch.cuda.is_available() else 4
-    config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value)
+    config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value, rounding.value)
     config.validate()
     source = scores or common.default_input(model, workspace.scores_file(model), "scores")
     target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value, model)

@@ -75,6 +75,13 @@ class Policy(str, Enum):
     pyramid = "pyramid"
 
 
+class Rounding(str, Enum):
+    """How HeadKV's fractional budgets become whole entries: exact total (largest remainder) or HeadKV's own."""
+
+    largest_remainder = "largest-remainder"
+    round = "round"
+
+
 class Gqa(str, Enum):
     """Budget and cache layout: per KV head (the bytes a GQA model stores) or per query head (HeadKV paper)."""
 
