@@ -322,3 +322,21 @@ def test_bad_runtime_input(loaded, prompt, scores_artifact):
         compressed(loaded.model, "headkv", allocation=AllocArtifact(other, torch.full((30, 9), 64), {"gqa": "query"}))
     with pytest.raises(HeadprofError, match="empty prompt"), compressed(loaded.model, "snapkv", 64):
         loaded.model(torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_budgets_covering_the_prompt_skip_the_scoring_pass(monkeypatch):
+    # the scores cannot change what is kept when every head keeps the whole prompt: none is computed
+    from headprof.runtime.methods.snapkv import SnapKV
+
+    from families import tiny_model, token_ids
+    from numerics import greedy
+
+    calls: list[int] = []
+    real = SnapKV.score
+    monkeypatch.setattr(SnapKV, "score", lambda self, *args: calls.append(1) or real(self, *args))
+    net = tiny_model("llama")
+    for budget, scored in ((1000, False), (16, True)):
+        calls.clear()
+        with compressed(net, "snapkv", budget, window=8) as press:
+            greedy(net, token_ids(48), 2)
+        assert bool(calls) == scored and press.stats.compressed == scored

@@ -131,7 +131,7 @@ def run(
     if compressor.compresses and not result.compressed:
         render.notice(
             f"every head's budget covers the {result.prompt_tokens}-token prompt: nothing was dropped "
-            "(compress_s is the selection pass that found so)"
+            "(and no head was scored)"
         )
     what = f"budgets from {alloc}" if alloc else f"compression ratio {compression_ratio}" if compression_ratio else ""
     render.answer(f"{name} ({what or f'budget {budget}'})", payload)

@@ -355,7 +355,13 @@ class CompressedLayer(_Layer):
             events[0].record()
         start = time.perf_counter()
         method, batch, n_kv, total, dim = self.plan.method, *self.keys.shape
-        if selection is None:
+        if selection is None and not method.evicts and bool((self.plan.budgets >= total).all()):
+            # every head keeps the whole prompt whatever the scores: no scoring pass (plans keep budgets on the
+            # CPU, so the test reads nothing back from the device). H2O still scores: its decode evicts by them.
+            device, n_rows = self.keys.device, batch * self.n_stored
+            offsets = torch.arange(n_rows + 1, device=device) * total
+            selection = Selection(torch.arange(total, device=device).repeat(n_rows), offsets)
+        elif selection is None:
             scores = method.score(query, self.keys, scaling, self.plan.window, self.n_stored)
             selection = method.select(scores, self.plan.budgets, self.plan.window)
         rows = torch.repeat_interleave(
