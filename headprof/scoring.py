@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -365,8 +366,13 @@ def score_probes(
     on_probe: Callable[[ProbeResult], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
     share_prefixes: bool = True,
+    checkpoint_every: float = 30.0,
 ) -> ScoreArtifact:
-    """Score the probes (or the `select`ed indices), resuming from and updating `checkpoint` after each probe.
+    """Score the probes (or the `select`ed indices), resuming from and updating `checkpoint`.
+
+    The checkpoint is rewritten at most every `checkpoint_every` seconds (it holds every result so far, so
+    rewriting it after each probe costs time quadratic in the probe count), and always when the run stops
+    early (Ctrl-C, an error): only a hard kill loses work, at most `checkpoint_every` seconds of it.
 
     The returned artifact lists probes in probe-set order whatever the resume history, so an
     interrupted and resumed run equals an uninterrupted one. `share_prefixes` (teacher mode): probes of
@@ -402,25 +408,37 @@ def score_probes(
     prefixes = _prefix_lengths(probes, encoded, list(encoded)) if share_prefixes and config.mode == "teacher" else {}
     order = sorted(indices, key=lambda i: (prefixes.get(i, (None, 0))[0] or "", i))
     held: tuple[str, SharedPrefix] | None = None
-    with AttentionCapture(loaded.model):
-        for i in order:
-            prefix = None
-            if i in prefixes and probes[i].id not in done:
-                group, length = prefixes[i]
-                if held is None or held[0] != group:
-                    held = None  # free the previous group's cache first
-                    held = (group, shared_prefix(loaded, encoded[i].prompt_ids[:length]))
-                prefix = held[1]
-            result = done.get(probes[i].id) or score_probe(loaded, encoded[i], config, prefix)
-            results[i] = result
-            if ckpt is not None and probes[i].id not in done:
-                done_idx = sorted(results)
-                save_scores(
-                    ckpt,
-                    _artifact(loaded, [results[j] for j in done_idx], done_idx, config, dict(meta, complete=False)),
-                )
-            if on_probe:
-                on_probe(result)
+    unsaved, saved_at = False, time.monotonic()
+
+    def save_checkpoint() -> None:
+        done_idx = sorted(results)
+        save_scores(
+            ckpt, _artifact(loaded, [results[j] for j in done_idx], done_idx, config, dict(meta, complete=False))
+        )
+
+    try:
+        with AttentionCapture(loaded.model):
+            for i in order:
+                prefix = None
+                if i in prefixes and probes[i].id not in done:
+                    group, length = prefixes[i]
+                    if held is None or held[0] != group:
+                        held = None  # free the previous group's cache first
+                        held = (group, shared_prefix(loaded, encoded[i].prompt_ids[:length]))
+                    prefix = held[1]
+                result = done.get(probes[i].id) or score_probe(loaded, encoded[i], config, prefix)
+                results[i] = result
+                if ckpt is not None and probes[i].id not in done:
+                    unsaved = True
+                    if time.monotonic() - saved_at >= checkpoint_every:
+                        save_checkpoint()
+                        unsaved, saved_at = False, time.monotonic()
+                if on_probe:
+                    on_probe(result)
+    except BaseException:
+        if unsaved:
+            save_checkpoint()
+        raise
     return _artifact(loaded, [results[i] for i in indices], indices, config, meta)
 
 

@@ -67,12 +67,15 @@ def test_interrupted_scoring_resumes_to_the_same_artifact(loaded, tiny_probes, t
 
     def stop_after_two(result):
         seen.append(result.probe_id)
+        assert not ckpt.exists()  # within `checkpoint_every`: no rewrite after each probe
         if len(seen) == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        scoring.score_probes(loaded, tiny_probes, config, checkpoint=ckpt, on_probe=stop_after_two)
-    assert load_scores(ckpt).probe_ids == [p.id for p in tiny_probes[:2]]
+        scoring.score_probes(
+            loaded, tiny_probes, config, checkpoint=ckpt, on_probe=stop_after_two, checkpoint_every=3600
+        )
+    assert load_scores(ckpt).probe_ids == [p.id for p in tiny_probes[:2]]  # written as the run stopped
     recomputed = []
     resumed = scoring.score_probes(
         loaded, tiny_probes, config, checkpoint=ckpt, on_probe=lambda r: recomputed.append(r.probe_id)
