@@ -244,8 +244,6 @@ def reliability_figure(reports: Mapping[str, Mapping], path: str | Path, title: 
         _note(left, f"split-half agreement not available:\n{reason}")
     method, report = next(iter(reports.items()))
     rows = report.get("top_heads") or []
-    if not rows:
-        _note(right, f"bootstrap intervals not available:\n{report.get('bootstrap_reason', 'no counted probes')}")
     if rows:
         labels = [f"L{int(r[0])}H{int(r[1])}" for r in rows]
         scores = [r[2] for r in rows]
@@ -258,6 +256,8 @@ def reliability_figure(reports: Mapping[str, Mapping], path: str | Path, title: 
         right.set_xlabel(f"{method} score (bootstrap interval; % of resamples in the top 10)")
         right.set_title(f"top {method} heads", fontsize=8)
         right.grid(alpha=0.3, axis="x")
+    else:
+        _note(right, f"bootstrap intervals not available:\n{report.get('bootstrap_reason', 'no counted probes')}")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -88,7 +88,8 @@ def run(
     score_art = load_scores(scores) if scores and not alloc else None
     name = method.value if method else default_method(allocation is not None or score_art is not None)
     compressor = build_method(name, kernel=kernel, pooling=pooling.value)
-    if compressor.compresses and allocation is None and compression_ratio is None:
+    fixed_budget = compressor.compresses and allocation is None and compression_ratio is None  # --budget applies
+    if fixed_budget:
         validation.budget_and_window(budget, window, "--")
     if max_new_tokens < 1:
         raise HeadprofError("--max-new-tokens must be at least 1")
@@ -96,7 +97,7 @@ def run(
         render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
     common.check_before_loading(
         model,
-        budgets=[budget] if compressor.compresses and allocation is None and compression_ratio is None else [],
+        budgets=[budget] if fixed_budget else [],
         artifacts=[("allocation", allocation), ("score artifact", score_art)],
     )
     loaded = common.load(model, dtype.value, device)

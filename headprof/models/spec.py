@@ -227,15 +227,13 @@ def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str =
     from headprof import validation
 
     text = _text_config(config)
-    n_heads = text.num_attention_heads
-    if type(n_heads) is not int or n_heads < 1 or type(getattr(text, "num_hidden_layers", None)) is not int:
+    n_heads, n_layers = text.num_attention_heads, getattr(text, "num_hidden_layers", None)
+    if any(type(n) is not int or n < 1 for n in (n_heads, n_layers)):  # before dividing by one, reading the other
         raise HeadprofError(
-            f"the config of '{model_id}' has num_attention_heads {n_heads!r} and num_hidden_layers "
-            f"{getattr(text, 'num_hidden_layers', None)!r}: positive integers expected"
+            f"the config of '{model_id}' has num_attention_heads {n_heads!r} and num_hidden_layers {n_layers!r}: "
+            "positive integers expected"
         )
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
-    if text.num_hidden_layers < 1:
-        raise HeadprofError(f"the config of '{model_id}' has num_hidden_layers {text.num_hidden_layers}, expected >= 1")
     types, windows = layer_kinds(config)
     bounded = sorted({w for kind, w in zip(types, windows) if kind in WINDOWED})
     info = ModelInfo(

@@ -75,11 +75,11 @@ class Press:
         self.plan = plan
         self.tokenizer = tokenizer
         self.plan_for = plan_for  # budgets that follow each prompt's length (`compression_ratio`)
-        if tokenizer is None and type(method).extra_passes is not Method.extra_passes:
-            try:  # a method whose extra passes are text (KVzip) says so now, not at the first generate
-                method.extra_passes(torch.zeros((1, 1), dtype=torch.long), None)
-            except HeadprofError as exc:
-                raise HeadprofError(f"{exc}: pass tokenizer= when building the press") from None
+        if tokenizer is None and method.needs_tokenizer:  # said now, not at the first generate
+            raise HeadprofError(
+                f"{method.name} needs the model's tokenizer (its extra passes are text): pass tokenizer= when "
+                "building the press"
+            )
         self.stats = PressStats()
         self._hooks: list[Any] = []
         self._previous_impl: str | None = None
@@ -276,6 +276,7 @@ def compressed(
     beta: float | None = None,
     temp: float = 1.0,
     score_method: str = "r2",
+    rounding: str = "largest-remainder",
     tokenizer: PreTrainedTokenizerBase | None = None,
     info: ModelInfo | None = None,
     compression_ratio: float | None = None,
@@ -303,6 +304,7 @@ def compressed(
             beta=beta,
             temp=temp,
             score_method=score_method,
+            rounding=rounding,
         )
 
     if compression_ratio is None:

@@ -73,6 +73,7 @@ class Method:
     policy: ClassVar[str] = "uniform"  # budgets when no allocation artifact is given
     compresses: ClassVar[bool] = True  # False: the full cache (transformers' own DynamicCache)
     query_agnostic: ClassVar[bool] = False  # True: compresses the context alone, before any question
+    needs_tokenizer: ClassVar[bool] = False  # True: its extra passes are text (a press refuses to build without one)
 
     def __init__(self, options: Any = None):
         self.options = self.Options() if options is None else options

@@ -131,6 +131,7 @@ class KVzip(Method):
     Options = KVzipOptions
     options: KVzipOptions
     query_agnostic = True
+    needs_tokenizer = True
 
     def extra_passes(
         self, prompt_ids: torch.Tensor | None, tokenizer: PreTrainedTokenizerBase | None
