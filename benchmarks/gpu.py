@@ -28,6 +28,9 @@ printed as a markdown table with its seconds, and written to `DIR/cuda.md` and `
   against fp32 (tests/test_precision.py's bound, 1e-2), and generate mode; seconds of each.
 
 Exits 1 when a check fails (listed at the end), 0 otherwise.
+
+At Llama-3.1-8B's real shape (32k prompts, decode throughput at the largest batch that fits, the capture's peak
+memory): benchmarks/llama8b.py, run after this one on the same device.
 """
 
 from __future__ import annotations
