@@ -157,7 +157,7 @@ def eval_(
         for message in notices:
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list)
+    n_configs = len(config.configurations())
     total = len(items) * n_configs
     render.notice(
         f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "
@@ -176,13 +176,7 @@ def eval_(
     if as_json:
         render.emit(payload)
         return
-    cells = E.result_cells(
-        results, method_list, budget_list, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"
-    )
-    render.accuracy_table(len(items), budget_list, cells)
-    if any("tasks" in r for r in results):
-        header, task_rows = E.task_cells(results, method_list, budget_list)
-        render.task_table(header, task_rows)
+    render.eval_tables(len(items), results, method_list, budget_list)
     for written in [*payload.get("png", []), *([str(report)] if report else [])]:
         render.line(f"wrote {written}")
 

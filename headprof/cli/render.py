@@ -406,6 +406,55 @@ def answer(title: str, payload: dict[str, Any]) -> None:
     out.print(table)
 
 
+def result_cells(
+    results: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    cell: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
+    """Rows `[method, cell(B1), cell(B2), ...]`; the full cache has one result, shown under every budget."""
+    by = {(r["method"], r["budget"]): r for r in results}
+    rows = []
+    for method in methods:
+        found = [by.get((method, None if method == "full" else b)) for b in budgets]
+        rows.append([method] + [cell(r) if r else "-" for r in found])
+    return rows
+
+
+def task_cells(
+    results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
+) -> tuple[list[str], list[list[str]]]:
+    """Task scores as a table: one row per task (x length for RULER, as RULER reports per length), one
+    column per method x budget, a last row with each column's mean; "-" where a task has no result."""
+    by = {(r["method"], r["budget"]): r for r in results}
+    configs = [
+        (method, budget)
+        for method in methods
+        for budget in ((None,) if method == "full" else budgets)
+        if "tasks" in by.get((method, budget), {})
+    ]
+    keys = list(dict.fromkeys((t["task"], t["length"]) for c in configs for t in by[c]["tasks"]))
+    scores = {c: {(t["task"], t["length"]): t["score"] for t in by[c]["tasks"]} for c in configs}
+    rows = [
+        [task + (f" @{length}" if length else "")]
+        + [f"{scores[c][(task, length)]:.1f}" if (task, length) in scores[c] else "-" for c in configs]
+        for task, length in keys
+    ]
+    rows.append(["mean"] + [f"{by[c]['score']:.1f}" for c in configs])
+    header = ["task"] + [method if budget is None else f"{method} {budget}" for method, budget in configs]
+    return header, rows
+
+
+def eval_tables(
+    n_items: int, results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
+) -> None:
+    """`eval`: the accuracy table, and the task table when task items were scored by their own metric."""
+    cells = result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}")
+    accuracy_table(n_items, budgets, cells)
+    if any("tasks" in r for r in results):
+        task_table(*task_cells(results, methods, budgets))
+
+
 def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence[str]]) -> None:
     """`eval`: accuracy / KV MiB per method (rows) and budget (columns)."""
     title = f"accuracy (exact match) / KV MiB, {n_items} items"
