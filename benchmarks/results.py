@@ -30,7 +30,7 @@ from headprof import ablation as A
 from headprof import evaluation as E
 from headprof import plots, workspace
 from headprof.artifacts import load_scores
-from headprof.cli.render import result_cells
+from headprof.cli.render_eval import result_cells
 from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
 from headprof.intervals import bootstrap_interval

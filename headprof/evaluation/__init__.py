@@ -28,7 +28,15 @@ _EXPORTS = {
     **dict.fromkeys(("EvalRecord", "ResultCache"), "headprof.evaluation.records"),
     **dict.fromkeys(("EvalConfig", "RESULTS_REVISION", "evaluate"), "headprof.evaluation.run"),
     **dict.fromkeys(
-        ("accuracy_points", "needle_grid", "needles_png_path", "summarize", "task_scores", "write_figures"),
+        (
+            "accuracy_points",
+            "eval_report",
+            "needle_grid",
+            "needles_png_path",
+            "summarize",
+            "task_scores",
+            "write_figures",
+        ),
         "headprof.evaluation.summary",
     ),
 }

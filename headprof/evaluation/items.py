@@ -126,12 +126,12 @@ def read_inputs(probe_files: Sequence[Path] | None) -> list[Probe]:
     """Read (and check) the probes of eval/ablate before the model loads, so bad input fails fast: every probe
     file parses, no file is given twice, no probe id appears twice (a task file is checked by `TaskSource`)."""
     files = list(probe_files or [])
-    validation.no_duplicates([str(Path(f).resolve()) for f in files], "--probes")
+    validation.no_duplicates([str(Path(f).resolve()) for f in files], "`probes`")
     probes = [p for path in files for p in load_probes(path)]
     ids = [p.id for p in probes]
     if len(set(ids)) != len(ids):
         twice = next(i for i in ids if ids.count(i) > 1)
-        raise HeadprofError(f"probe {twice} is in more than one --probes file: it would be counted twice")
+        raise HeadprofError(f"probe {twice} is in more than one `probes` file: it would be counted twice")
     return probes
 
 

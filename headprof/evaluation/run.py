@@ -44,7 +44,7 @@ class EvalConfig:
     )
 
     def method(self, name: str) -> Method:
-        """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
+        """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family)."""
         return build_method(name, kernel=self.kernel, pooling=self.pooling)
 
     def configurations(self) -> list[tuple[str, int | None]]:
@@ -61,15 +61,15 @@ class EvalConfig:
         for name in self.methods:
             self.method(name)  # validates the options
         if not self.budgets and set(self.methods) != {"full"}:
-            raise HeadprofError("--budgets needs at least one budget")
+            raise HeadprofError("`budgets` needs at least one budget")
         if self.gqa not in ("kv", "query"):
-            raise HeadprofError(f"--gqa must be kv or query, got '{self.gqa}'")
+            raise HeadprofError(f"`gqa` must be kv or query, got '{self.gqa}'")
         if self.window < 1 or any(b <= self.window for b in self.budgets):
             raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
         if self.max_new_tokens < 1:
-            raise HeadprofError("--max-new-tokens must be at least 1")
+            raise HeadprofError("`max_new_tokens` must be at least 1")
         if self.batch_decode and not self.sweep:
-            raise HeadprofError("--batch-decode decodes a sweep's caches together: it does not go with --per-config")
+            raise HeadprofError("`batch_decode` decodes a sweep's caches together: it does not go with `sweep=False`")
 
 
 def evaluate(

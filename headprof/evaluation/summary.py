@@ -43,6 +43,17 @@ def summarize(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
     return out
 
 
+def eval_report(model_id: str, records: Sequence[EvalRecord], n_items: int, png: str | Path | None = None) -> dict:
+    """What an evaluation reports: the model, the item count and the `summarize` rows; with `png`, the figures
+    (`write_figures`) are drawn and their paths listed under `png`."""
+    results = summarize(records)
+    payload: dict[str, Any] = {"model": model_id, "n_items": n_items, "results": results}
+    if png:
+        needles = write_figures(records, results, png, model_id)
+        payload["png"] = [str(png)] + ([str(needles)] if needles else [])
+    return payload
+
+
 def task_scores(records: Iterable[EvalRecord]) -> list[dict[str, Any]]:
     """Task metric per task (and per target length for RULER rows) in percent, in first-seen order."""
     groups: dict[tuple[str, int | None], list[float]] = defaultdict(list)
