@@ -6,16 +6,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path, jsonl_line
 from headprof.models.spec import resolve_model
 from headprof.probes.probe import Probe
 from headprof.validation import read_lines
-
-if TYPE_CHECKING:
-    pass
 
 
 def write_probes(path: str | Path, probes: Sequence[Probe]) -> None:

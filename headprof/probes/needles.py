@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from headprof.errors import HeadprofError
 from headprof.probes.probe import KINDS, Needle
 from headprof.validation import read_lines
-
-if TYPE_CHECKING:
-    pass
 
 
 def load_needles(path: str | Path, kind: str | None = None) -> list[Needle]:

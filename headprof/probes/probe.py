@@ -7,13 +7,10 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from headprof import validation
 from headprof.errors import HeadprofError
-
-if TYPE_CHECKING:
-    pass
 
 KINDS = ("retrieval", "reasoning")
 DEFAULT_LENGTHS = (1024,)
