@@ -218,3 +218,13 @@ def test_the_guard_sees_a_cycle_and_an_upward_arrow(tmp_path):
     assert layer_violations(graph) == [("errors", "cli.run")]
     assert module_sizes(package)["errors"] == 501
     assert functions(package) == [("cli.common", "f", 2)]
+
+
+def test_lazy_packages_serve_every_name_they_list():
+    """A split module's old names stay importable from its package (`headprof.probes`, `headprof.evaluation`)."""
+    import importlib
+
+    for name in ("probes", "evaluation", "runtime", "models"):
+        package = importlib.import_module(f"headprof.{name}")
+        missing = [n for n in package.__all__ if getattr(package, n, None) is None]
+        assert not missing, f"headprof.{name} lists {missing} but does not serve them"
