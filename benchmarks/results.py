@@ -30,6 +30,7 @@ from headprof import ablation as A
 from headprof import evaluation as E
 from headprof import plots, workspace
 from headprof.artifacts import load_scores
+from headprof.cli.render_eval import result_cells
 from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
 from headprof.intervals import bootstrap_interval
@@ -51,7 +52,7 @@ METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headk
 
 
 def _table(results: list[dict], budgets: list[int], methods: tuple[str, ...] = METHODS) -> str:
-    rows = E.result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)")
+    rows = result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)")
     header = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     return "\n".join(header + ["| " + " | ".join(row) + " |" for row in rows])
 

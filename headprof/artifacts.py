@@ -22,7 +22,7 @@ from headprof import __version__, validation
 from headprof.errors import HeadprofError
 from headprof.fileio import atomic_path, sha256_file
 from headprof.heads import kv_view
-from headprof.models.spec import ModelInfo
+from headprof.models.spec import ModelInfo, checked_model_info
 
 SCORES_FORMAT = "headprof.scores/1"
 ALLOC_FORMAT = "headprof.alloc/1"
@@ -255,7 +255,7 @@ def load_scores(path: str | Path) -> ScoreArtifact:
     into `meta['sha256']` so allocations can cite it."""
     tensors, meta = _read(path, SCORES_FORMAT)
     where = f"artifact {path}"
-    model = validation.model_info(meta.pop("model", None), where)
+    model = checked_model_info(meta.pop("model", None), where)
     probe_ids = validation.string_list(meta.pop("probe_ids", None), f"{where}: probe_ids")
     n_probes = len(probe_ids)
     if not n_probes:
@@ -311,7 +311,7 @@ def load_alloc(path: str | Path) -> AllocArtifact:
     within the model, and a total that agrees with the metadata."""
     tensors, meta = _read(path, ALLOC_FORMAT)
     where = f"artifact {path}"
-    model = validation.model_info(meta.pop("model", None), where)
+    model = checked_model_info(meta.pop("model", None), where)
     if "budgets" not in tensors:
         raise HeadprofError(f"{where} is missing its budgets")
     if meta.get("gqa", "query") not in ("kv", "query"):

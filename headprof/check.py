@@ -50,12 +50,12 @@ class CheckConfig:
     def validate(self) -> None:
         """Fail on bad input before any model is loaded."""
         if self.sample < 1:
-            raise HeadprofError(f"--sample must be at least 1, got {self.sample}")
+            raise HeadprofError(f"`sample` must be at least 1, got {self.sample}")
         limits = (self.max_row_diff, self.min_spearman, self.min_topk)
         if not all(math.isfinite(x) for x in limits):
-            raise HeadprofError("--max-row-diff, --min-spearman and --min-topk must be finite numbers")
+            raise HeadprofError("`max_row_diff`, `min_spearman` and `min_topk` must be finite numbers")
         if self.max_row_diff < 0 or not -1 <= self.min_spearman <= 1 or not 0 <= self.min_topk <= 1:
-            raise HeadprofError("--max-row-diff must be >= 0, --min-spearman in [-1, 1], --min-topk in [0, 1]")
+            raise HeadprofError("`max_row_diff` must be >= 0, `min_spearman` in [-1, 1], `min_topk` in [0, 1]")
         if self.k < 1:
             raise HeadprofError(f"top-k must be at least 1, got {self.k}")
 
@@ -182,38 +182,7 @@ def check_scores(
     k = min(config.k, ref.model.n_layers * ref.model.n_heads)
     for method in ref.methods:
         ref_rows, new_rows = ref.per_probe[method][picked], fresh.per_probe[method][order]
-        diff = float((new_rows - ref_rows).abs().max())
-        cases.append(
-            CheckCase(
-                f"{method}.rows",
-                diff <= config.max_row_diff,
-                diff,
-                config.max_row_diff,
-                f"largest per-probe {method} change {diff:.3g} (limit {config.max_row_diff:g})",
-            )
-        )
-        agreement = rank_agreement(new_rows.mean(0), ref_rows.mean(0), k)
-        rho, overlap = agreement["spearman"], agreement[f"top{k}_overlap"]
-        if math.isnan(rho):  # a constant mean (no answer step scored): equal or not
-            rho = 1.0 if torch.equal(new_rows, ref_rows) else -1.0
-        cases.append(
-            CheckCase(
-                f"{method}.spearman",
-                rho >= config.min_spearman,
-                rho,
-                config.min_spearman,
-                f"Spearman of the sample's mean {method} over all heads {rho:.4f} (limit {config.min_spearman:g})",
-            )
-        )
-        cases.append(
-            CheckCase(
-                f"{method}.top{k}",
-                overlap >= config.min_topk,
-                overlap,
-                config.min_topk,
-                f"top-{k} {method} heads shared {overlap:.0%} (limit {config.min_topk:.0%})",
-            )
-        )
+        cases += _score_cases(method, ref_rows, new_rows, config, k)
         moved += [dict(row, score=method) for row in _moved(ref_rows.mean(0), new_rows.mean(0), ref.model.n_heads)]
     if mode == "generate":
         flipped = [ref.probe_ids[i] for i, j in zip(picked, order) if bool(ref.right[i]) != bool(fresh.right[j])]
@@ -230,6 +199,41 @@ def check_scores(
     return CheckReport(
         name, loaded.info.model_id, mode, [ref.probe_ids[i] for i in picked], cases, moved, seconds, notices
     )
+
+
+def _score_cases(
+    method: str, ref_rows: torch.Tensor, new_rows: torch.Tensor, config: CheckConfig, k: int
+) -> list[CheckCase]:
+    """One score's three cases: the largest per-probe change, the Spearman of the sample means over all heads,
+    and the share of the top-k heads kept."""
+    diff = float((new_rows - ref_rows).abs().max())
+    agreement = rank_agreement(new_rows.mean(0), ref_rows.mean(0), k)
+    rho, overlap = agreement["spearman"], agreement[f"top{k}_overlap"]
+    if math.isnan(rho):  # a constant mean (no answer step scored): equal or not
+        rho = 1.0 if torch.equal(new_rows, ref_rows) else -1.0
+    return [
+        CheckCase(
+            f"{method}.rows",
+            diff <= config.max_row_diff,
+            diff,
+            config.max_row_diff,
+            f"largest per-probe {method} change {diff:.3g} (limit {config.max_row_diff:g})",
+        ),
+        CheckCase(
+            f"{method}.spearman",
+            rho >= config.min_spearman,
+            rho,
+            config.min_spearman,
+            f"Spearman of the sample's mean {method} over all heads {rho:.4f} (limit {config.min_spearman:g})",
+        ),
+        CheckCase(
+            f"{method}.top{k}",
+            overlap >= config.min_topk,
+            overlap,
+            config.min_topk,
+            f"top-{k} {method} heads shared {overlap:.0%} (limit {config.min_topk:.0%})",
+        ),
+    ]
 
 
 def junit_xml(report: CheckReport) -> str:

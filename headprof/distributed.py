@@ -24,10 +24,10 @@ def shard_indices(n_probes: int, shard: str | None) -> tuple[list[int], dict[str
         return list(range(n_probes)), {}
     parts = shard.split("/")
     if len(parts) != 2 or not all(p.strip().isdigit() and p.isascii() for p in parts):
-        raise UsageError(f"Invalid value for '--shard': must look like i/N, got '{shard}'")
+        raise UsageError(f"Invalid value for '`shard`': must look like i/N, got '{shard}'")
     index, count = (int(x) for x in parts)
     if count < 1 or not 0 <= index < count:
-        raise HeadprofError(f"--shard {shard}: need 0 <= i < N")
+        raise HeadprofError(f"`shard` {shard}: need 0 <= i < N")
     return list(range(index, n_probes, count)), {"shard": f"{index}/{count}"}
 
 

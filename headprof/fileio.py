@@ -15,14 +15,13 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from headprof import validation
 from headprof.errors import HeadprofError
-from headprof.validation import is_regular_or_absent
 
 
 def _umask() -> int:
@@ -63,6 +62,15 @@ def remove_orphans(path: Path) -> None:
                 shutil.rmtree(sibling, ignore_errors=True)
             else:
                 sibling.unlink()
+
+
+def is_regular_or_absent(path: Path) -> bool:
+    """What an atomic rename may replace: nothing, or a regular file (never a device or a directory)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    return stat.S_ISREG(mode)
 
 
 def temp_prefix(path: Path) -> str:
@@ -118,7 +126,7 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise HeadprofError(
-                f"another headprof run (pid {holder}) is writing {what} {path}; wait for it or choose another --out"
+                f"another headprof run (pid {holder}) is writing {what} {path}; wait for it or choose another output"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -150,22 +158,6 @@ def jsonl_line(obj: Any, sort_keys: bool = False) -> str:
     for raw, escaped in _LINE_BREAKS.items():
         line = line.replace(raw, escaped)
     return line + "\n"
-
-
-def read_lines(path: str | Path, what: str, hint: str = "") -> list[str]:
-    """The lines of a UTF-8 text input (a regular file of bounded size, `validation.input_file`), split at
-    newlines only: U+2028 or U+0085 inside a JSON string is text, not the end of a row."""
-    path = validation.input_file(path, what, hint=hint)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise HeadprofError(f"{what} {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

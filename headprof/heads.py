@@ -65,7 +65,7 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> dict[str, f
 def top_k_agreement(a: torch.Tensor, b: torch.Tensor, sizes: list[int]) -> list[dict[str, float]]:
     """Rank agreement at several top-k sizes: rows of k, top-k overlap and Spearman (the same for every k)."""
     if not sizes:
-        raise HeadprofError("--k needs at least one top-k size")
+        raise HeadprofError("`k` needs at least one top-k size")
     rows = []
     for size in sizes:
         agreement = rank_agreement(a, b, size)

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headprof.errors import HeadprofError, UsageError
+from headprof.package_data import data_dir, is_packaged
 
 if TYPE_CHECKING:
     import torch
-
-    from headprof.models.spec import ModelInfo
 
 # ---------------------------------------------------------------- output paths
 
@@ -49,8 +48,6 @@ def check_output(target: str | Path, inputs: Iterable[str | Path | None] = (), w
         raise HeadprofError(f"{what} {target} is a directory")
     if target.exists() and not target.is_file():
         raise HeadprofError(f"{what} {target} exists and is not a regular file (a device, a pipe or a socket)")
-    from headprof.workspace import data_dir, is_packaged
-
     if is_packaged(target):
         raise HeadprofError(f"{what} {target} is inside headprof's package data ({data_dir()}); write it elsewhere")
     for source in inputs:
@@ -73,15 +70,6 @@ def check_outputs(outputs: Sequence[tuple[str, str | Path | None]], inputs: Iter
         for other_what, other in chosen[:i]:
             if _same_file(path, other):
                 raise HeadprofError(f"{what} and {other_what} are the same file ({path})")
-
-
-def is_regular_or_absent(path: Path) -> bool:
-    """What an atomic rename may replace: nothing, or a regular file (never a device or a directory)."""
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    return stat.S_ISREG(mode)
 
 
 # ---------------------------------------------------------------- input paths
@@ -112,6 +100,22 @@ def input_file(path: str | Path, what: str, limit: int | None = MAX_TEXT_BYTES, 
     if limit is not None and mode.st_size > limit:
         raise HeadprofError(f"{what} {path} is {mode.st_size} bytes, more than the {limit} bytes headprof reads")
     return path
+
+
+def read_lines(path: str | Path, what: str, hint: str = "") -> list[str]:
+    """The lines of a UTF-8 text input (a regular file of bounded size, `input_file`), split at
+    newlines only: U+2028 or U+0085 inside a JSON string is text, not the end of a row."""
+    path = input_file(path, what, hint=hint)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HeadprofError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise HeadprofError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 # ---------------------------------------------------------------- what users type
@@ -182,7 +186,7 @@ def budget_and_window(budget: int, window: int, what: str = "") -> None:
 
 def resampling(splits: int, bootstrap: int) -> None:
     """`--splits` and `--bootstrap` of the reliability report, checked before the scores they describe are made."""
-    for value, option in ((splits, "--splits"), (bootstrap, "--bootstrap")):
+    for value, option in ((splits, "`splits`"), (bootstrap, "`bootstrap`")):
         if value < 1:
             raise HeadprofError(f"{option} must be at least 1, got {value}")
 
@@ -298,33 +302,3 @@ def budget_table(
 
 # Far above any real model, far below what would allocate gigabytes from a forged header.
 MAX_HEADS, MAX_CONTEXT = 1 << 14, 1 << 30
-
-
-def model_info(value: Any, what: str) -> ModelInfo:
-    """The `model` block of an artifact header: a model id and positive integer shape numbers."""
-    from headprof.models.spec import ModelInfo
-
-    if not isinstance(value, dict):
-        raise HeadprofError(f"{what}: the model description must be an object")
-    if not isinstance(value.get("layer_types", []), list):
-        raise HeadprofError(f"{what}: model layer_types must be a list of strings")
-    try:
-        info = ModelInfo(**value)
-    except TypeError as exc:
-        raise HeadprofError(f"{what}: bad model description ({exc})") from None
-    if not isinstance(info.model_id, str) or not isinstance(info.fingerprint, str):
-        raise HeadprofError(f"{what}: model id and fingerprint must be strings")
-    for name in ("n_layers", "n_heads", "n_kv_heads", "head_dim"):
-        int_field(getattr(info, name), f"{what}: model {name}", 1, MAX_HEADS)
-    int_field(info.max_context, f"{what}: model max_context", 0, MAX_CONTEXT)
-    int_field(info.sliding_window, f"{what}: model sliding_window", 0, MAX_CONTEXT)
-    if info.layer_types:
-        string_list(list(info.layer_types), f"{what}: model layer_types", info.n_layers)
-    if info.window_layers and info.sliding_window < 1:
-        raise HeadprofError(
-            f"{what}: layers {info.window_layers} are sliding-window layers, but the window is "
-            f"{info.sliding_window} (a window holds at least 1 position)"
-        )
-    if info.n_heads % info.n_kv_heads:
-        raise HeadprofError(f"{what}: {info.n_heads} query heads do not group into {info.n_kv_heads} KV heads")
-    return info

@@ -18,22 +18,18 @@ takes the workspace's copy when there is one and the packaged reference otherwis
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 from dataclasses import dataclass
-from importlib.resources import as_file, files
 from pathlib import Path
 
 from headprof.errors import HeadprofError
 from headprof.models.spec import resolve_model
+from headprof.package_data import data_dir, is_packaged, packaged
 
 DEFAULT_ROOT = Path("headprof-out")
 ROOT_ENV = "HEADPROF_WORKDIR"
 
 _root_override: Path | None = None
-_resources = contextlib.ExitStack()  # keeps packaged files materialised (a no-op for an unpacked wheel)
-atexit.register(_resources.close)
 
 
 # ---------------------------------------------------------------- the workspace
@@ -52,7 +48,7 @@ def root() -> Path:
     """
     chosen = _root_override if _root_override is not None else Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
     if is_packaged(chosen):
-        origin = "--workdir" if _root_override is not None else f"${ROOT_ENV}" if os.environ.get(ROOT_ENV) else "."
+        origin = "`workdir`" if _root_override is not None else f"${ROOT_ENV}" if os.environ.get(ROOT_ENV) else "."
         raise HeadprofError(
             f"the workspace {chosen} ({origin}) is inside headprof's package data ({data_dir()}), which is read-only "
             "reference data; choose another folder"
@@ -100,37 +96,22 @@ def eval_cache_file(model: str) -> Path:
     return model_dir(model) / "eval-cache.jsonl"
 
 
-# ---------------------------------------------------------------- package data (read-only)
-
-
-def _packaged(*parts: str) -> Path:
-    """A file or folder shipped inside the package, as a real path."""
-    return _resources.enter_context(as_file(files("headprof").joinpath("data", *parts)))
-
-
-def data_dir() -> Path:
-    """The package's data folder (needles, references); nothing is ever written under it."""
-    return _packaged()
-
-
-def is_packaged(path: Path) -> bool:
-    """Whether `path` lies inside the package's data folder."""
-    return Path(path).resolve().is_relative_to(data_dir().resolve())
+# ---------------------------------------------------------------- package data (read-only, `package_data.py`)
 
 
 def needle_file(kind: str) -> Path:
     """The scoring needles of one kind (`retrieval`, `reasoning`)."""
-    return _packaged("needles", f"needles-{kind}.jsonl")
+    return packaged("needles", f"needles-{kind}.jsonl")
 
 
 def eval_needle_file(kind: str) -> Path:
     """The evaluation needles of one kind, disjoint from the scoring needles."""
-    return _packaged("needles", f"eval-needles-{kind}.jsonl")
+    return packaged("needles", f"eval-needles-{kind}.jsonl")
 
 
 def reference_file(model: str, name: str) -> Path:
     """A file of `model`'s packaged reference (it exists only for the embedded model)."""
-    return _packaged("reference", resolve_model(model).slug, name)
+    return packaged("reference", resolve_model(model).slug, name)
 
 
 def reference_probes(scores: Path, model: str) -> Path:

@@ -9,6 +9,8 @@ import shutil
 import pytest
 
 from headprof.cli import render
+from headprof.cli.progress import PlainProgress, bar, status
+from headprof.errors import HeadprofError
 
 from helpers import REFERENCE
 
@@ -92,7 +94,7 @@ class Clock:
 
 def test_plain_progress_prints_every_tenth_and_after_30_s_without_a_line():
     stream, clock = io.StringIO(), Clock()
-    with render.PlainProgress("scoring m", 20, stream, clock=clock) as progress:
+    with PlainProgress("scoring m", 20, stream, clock=clock) as progress:
         for _ in range(5):
             clock.now += 2.0
             progress.advance()
@@ -115,17 +117,17 @@ def test_plain_progress_prints_every_tenth_and_after_30_s_without_a_line():
 
 def test_plain_progress_of_a_step_without_a_count_is_silent_when_quick():
     stream, clock = io.StringIO(), Clock()
-    with render.PlainProgress("loading m", None, stream, clock=clock) as progress:
+    with PlainProgress("loading m", None, stream, clock=clock) as progress:
         clock.now = 10.0
         progress.tick()
     assert stream.getvalue() == ""
-    with render.PlainProgress("loading m", None, stream, clock=clock) as progress:
+    with PlainProgress("loading m", None, stream, clock=clock) as progress:
         clock.now += 3700.0
         progress.tick()
         clock.now += 5.0
     assert stream.getvalue() == "loading m: 1:01:40 elapsed\nloading m: done in 1:01:45\n"
     failed = io.StringIO()
-    with pytest.raises(OSError), render.PlainProgress("loading m", None, failed, clock=clock) as progress:
+    with pytest.raises(OSError), PlainProgress("loading m", None, failed, clock=clock) as progress:
         clock.now += 31.0
         progress.tick()
         raise OSError("no weights")
@@ -134,7 +136,7 @@ def test_plain_progress_of_a_step_without_a_count_is_silent_when_quick():
 
 def test_commands_get_plain_lines_on_a_stream_that_is_not_a_terminal():
     stream = io.StringIO()
-    with render.progress("evaluating", 3, stream=stream) as advance:
+    with bar("evaluating", 3, stream=stream) as advance:
         for _ in range(3):
             advance()
     assert [line.split(",")[0] for line in stream.getvalue().splitlines()] == [
@@ -142,6 +144,20 @@ def test_commands_get_plain_lines_on_a_stream_that_is_not_a_terminal():
         "evaluating: 2/3 (66%)",
         "evaluating: 3/3 (100%)",
     ]
-    with render.status("loading", stream=stream):
+    with status("loading", stream=stream):
         pass
     assert len(stream.getvalue().splitlines()) == 3
+
+
+def test_library_errors_name_parameters_and_the_cli_prints_their_flags():
+    from headprof.evaluation import EvalConfig
+
+    with pytest.raises(HeadprofError, match="`max_new_tokens` must be at least 1") as caught:
+        EvalConfig(("full",), (), max_new_tokens=0).validate()
+    assert render.with_flags(str(caught.value)) == "--max-new-tokens must be at least 1"
+    with pytest.raises(HeadprofError) as caught:
+        EvalConfig(("full",), (), sweep=False, batch_decode=True).validate()
+    assert render.with_flags(str(caught.value)).endswith("does not go with --per-config")
+    # text in backticks that is not a parameter stays as it is
+    text = "run `headprof probes build` first; `full` is a method"
+    assert render.with_flags(text) == text

@@ -10,8 +10,11 @@ import sys
 import pytest
 import torch
 
+from headprof import workspace
 from headprof.artifacts import load_scores
+from headprof.errors import HeadprofError
 from headprof.probes import write_probes
+from headprof.score_job import ScoreJob
 
 from helpers import PUBLISHED, REFERENCE, REPO
 
@@ -100,3 +103,13 @@ def test_import_allocate_export_round_trip_cli(cli, workdir):
     assert wrong.code == 1 and "outside" in wrong.stderr
     mismatch = cli("compare", "llama.safetensors", REFERENCE / "scores.safetensors")
     assert mismatch.code == 1 and "different architectures" in mismatch.stderr
+
+
+def test_a_score_job_plans_its_shard_and_output_before_any_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADPROF_WORKDIR", str(tmp_path))
+    job = ScoreJob.plan("smollm2-135m", REFERENCE / "probes.jsonl", "generate", "1/3", None)
+    assert job.wanted == list(range(1, len(job.probes), 3)) and job.shard_meta == {"shard": "1/3"}
+    assert job.target == workspace.scores_file("smollm2-135m", "generate", "1/3")
+    assert job.select == job.wanted  # one process: its rank scores the whole shard
+    with pytest.raises(HeadprofError, match=r"no probe set at .*or give `probes` FILE"):
+        ScoreJob.plan("smollm2-135m", None, "teacher", None, None)

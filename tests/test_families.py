@@ -21,9 +21,10 @@ from headprof.capture import CAPTURE_IMPL, AttentionCapture
 from headprof.errors import HeadprofError
 from headprof.models import LoadedModel, ModelSpec, info_from_config, weights_fingerprint
 from headprof.models.registry import attention_switched
+from headprof.probe_scores import r2_scores, step_stats
 from headprof.probes import build_probes, encode_probe
 from headprof.runtime import METHODS, cache_bytes, compressed
-from headprof.scoring import ScoreConfig, r2_scores, score_probe, score_probes, step_stats
+from headprof.scoring import ScoreConfig, score_probe, score_probes
 
 from families import (
     CAPTURED,

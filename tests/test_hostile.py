@@ -26,7 +26,7 @@ from headprof import __version__, fileio, validation
 from headprof.allocation import AllocConfig, allocate_artifact
 from headprof.artifacts import load_scores, save_alloc, save_scores
 from headprof.errors import HeadprofError, HeadprofWarning
-from headprof.models.spec import resolve_model, slugify
+from headprof.models.spec import checked_model_info, resolve_model, slugify
 
 from helpers import NEEDLES, REFERENCE
 
@@ -1046,7 +1046,7 @@ def test_ctrl_c_message_is_the_commands_own(cli, sandbox, monkeypatch, command, 
         "allocate": ["allocate", "--scores", "s.safetensors", "--budget", "128"],
     }[command]
     if command == "score":
-        monkeypatch.setattr("headprof.probes.load_probes", interrupt)
+        monkeypatch.setattr("headprof.score_job.load_probes", interrupt)
     result = cli(*args, cwd=sandbox)
     assert result.code == 130 and "interrupted: " in result.stderr and kept in result.stderr, result.stderr
 
@@ -1124,7 +1124,7 @@ def test_sliding_window_layers_are_not_budgeted_and_their_rows_checked():
         validation.budget_table(budgets, "budgets", (3, 2), 8, 1024, window_layers=[1])
     block = {"model_id": "m", "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "head_dim": 8, "max_context": 64}
     kinds = ["sliding_attention", "full_attention"]
-    assert validation.model_info({**block, "layer_types": kinds, "sliding_window": 16}, "a").window_layers == [0]
+    assert checked_model_info({**block, "layer_types": kinds, "sliding_window": 16}, "a").window_layers == [0]
     for bad, message in [
         ({"layer_types": "sliding"}, "layer_types must be a list"),
         ({"layer_types": kinds[:1]}, "layer_types has 1 entries"),
@@ -1132,7 +1132,7 @@ def test_sliding_window_layers_are_not_budgeted_and_their_rows_checked():
         ({"sliding_window": -1}, "sliding_window must be an integer"),
     ]:
         with pytest.raises(HeadprofError, match=message):
-            validation.model_info({**block, **bad}, "a")
+            checked_model_info({**block, **bad}, "a")
 
 
 def test_needle_span_on_template_tokens_is_refused():

@@ -11,7 +11,8 @@ from headprof.errors import HeadprofError
 from headprof.probes import encode_text
 from headprof.tasks import RulerConfig, generate_suite, read_task_file, resolve, write_task_file
 from headprof.tasks.prompts import render_row, token_counter
-from headprof.tasks.ruler import NOISE, RULER_TASKS, TokenCounter, TooShort, generate_task
+from headprof.tasks.ruler import TokenCounter, TooShort, generate_task
+from headprof.tasks.ruler_tasks import NOISE, RULER_TASKS
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from headprof.capture import AttentionCapture, attention_rows
 from headprof.errors import HeadprofError
 from headprof.heads import kv_view
 from headprof.metrics import token_f1
-from headprof.probes import copy_keys, encode_probe
-from headprof.scoring import (
+from headprof.probe_scores import (
     ScoreConfig,
     _Recorder,
     _strip_eos,
@@ -21,6 +20,7 @@ from headprof.scoring import (
     score_probe,
     step_stats,
 )
+from headprof.probes import copy_keys, encode_probe
 
 
 def _rows(spec: list[list[dict[int, float]]], length: int) -> torch.Tensor:

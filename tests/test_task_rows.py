@@ -10,6 +10,8 @@ from headprof.errors import HeadprofError
 from headprof.evaluation import items_from_rows, items_from_task
 from headprof.probes import encode_text
 from headprof.tasks import read_task_file
+from headprof.tasks.longbench import DATASET_MAXLEN, DATASET_PROMPT
+from headprof.tasks.metrics import DATASET_METRIC
 from headprof.tasks.prompts import render_row, unknown_dataset_notice
 from headprof.tasks.rows import TaskRow
 
@@ -75,6 +77,12 @@ def test_reading_accepts_longbench_rows(tmp_path):
     row = {"context": "c", "input": "q", "answers": ["a"], "_id": 7}
     with pytest.raises(HeadprofError, match="row id 7 twice"):
         read_task_file(_write(tmp_path, row, row))
+
+
+def test_every_longbench_dataset_has_a_prompt_an_answer_length_and_a_metric():
+    # the three tables are written apart (LB@2e00731 dataset2prompt, dataset2maxlen, dataset2metric): same keys
+    assert set(DATASET_PROMPT) == set(DATASET_MAXLEN) == set(DATASET_METRIC)
+    assert len(DATASET_PROMPT) >= 21
 
 
 def test_longbench_prompts(tokenizer):

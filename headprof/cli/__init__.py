@@ -1,9 +1,9 @@
 """The `headprof` command: a thin typer layer over the library. Errors are one line, never a traceback.
 
 Each command parses its options (`options.py`), calls the library, and hands what it got to
-`render.py`, the one module that prints. Command modules: `probes`, `score`, `allocate`, `show`,
-`run`, `evaluate` (eval, ablate), `check` (the score drift gate), `tasks` (tasks build, tasks list),
-`interop` (merge, import, export, compare).
+`render.py` (and `render_eval.py`), the modules that print; `progress.py` draws progress. Command
+modules: `probes`, `score`, `allocate`, `show`, `run`, `evaluate` (eval, ablate), `check` (the score
+drift gate), `tasks` (tasks build, tasks list), `interop` (merge, import, export, compare).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import common, render
+from headprof.cli import common, progress, render, render_eval
 from headprof.cli.options import DeviceOpt, Dtype, DtypeOpt, JsonOpt, Mode, ModelOpt, choice
 
 
@@ -50,13 +50,13 @@ def check(
     ref = load_scores(reference)
     probe_list = load_probes(probe_file)
     loaded = common.load(model, dtype.value, device)
-    with render.status(f"re-scoring {min(sample, len(ref.probe_ids))} probes ..."):
+    with progress.status(f"re-scoring {min(sample, len(ref.probe_ids))} probes ..."):
         report = check_scores(loaded, ref, probe_list, config, name=str(reference))
     if junit:
         write_junit(report, junit)
     if as_json:
         render.emit(report.to_dict() | ({"junit": str(junit)} if junit else {}))
     else:
-        render.check_report(report, junit)
+        render_eval.check_report(report, junit)
     if not report.passed:
         raise typer.Exit(1)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headprof.cli import render
+from headprof.cli import progress, render
 
 if TYPE_CHECKING:
     from headprof.artifacts import AllocArtifact, ScoreArtifact
@@ -19,7 +19,7 @@ def load(model: str, dtype: str = "auto", device: str = "auto", device_map: str 
     from headprof.models.loading import load_model, quiet_transformers
 
     quiet_transformers()
-    with render.status(f"loading {model}"):
+    with progress.status(f"loading {model}"):
         return load_model(model, dtype=dtype, device=device, device_map=device_map)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from headprof.cli import common, render
+from headprof.cli import common, progress, render, render_eval
 from headprof.cli.options import (
     GQA_MESSAGE,
     INTS,
@@ -29,72 +29,93 @@ from headprof.cli.options import (
 )
 from headprof.runtime.methods import METHODS
 
+if TYPE_CHECKING:
+    from headprof.artifacts import ScoreArtifact
+    from headprof.evaluation.run import EvalConfig
+    from headprof.probes import Probe
+    from headprof.tasks import TaskSource
+
 ALL_METHODS = ",".join(METHODS)  # registry order: the full cache first
+
+
+# eval's options (module-level, so that the command's signature stays a list of names).
+MethodsOpt = Annotated[str, typer.Option(metavar=f"<{ALL_METHODS.replace(',', '|')},...>", help="Methods.")]
+BudgetsOpt = Annotated[str, typer.Option(metavar=INTS, help="Per-head budgets (each above the window).")]
+EvalProbesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        metavar="<path>",
+        help="Evaluation probe JSONL (repeatable); default without --task: the model's eval-probes.jsonl.",
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="<ruler|ruler:TASK,...|path>",
+        help="ruler | ruler:TASK[,TASK] (generated RULER tasks) or a LongBench-layout JSONL file.",
+    ),
+]
+LengthsOpt = Annotated[str, typer.Option(metavar=INTS, help="RULER: lengths in tokens (prompt + answer).")]
+SamplesOpt = Annotated[int, typer.Option(help="RULER: samples per task and length.")]
+RulerSeedOpt = Annotated[int, typer.Option(help="RULER: generation seed.")]
+HaystackOpt = Annotated[
+    str, typer.Option(metavar="<builtin|path>", help="RULER essay haystack: 'builtin' or a text file / folder.")
+]
+MaxLengthOpt = Annotated[
+    int | None, typer.Option(help="Task files: prompt + answer limit in tokens (default: the model's window).")
+]
+EvalScoresOpt = Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")]
+GqaOpt = Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")]
+WindowOpt = Annotated[
+    int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
+]
+MaxNewTokensOpt = Annotated[
+    int | None, typer.Option(help="Answer length; default: the task's own (RULER, LongBench), 32 for probes.")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="Results cache; default: <workdir>/<model>/eval-cache.jsonl.")
+]
+EvalPngOpt = Annotated[Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")]
+ReportOpt = Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")]
+PerConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--per-config",
+        help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
+    ),
+]
+BatchDecodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch-decode",
+        help="Decode an item's compressed caches as one batch: faster; a greedy answer can differ at a "
+        "rounding-level tie from a run alone.",
+    ),
+]
 
 
 def eval_(
     model: ModelOpt = "smollm2-135m",
-    methods: Annotated[
-        str, typer.Option(metavar=f"<{ALL_METHODS.replace(',', '|')},...>", help="Methods.")
-    ] = ALL_METHODS,
-    budgets: Annotated[
-        str, typer.Option(metavar=INTS, help="Per-head budgets (each above the window).")
-    ] = "64,128,256,512",
-    probes: Annotated[
-        list[Path] | None,
-        typer.Option(
-            metavar="<path>",
-            help="Evaluation probe JSONL (repeatable); default without --task: the model's eval-probes.jsonl.",
-        ),
-    ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            metavar="<ruler|ruler:TASK,...|path>",
-            help="ruler | ruler:TASK[,TASK] (generated RULER tasks) or a LongBench-layout JSONL file.",
-        ),
-    ] = None,
-    lengths: Annotated[str, typer.Option(metavar=INTS, help="RULER: lengths in tokens (prompt + answer).")] = "1024",
-    samples: Annotated[int, typer.Option(help="RULER: samples per task and length.")] = 2,
-    seed: Annotated[int, typer.Option(help="RULER: generation seed.")] = 42,
-    haystack: Annotated[
-        str, typer.Option(metavar="<builtin|path>", help="RULER essay haystack: 'builtin' or a text file / folder.")
-    ] = "builtin",
-    max_length: Annotated[
-        int | None, typer.Option(help="Task files: prompt + answer limit in tokens (default: the model's window).")
-    ] = None,
-    scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")] = None,
-    gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")] = Gqa.kv,
-    window: Annotated[
-        int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
-    ] = 32,
+    methods: MethodsOpt = ALL_METHODS,
+    budgets: BudgetsOpt = "64,128,256,512",
+    probes: EvalProbesOpt = None,
+    task: TaskOpt = None,
+    lengths: LengthsOpt = "1024",
+    samples: SamplesOpt = 2,
+    seed: RulerSeedOpt = 42,
+    haystack: HaystackOpt = "builtin",
+    max_length: MaxLengthOpt = None,
+    scores: EvalScoresOpt = None,
+    gqa: GqaOpt = Gqa.kv,
+    window: WindowOpt = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Answer length; default: the task's own (RULER, LongBench), 32 for probes.")
-    ] = None,
-    cache_file: Annotated[
-        Path | None, typer.Option("--cache", help="Results cache; default: <workdir>/<model>/eval-cache.jsonl.")
-    ] = None,
-    png: Annotated[
-        Path | None, typer.Option(help="Accuracy-vs-KV-bytes plot; a needle heatmap goes next to it.")
-    ] = None,
-    report: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
-    per_config: Annotated[
-        bool,
-        typer.Option(
-            "--per-config",
-            help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
-        ),
-    ] = False,
-    batch_decode: Annotated[
-        bool,
-        typer.Option(
-            "--batch-decode",
-            help="Decode an item's compressed caches as one batch: faster; a greedy answer can differ at a "
-            "rounding-level tie from a run alone.",
-        ),
-    ] = False,
+    max_new_tokens: MaxNewTokensOpt = None,
+    cache_file: CacheOpt = None,
+    png: EvalPngOpt = None,
+    report: ReportOpt = None,
+    per_config: PerConfigOpt = False,
+    batch_decode: BatchDecodeOpt = False,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -103,52 +124,26 @@ def eval_(
     tasks are also scored with their own metric (RULER string match, each LongBench dataset's metric)."""
     from headprof import evaluation as E
     from headprof import workspace
-    from headprof.artifacts import load_scores
     from headprof.errors import HeadprofError
     from headprof.fileio import exclusive, write_text_atomic
     from headprof.tasks import RulerConfig, TaskSource
-    from headprof.validation import check_outputs, no_duplicates
+    from headprof.validation import no_duplicates
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     budget_list = tuple(numbers(budgets, "--budgets"))
     no_duplicates(method_list, "--methods")
     no_duplicates(budget_list, "--budgets")
+    answer_tokens = 32 if max_new_tokens is None else max_new_tokens
     config = E.EvalConfig(
-        method_list,
-        budget_list,
-        gqa.value,
-        window,
-        32 if max_new_tokens is None else max_new_tokens,
-        kernel,
-        pooling.value,
-        sweep=not per_config,
-        batch_decode=batch_decode,
+        method_list, budget_list, gqa.value, window, answer_tokens, kernel, pooling.value, not per_config, batch_decode
     )
     config.validate()
     if max_length is not None and max_length < 1:
         raise HeadprofError("--max-length must be a positive number of tokens")
     ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
     source = TaskSource.parse(task, ruler) if task else None
-    if source and source.ruler:  # lengths beyond the model's window fail now, not after it loads
-        from headprof.models.loading import model_info
-
-        source.ruler.validate(model_info(model).max_context)
-    probe_files = probes or ([] if task else [common.default_eval_probes(model)])
-    probe_list = E.read_inputs(probe_files)
-    default_scores = workspace.find_input(model, workspace.scores_file(model)).path
-    if not scores and ("headkv" in method_list or default_scores.is_file()):  # also checks needle overlap
-        scores = common.default_input(model, workspace.scores_file(model), "scores")
     cache_path = cache_file or workspace.eval_cache_file(model)
-    needles_png = E.needles_png_path(png) if png else None
-    check_outputs(
-        [("--cache", cache_path), ("--report", report), ("--png", png), ("the needle heatmap", needles_png)],
-        [*probe_files, *(source.inputs if source else ()), scores],
-    )
-    scores_art = load_scores(scores) if scores else None
-    if scores_art is not None:
-        E.check_disjoint(probe_list, scores_art)  # before the model loads
-    common.check_before_loading(model, budget_list, [("score artifact", scores_art)])
-    E.ResultCache.open(cache_path)  # an edited results cache is refused now, not after the model loads
+    probe_list, scores_art = _eval_inputs(model, config, source, probes, scores, cache_path, report, png)
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     rows: list = []
@@ -157,64 +152,98 @@ def eval_(
         for message in notices:
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list)
+    n_configs = len(config.configurations())
     total = len(items) * n_configs
     render.notice(
         f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "
         "ones are skipped); the time per item shows after the first (fewer: --methods, --budgets, --probes)"
     )
-    with exclusive(cache_path, "the results cache"), render.progress("evaluating", total) as advance:
+    with exclusive(cache_path, "the results cache"), progress.bar("evaluating", total) as advance:
         records = E.evaluate(loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance())
-    results = E.summarize(records)
-    payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
-    if png:
-        needles = E.write_figures(records, results, png, loaded.info.model_id)
-        payload["png"] = [str(png)] + ([str(needles)] if needles else [])
-    payload = render.finite(payload)  # the report is strict JSON too: a NaN after all that work is not a crash
+    payload = render.finite(E.eval_report(loaded.info.model_id, records, len(items), png))  # strict JSON too
     if report:
         write_text_atomic(report, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     if as_json:
         render.emit(payload)
         return
-    cells = E.result_cells(
-        results, method_list, budget_list, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"
-    )
-    render.accuracy_table(len(items), budget_list, cells)
-    if any("tasks" in r for r in results):
-        header, task_rows = E.task_cells(results, method_list, budget_list)
-        render.task_table(header, task_rows)
+    render_eval.eval_tables(len(items), payload["results"], method_list, budget_list)
     for written in [*payload.get("png", []), *([str(report)] if report else [])]:
         render.line(f"wrote {written}")
 
 
+def _eval_inputs(
+    model: str,
+    config: EvalConfig,
+    source: TaskSource | None,
+    probes: list[Path] | None,
+    scores: Path | None,
+    cache_path: Path,
+    report: Path | None,
+    png: Path | None,
+) -> tuple[list[Probe], ScoreArtifact | None]:
+    """Everything `eval` can refuse before the model loads: RULER lengths beyond its window, the probes (and
+    their needles against the scores'), the outputs, the budgets, an edited results cache; the probes and
+    the score artifact (default: the model's, when headkv needs it or it exists)."""
+    from headprof import evaluation as E
+    from headprof import workspace
+    from headprof.artifacts import load_scores
+    from headprof.validation import check_outputs
+
+    if source and source.ruler:
+        from headprof.models.loading import model_info
+
+        source.ruler.validate(model_info(model).max_context)
+    probe_files = probes or ([] if source else [common.default_eval_probes(model)])
+    probe_list = E.read_inputs(probe_files)
+    default_scores = workspace.find_input(model, workspace.scores_file(model)).path
+    if not scores and ("headkv" in config.methods or default_scores.is_file()):  # also checks needle overlap
+        scores = common.default_input(model, workspace.scores_file(model), "scores")
+    needles_png = E.needles_png_path(png) if png else None
+    check_outputs(
+        [("--cache", cache_path), ("--report", report), ("--png", png), ("the needle heatmap", needles_png)],
+        [*probe_files, *(source.inputs if source else ()), scores],
+    )
+    scores_art = load_scores(scores) if scores else None
+    if scores_art is not None:
+        E.check_disjoint(probe_list, scores_art)
+    common.check_before_loading(model, config.budgets, [("score artifact", scores_art)])
+    E.ResultCache.open(cache_path)
+    return probe_list, scores_art
+
+
+# ablate's options.
+AblateScoresOpt = Annotated[Path | None, typer.Option(help="Score artifact; default: the model's scores.")]
+AblateProbesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        metavar="<path>",
+        help="Probe JSONL to measure retrieval on (repeatable); default: the model's eval-probes.jsonl.",
+    ),
+]
+TopOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="<percent%|count,...>", help="Heads to mask, comma-separated: percents of all heads (5%) or counts."
+    ),
+]
+AblationOpt = Annotated[
+    Ablation, choice(Ablation, "unknown ablation '{value}' ({choices})", "mean: a masked head outputs its mean; zero.")
+]
+RankOpt = Annotated[ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score that ranks heads.")]
+CompareOpt = Annotated[
+    Path | None, typer.Option(help="Another score artifact (e.g. from another haystack) to rank-correlate with.")
+]
+
+
 def ablate(
     model: ModelOpt = "smollm2-135m",
-    scores: Annotated[Path | None, typer.Option(help="Score artifact; default: the model's scores.")] = None,
-    probes: Annotated[
-        list[Path] | None,
-        typer.Option(
-            metavar="<path>",
-            help="Probe JSONL to measure retrieval on (repeatable); default: the model's eval-probes.jsonl.",
-        ),
-    ] = None,
-    top: Annotated[
-        str,
-        typer.Option(
-            metavar="<percent%|count,...>",
-            help="Heads to mask, comma-separated: percents of all heads (5%) or counts.",
-        ),
-    ] = "1%,2%,5%,10%",
+    scores: AblateScoresOpt = None,
+    probes: AblateProbesOpt = None,
+    top: TopOpt = "1%,2%,5%,10%",
     random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 10,
-    ablation: Annotated[
-        Ablation,
-        choice(Ablation, "unknown ablation '{value}' ({choices})", "mean: a masked head outputs its mean; zero."),
-    ] = Ablation.mean,
-    method: Annotated[
-        ScoreMethod, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score that ranks heads.")
-    ] = ScoreMethod.r2,
-    compare: Annotated[
-        Path | None, typer.Option(help="Another score artifact (e.g. from another haystack) to rank-correlate with.")
-    ] = None,
+    ablation: AblationOpt = Ablation.mean,
+    method: RankOpt = ScoreMethod.r2,
+    compare: CompareOpt = None,
     png: Annotated[Path | None, typer.Option(help="Dose-response figure: accuracy against heads masked.")] = None,
     seed: int = 0,
     max_new_tokens: int = 32,
@@ -258,7 +287,7 @@ def ablate(
     items = [i for i in E.collect_items(loaded, probe_list, None, score_art, max_new_tokens) if i.kind == "retrieval"]
     if not items:
         raise HeadprofError("no retrieval probes to measure")
-    with render.progress("ablating", len(items) * A.passes(config)) as advance:
+    with progress.bar("ablating", len(items) * A.passes(config)) as advance:
         result = A.dose_response(loaded, score_art, items, config, on_item=advance)
     result["split_half"] = split_half
     if vs_compare is not None:
@@ -272,4 +301,4 @@ def ablate(
     if as_json:
         render.emit(result)
     else:
-        render.ablation(result, compare)
+        render_eval.ablation(result, compare)

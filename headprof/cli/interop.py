@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import render
+from headprof.cli import render, render_eval
 from headprof.cli.options import INTS, SCORE_METHOD_MESSAGE, Format, JsonOpt, ModelOpt, ScoreMethod, choice, numbers
 
 
@@ -128,4 +128,4 @@ def compare(
         payload = {"a": str(first), "b": str(second), "method_a": name_a, "method_b": name_b}
         render.emit({**payload, "spearman": rows[0]["spearman"], "top_k": top_k})
     else:
-        render.agreement_table(f"{first} ({name_a}) vs {second} ({name_b})", rows)
+        render_eval.agreement_table(f"{first} ({name_a}) vs {second} ({name_b})", rows)

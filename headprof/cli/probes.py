@@ -8,40 +8,46 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import render
+from headprof.cli import progress, render
 from headprof.cli.options import INTS, JsonOpt, Kind, ModelOpt, choice, numbers
+
+# build's options (module-level, so that the command's signature stays a list of names).
+LengthsOpt = Annotated[
+    str,
+    typer.Option(
+        metavar=INTS,
+        help="Longest prompt in tokens of the model's tokenizer: every prompt fits within it (whole haystack "
+        "sentences, sized for the longest needle and question, so most prompts are some 5-10% shorter).",
+    ),
+]
+DepthsOpt = Annotated[str, typer.Option(metavar="<percent,...>", help="Needle depths in percent of the haystack.")]
+NeedlesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(metavar="<path>", help="Needle JSONL file (repeatable); default: the packaged needles."),
+]
+EvalSetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--eval", help="The packaged evaluation needles (disjoint from the scoring ones); writes eval-probes.jsonl."
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, metavar="<int>", help="Only the first N needles of each kind (a quick trial).")
+]
+HaystackOpt = Annotated[
+    str, typer.Option(metavar="<builtin|path>", help="'builtin' (Python's own docs) or a text file / folder.")
+]
 
 
 def build(
     model: ModelOpt = "smollm2-135m",
     kind: Annotated[Kind, choice(Kind, "unknown kind '{value}' ({choices})", "Which needles.")] = Kind.both,
-    lengths: Annotated[
-        str,
-        typer.Option(
-            metavar=INTS,
-            help="Longest prompt in tokens of the model's tokenizer: every prompt fits within it (whole haystack "
-            "sentences, sized for the longest needle and question, so most prompts are some 5-10% shorter).",
-        ),
-    ] = "1024",
-    depths: Annotated[
-        str, typer.Option(metavar="<percent,...>", help="Needle depths in percent of the haystack.")
-    ] = "10,50,90",
-    needles: Annotated[
-        list[Path] | None,
-        typer.Option(metavar="<path>", help="Needle JSONL file (repeatable); default: the packaged needles."),
-    ] = None,
-    eval_set: Annotated[
-        bool,
-        typer.Option(
-            "--eval", help="The packaged evaluation needles (disjoint from the scoring ones); writes eval-probes.jsonl."
-        ),
-    ] = False,
-    limit: Annotated[
-        int | None, typer.Option(min=1, metavar="<int>", help="Only the first N needles of each kind (a quick trial).")
-    ] = None,
-    haystack: Annotated[
-        str, typer.Option(metavar="<builtin|path>", help="'builtin' (Python's own docs) or a text file / folder.")
-    ] = "builtin",
+    lengths: LengthsOpt = "1024",
+    depths: DepthsOpt = "10,50,90",
+    needles: NeedlesOpt = None,
+    eval_set: EvalSetOpt = False,
+    limit: LimitOpt = None,
+    haystack: HaystackOpt = "builtin",
     seed: int = 0,
     out_file: Annotated[
         Path | None,
@@ -69,10 +75,10 @@ def build(
     target = out_file or (workspace.eval_probe_file(model) if eval_set else workspace.probe_file(model))
     check_outputs([("--out", target)], [*(needles or []), None if haystack == "builtin" else Path(haystack)])
     quiet_transformers()
-    with render.status(f"loading the tokenizer of {model}"):
+    with progress.status(f"loading the tokenizer of {model}"):
         tokenizer, info = load_tokenizer(model)
     started = time.time()
-    with render.progress("building probes", len(needle_list) * len(lengths_list) * len(depths_list)) as advance:
+    with progress.bar("building probes", len(needle_list) * len(lengths_list) * len(depths_list)) as advance:
         probe_list = P.build_probes(
             needle_list,
             tokenizer,

@@ -1,9 +1,10 @@
-"""Everything the commands print, in one place and without logic: consoles, JSON, tables, progress.
+"""What the commands print, without logic: consoles, JSON, one-line messages, tables.
 
 Results go to stdout (one JSON object with `--json`); progress, notices and errors go to stderr. Both
 consoles have rich markup off: paths, model names, needle ids and answers are user text and print as
 they are (`[scores].safetensors` stays `[scores].safetensors`); styles are set with `Text`, never markup.
-Long steps show a rich bar on a terminal and plain progress lines otherwise (`PlainProgress`).
+Long steps show progress through `progress.py`; what `eval`, `ablate`, `check` and `compare` print is in
+`render_eval.py`. Library messages name parameters (`max_new_tokens`): `with_flags` names their flags.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
     import torch
 
     from headprof.allocation import BudgetSummary
-    from headprof.check import CheckReport
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -44,6 +41,32 @@ INTERRUPTED = {
     "eval": "finished results are in the results cache; rerun the same command to resume",
 }
 INTERRUPTED_DEFAULT = "nothing was written"
+# Library messages name a parameter in backticks (`max_new_tokens`): on the command line it is a flag.
+FLAGS = {
+    "batch_decode": "--batch-decode",
+    "bootstrap": "--bootstrap",
+    "budgets": "--budgets",
+    "gqa": "--gqa",
+    "k": "--k",
+    "lengths": "--lengths",
+    "max_new_tokens": "--max-new-tokens",
+    "max_row_diff": "--max-row-diff",
+    "min_spearman": "--min-spearman",
+    "min_topk": "--min-topk",
+    "probes": "--probes",
+    "sample": "--sample",
+    "samples": "--samples",
+    "shard": "--shard",
+    "splits": "--splits",
+    "sweep=False": "--per-config",
+    "task": "--task",
+    "workdir": "--workdir",
+}
+
+
+def with_flags(message: str) -> str:
+    """A library message as the CLI user reads it: each `parameter` in `FLAGS` named by its flag."""
+    return re.sub(r"`([^`\s]+)`", lambda m: FLAGS.get(m[1], m[0]), message)
 
 
 def printable(text: str) -> str:
@@ -83,12 +106,12 @@ def emit(payload: dict[str, Any]) -> None:
 
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
-    err.print(Text.assemble(("error:", "red"), " ", printable(message)), soft_wrap=True)
+    err.print(Text.assemble(("error:", "red"), " ", printable(with_flags(message))), soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """A warning that does not stop the command."""
-    err.print(Text.assemble(("notice:", "yellow"), " ", printable(message)), soft_wrap=True)
+    err.print(Text.assemble(("notice:", "yellow"), " ", printable(with_flags(message))), soft_wrap=True)
 
 
 def interrupted(command: str | None) -> None:
@@ -102,129 +125,6 @@ def help_text(text: str) -> None:
     sys.stdout.write(text.rstrip("\n") + "\n")
 
 
-# ---------------------------------------------------------------- progress
-
-
-def _clock(seconds: float) -> str:
-    """`m:ss`, or `h:mm:ss` from an hour on."""
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class PlainProgress:
-    """Progress as plain lines, for a stderr that is not a terminal (CI logs, `nohup`, a pipe).
-
-    With a total: `<what>: <done>/<total> (<pct>%), <elapsed> elapsed, eta <left>` whenever another tenth
-    is done and after `interval` seconds without a line. Without a total (loading a model): `<what>:
-    <elapsed> elapsed` every `interval` seconds, then a closing `done in` line if any was printed and the
-    step did not fail. Nothing is printed before the first tenth or the first interval, so a quick step
-    (or one that fails at once, whose error line must stand alone) stays silent. A daemon thread calls
-    `tick`, so a slow item still gets its line every `interval` seconds.
-    """
-
-    def __init__(
-        self,
-        description: str,
-        total: int | None,
-        stream: TextIO,
-        interval: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.description = description
-        self.total = total
-        self.stream = stream
-        self.interval = interval
-        self.clock = clock
-        self.done = 0
-        self.started = self.last_line = clock()
-        self.lines = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PlainProgress:
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.total is None and self.lines and exc_type is None:  # a failure ends with its error line instead
-            self._write(f"{self.description}: done in {_clock(self.clock() - self.started)}")
-
-    def advance(self, steps: int = 1) -> None:
-        """`steps` more items done; a line when this crosses a tenth of the total (or finishes it)."""
-        with self._lock:
-            before, self.done = self.done, self.done + steps
-            if self.total and (self.done * 10 // self.total > before * 10 // self.total):
-                self._write()
-
-    def tick(self) -> None:
-        """A line if `interval` seconds went by without one."""
-        with self._lock:
-            if self.clock() - self.last_line >= self.interval:
-                self._write()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(min(self.interval, 1.0)):
-            self.tick()
-
-    def _write(self, text: str | None = None) -> None:
-        now = self.clock()
-        elapsed = now - self.started
-        if text is None and self.total is None:
-            text = f"{self.description}: {_clock(elapsed)} elapsed"
-        elif text is None:
-            total = max(self.total or 0, 1)
-            eta = _clock(elapsed / self.done * (total - self.done)) if self.done else "-"
-            text = (
-                f"{self.description}: {self.done}/{self.total} ({self.done * 100 // total}%), "
-                f"{_clock(elapsed)} elapsed, eta {eta}"
-            )
-        self.stream.write(text + "\n")
-        self.stream.flush()
-        self.last_line, self.lines = now, self.lines + 1
-
-
-def _terminal(stream: TextIO | None) -> bool:
-    """A rich bar or spinner only on the console's own terminal; any other stream gets plain lines."""
-    return stream is None and err.is_terminal
-
-
-@contextmanager
-def progress(description: str, total: int, stream: TextIO | None = None) -> Iterator[Callable[[], None]]:
-    """A long step of `total` items on stderr (or `stream`); yields the function to call once per item."""
-    if _terminal(stream):
-        columns = (
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err, transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda: bar.advance(task)
-        return
-    with PlainProgress(description, total, stream or sys.stderr) as plain:
-        yield plain.advance
-
-
-@contextmanager
-def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
-    """A step without a count (loading a model): a spinner on a terminal, else a line every 30 s."""
-    if _terminal(stream):
-        with err.status(Text(f"{message} ...")):
-            yield
-        return
-    with PlainProgress(message, None, stream or sys.stderr):
-        yield
-
-
 def line(text: str) -> None:
     """One line of plain output."""
     out.print(printable(text))
@@ -235,9 +135,10 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def _table(
+def titled_table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[str | Text]], justify: str = "left", **kw: Any
 ) -> None:
+    """A table of `rows` under `title`, every column justified alike, on stdout."""
     table = Table(title=title, **kw)
     for column in columns:
         table.add_column(column, justify=justify)
@@ -262,10 +163,10 @@ def probe_counts(mode: str | None, counts: dict[str, dict[str, int]]) -> None:
         rows = [
             (kind, str(c["total"]), str(c.get("right", c["counted"])), str(c["counted"])) for kind, c in counts.items()
         ]
-        _table(f"probes ({mode} mode)", ("kind", "total", "right", "counted"), rows, justify="right")
+        titled_table(f"probes ({mode} mode)", ("kind", "total", "right", "counted"), rows, justify="right")
     else:
         rows = [(kind, str(c["total"]), str(c["counted"])) for kind, c in counts.items()]
-        _table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows, justify="right")
+        titled_table(f"probes ({mode} mode)", ("kind", "total", "counted"), rows, justify="right")
 
 
 def reliability(method: str, report: dict[str, Any]) -> None:
@@ -280,7 +181,9 @@ def reliability(method: str, report: dict[str, Any]) -> None:
             f"top {method} heads: bootstrap {boot['level']:.0%} interval over {boot['samples']} needle resamples, "
             f"share of resamples in the top {boot['top_k']}"
         )
-        _table(title, ("rank", "layer", "head", "score", "interval", f"top-{boot['top_k']}"), rows, justify="right")
+        titled_table(
+            title, ("rank", "layer", "head", "score", "interval", f"top-{boot['top_k']}"), rows, justify="right"
+        )
     elif report.get("bootstrap_reason"):
         out.print(f"bootstrap intervals of {method}: not available ({report['bootstrap_reason']})")
     half = report.get("split_half")
@@ -296,21 +199,16 @@ def reliability(method: str, report: dict[str, Any]) -> None:
     )
 
 
-def scores_written(
-    mode: str | None,
-    counts: dict[str, dict[str, int]],
-    method: str,
-    reports: dict[str, dict[str, Any]],
-    target: Path,
-    seconds: float,
-) -> None:
-    """`score`: probes counted per kind, the top heads with their intervals, agreement, where the artifact went."""
-    probe_counts(mode, counts)
+def scores_written(report: dict[str, Any]) -> None:
+    """`score` (`score_job.score_report`): probes counted per kind, the top heads with their intervals,
+    agreement, where the artifact went."""
+    probe_counts(report["mode"], report["per_kind"])
+    method, reports = report["method"], report["reliability"]
     reliability(method, reports[method])
-    for other, report in reports.items():
+    for other, other_report in reports.items():
         if other != method:
-            reliability(other, {**report, "top_heads": []})
-    out.print(f"wrote {target} in {seconds:.1f} s")
+            reliability(other, {**other_report, "top_heads": []})
+    out.print(f"wrote {report['artifact']} in {report['seconds']:.1f} s")
 
 
 def budgets_written(target: Path, summary: BudgetSummary) -> None:
@@ -323,7 +221,7 @@ def budgets_written(target: Path, summary: BudgetSummary) -> None:
         for layer, (low, mid, high) in enumerate(s.layers)
     ]
     title = f"{s.policy} budgets (B={s.budget}, w={s.window}, gqa={s.gqa})"
-    _table(title, ("layer", "min", "median", "max"), rows, justify="right")
+    titled_table(title, ("layer", "min", "median", "max"), rows, justify="right")
     layout_other = "query-head" if s.gqa == "kv" else "KV-head"
     out.print(
         f"total {s.total} entries ({s.heads} heads x {s.budget}); {s.at_floor:.0%} of heads at the floor ({s.floor})"
@@ -360,7 +258,7 @@ def head_table(
         (str(rank), str(layer), str(head), f"{value:.0f}" if budgets else f"{value:.4f}")
         for rank, (layer, head, value) in enumerate(top, 1)
     ]
-    _table(f"top {k} heads", ("rank", "layer", "head", "budget" if budgets else "score"), rows, justify="right")
+    titled_table(f"top {k} heads", ("rank", "layer", "head", "budget" if budgets else "score"), rows, justify="right")
     out.print(_heatmap(values, layers))
     low, high = float(values.min()), float(values.max())
     number = "{:.0f}" if budgets else "{:.4f}"
@@ -406,29 +304,6 @@ def answer(title: str, payload: dict[str, Any]) -> None:
     out.print(table)
 
 
-def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence[str]]) -> None:
-    """`eval`: accuracy / KV MiB per method (rows) and budget (columns)."""
-    title = f"accuracy (exact match) / KV MiB, {n_items} items"
-    table = Table(title=title)
-    table.add_column("method")
-    for budget in budgets:
-        table.add_column(f"B={budget}", justify="right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
-def task_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """`eval` on tasks: each task's own metric in percent (rows: task x length; columns: method budget)."""
-    table = Table(title="task scores (%, each task's own metric)")
-    table.add_column(header[0])
-    for column in header[1:]:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
 def task_rows_written(target: Path, count: int, per_task: dict[str, int], skipped: Sequence[str]) -> None:
     """`tasks build`: what was written, and what did not fit."""
     for message in skipped:
@@ -440,81 +315,4 @@ def task_rows_written(target: Path, count: int, per_task: dict[str, int], skippe
 def task_registry(rows: Sequence[dict[str, Any]]) -> None:
     """`tasks list`: every task, its metric and answer length."""
     cells = [(r["suite"], r["task"], r["metric"], str(r["max_new_tokens"]), r["description"]) for r in rows]
-    _table("tasks", ("suite", "task", "metric", "max new tokens", "what"), cells)
-
-
-def ablation(result: dict[str, Any], compare: Path | None) -> None:
-    """`ablate`: the dose-response table (top-k vs matched random k masked), split-half agreement."""
-    title = (
-        f"retrieval accuracy, {result['n_items']} probes, heads {result['ablation']}-ablated "
-        f"(nothing masked: {result['baseline']:.2f}); random: {result['trials']} sets per k, matched per layer"
-    )
-    rows = [
-        (
-            f"{r['k']} ({r['share']:.0%})",
-            f"{r['top']:.2f}",
-            f"{r['random_mean']:.2f} ± {r['random_sd']:.2f}",
-            f"{r['random_min']:.2f} - {r['random_max']:.2f}",
-            f"{r['random_at_or_below_top']}/{len(r['random'])}",
-        )
-        for r in result["rows"]
-    ]
-    columns = (
-        "heads masked",
-        f"top k by {result['method']}",
-        "random k mean ± sd",
-        "random min - max",
-        "random <= top",
-    )
-    _table(title, columns, rows, justify="right")
-    half = result.get("split_half")
-    if half:
-        out.print(
-            f"split-half agreement of {result['method']} ({half['splits']} splits): Spearman median "
-            f"{half['spearman_median']:.3f}, 5th percentile {half['spearman_p5']:.3f}"
-        )
-    if compare:
-        other = result["vs_compare"]
-        out.print(f"vs {compare}: Spearman {other['spearman']:.3f}, top-10 overlap {other['top10_overlap']:.0%}")
-    if result.get("png"):
-        out.print(f"wrote {result['png']}")
-
-
-def agreement_table(title: str, rows: Sequence[dict[str, Any]]) -> None:
-    """`compare`: top-k overlap per k, Spearman over all heads."""
-    cells = [(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}") for r in rows]
-    _table(title, ("top-k", "overlap", "Spearman (all heads)"), cells, justify="right")
-
-
-def check_report(report: CheckReport, junit: Path | None) -> None:
-    """`check`: one row per comparison, the heads that moved most when something failed, the verdict."""
-    for text in report.notices:
-        notice(text)
-    rows = [
-        (
-            case.name,
-            Text("pass", style="green") if case.passed else Text("DRIFT", style="red"),
-            f"{case.value:.4g}",
-            f"{case.limit:g}",
-        )
-        for case in report.cases
-    ]
-    title = f"{report.reference} vs {report.model}, {report.mode} mode, {len(report.probes)} probes re-scored"
-    _table(title, ("check", "result", "value", "limit"), rows)
-    if not report.passed:
-        moved = [
-            (
-                m["score"],
-                f"L{m['layer']}H{m['head']}",
-                f"{m['reference']:.4f}",
-                f"{m['fresh']:.4f}",
-                f"{m['diff']:+.4f}",
-                f"{m['rank_reference']} -> {m['rank_fresh']}",
-            )
-            for m in report.moved
-        ]
-        _table("heads that moved most (sample means)", ("score", "head", "reference", "now", "change", "rank"), moved)
-    if junit:
-        out.print(f"wrote {junit}")
-    verdict = Text("scores stable", style="green") if report.passed else Text("scores drifted", style="red")
-    out.print(Text.assemble(verdict, f" ({report.seconds:.1f} s)"))
+    titled_table("tasks", ("suite", "task", "metric", "max new tokens", "what"), cells)

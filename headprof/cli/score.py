@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from headprof.cli import common, render
+from headprof.cli import common, progress, render
 from headprof.cli.options import (
     SCORE_METHOD_MESSAGE,
     BootstrapOpt,
@@ -26,9 +26,6 @@ from headprof.cli.options import (
     SplitsOpt,
     choice,
 )
-
-if TYPE_CHECKING:
-    from headprof.artifacts import ScoreArtifact
 
 
 def score(
@@ -78,79 +75,27 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on the probes with attention capture and write per-head scores."""
-    from headprof import distributed, scoring, validation, workspace
-    from headprof import probes as P
-    from headprof.artifacts import save_scores
-    from headprof.errors import HeadprofError
-    from headprof.fileio import exclusive
+    from headprof import scoring, validation
+    from headprof.score_job import ScoreJob, score_report
     from headprof.validation import check_outputs
 
     methods = ("retrieval", "r2") if method is ScoreMethods.both else (method.value,)
     config = scoring.ScoreConfig(methods, mode.value, span.value, criterion.value)
     config.validate()
     validation.resampling(splits, bootstrap)
-    source = probes or workspace.probe_file(model)
-    if probes is None and not source.is_file():
-        raise HeadprofError(f"no probe set at {source}: run `headprof probes build` first, or give --probes FILE")
-    probe_list = P.load_probes(source)
-    select, shard_meta = distributed.shard_indices(len(probe_list), shard)
-    target = out_file or workspace.scores_file(model, mode.value, shard_meta.get("shard"))
-    check_outputs([("--out", target)], [source])
-    world = distributed.World.from_env()
-    wanted, select = select, world.split(select)
-    checkpoint = world.checkpoint(target)
-    with exclusive(checkpoint, "the scores"):
-        loaded = common.load(model, dtype.value, world.device(device), device_map)
-        common.warn_foreign_probes(probe_list, loaded.spec.name)
+    job = ScoreJob.plan(model, probes, mode.value, shard, out_file)
+    check_outputs([("--out", job.target)], [job.source])
+    with job.held():
+        loaded = common.load(model, dtype.value, job.world.device(device), device_map)
+        common.warn_foreign_probes(job.probes, loaded.spec.name)
         started = time.time()
-        with render.progress(f"scoring {loaded.spec.name}", len(select)) as advance:
-            art = scoring.score_probes(
-                loaded,
-                probe_list,
-                config,
-                select=select,
-                checkpoint=checkpoint,
-                on_probe=lambda _r: advance(),
-                extra_meta=shard_meta,
-            )
-        art = world.gather(art, wanted)
+        with progress.bar(f"scoring {loaded.spec.name}", len(job.select)) as advance:
+            art = job.score(loaded, config, on_probe=lambda _r: advance())
         seconds = time.time() - started
-        world.close()
-        if not world.is_main:
-            return
-        save_scores(target, art)
-        scoring.remove_checkpoints(target)
-    _report(art, target, seconds, (splits, bootstrap, seed), as_json)
-
-
-def _report(art: ScoreArtifact, target: Path, seconds: float, resampling: tuple[int, int, int], as_json: bool) -> None:
-    """Probes counted per kind, the top heads of the main score with bootstrap intervals, split-half agreement."""
-    from headprof.heads import top_heads
-    from headprof.reliability import artifact_reliability
-
-    counts = art.counts()
-    method = art.default_method
-    top = top_heads(art.scores(method), 10)
-    reliability = artifact_reliability(art, *resampling)
-    if not as_json:
-        render.scores_written(art.meta.get("mode"), counts, method, reliability, target, seconds)
+    if art is None:  # another rank's: rank 0 wrote the artifact
         return
-    render.emit(
-        {
-            "artifact": str(target),
-            "probes_total": sum(c["total"] for c in counts.values()),
-            "probes_counted": sum(c["counted"] for c in counts.values()),
-            "per_kind": counts,
-            "mode": art.meta.get("mode"),
-            "span": art.meta.get("params", {}).get("span"),
-            "seconds": round(seconds, 2),
-            "method": method,
-            "top_heads": top,
-            "reliability": {m: _without_values(r) for m, r in reliability.items()},
-        }
-    )
-
-
-def _without_values(report: dict) -> dict:
-    """The reliability report without the per-split values (they are for figures)."""
-    return {key: value for key, value in report.items() if key != "split_half_values"}
+    report = score_report(art, job.target, seconds, (splits, bootstrap, seed))
+    if as_json:
+        render.emit(report)
+    else:
+        render.scores_written(report)

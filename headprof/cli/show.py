@@ -21,25 +21,30 @@ from headprof.cli.options import (
     choice,
 )
 
+# show's options (module-level, so that the command's signature stays a list of names).
+ArtifactArg = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="ARTIFACT",
+        help="A score or allocation artifact; default: the workspace's scores of --model, else its packaged ones.",
+    ),
+]
+ShownMethodOpt = Annotated[
+    ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score to show (default: r2 if present).")
+]
+ShowPngOpt = Annotated[
+    Path | None,
+    typer.Option(help="Also write a heatmap (layers x heads); score artifacts: <png>-reliability.png too."),
+]
+
 
 def show(
-    artifact: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="ARTIFACT",
-            help="A score or allocation artifact; default: the workspace's scores of --model, else its packaged ones.",
-        ),
-    ] = None,
+    artifact: ArtifactArg = None,
     model: ModelOpt = "smollm2-135m",
-    method: Annotated[
-        ScoreMethod | None, choice(ScoreMethod, SCORE_METHOD_MESSAGE, "Score to show (default: r2 if present).")
-    ] = None,
+    method: ShownMethodOpt = None,
     top: Annotated[int, typer.Option(help="Rows in the top-heads table.")] = 10,
     gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "query, or kv: sum over each KV group.")] = Gqa.query,
-    png: Annotated[
-        Path | None,
-        typer.Option(help="Also write a heatmap (layers x heads); score artifacts: <png>-reliability.png too."),
-    ] = None,
+    png: ShowPngOpt = None,
     splits: SplitsOpt = 200,
     bootstrap: BootstrapOpt = 1000,
     seed: SeedOpt = 0,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from headprof.cli import render
+from headprof.cli import progress, render
 from headprof.cli.options import INTS, JsonOpt, ModelOpt, numbers
 
 
@@ -46,13 +46,20 @@ def build(
     out_file = out_file or workspace.model_dir(model) / "tasks.jsonl"
     check_outputs([("--out", out_file)], source.inputs)
     quiet_transformers()
-    with render.status(f"loading the tokenizer of {model} ..."):
+    with progress.status(f"loading the tokenizer of {model} ..."):
         tokenizer, info = load_tokenizer(model)
     rows, skipped = source.load(tokenizer, info.max_context)
     write_task_file(out_file, rows)
     per_task = {name: sum(r.dataset == name for r in rows) for name in dict.fromkeys(r.dataset for r in rows)}
     if as_json:
-        render.emit({"tasks": str(out_file), "count": len(rows), "per_task": per_task, "skipped": skipped})
+        render.emit(
+            {
+                "tasks": str(out_file),
+                "count": len(rows),
+                "per_task": per_task,
+                "skipped": [render.with_flags(m) for m in skipped],
+            }
+        )
     else:
         render.task_rows_written(out_file, len(rows), per_task, skipped)
 

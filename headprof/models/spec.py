@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headprof.errors import HeadprofError
+from headprof.validation import MAX_CONTEXT, MAX_HEADS, int_field, string_list
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -224,8 +225,6 @@ def layer_kinds(config: PretrainedConfig) -> tuple[list[str], list[int]]:
 
 def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str = "") -> ModelInfo:
     """`ModelInfo` from a transformers config (multimodal configs: their text part)."""
-    from headprof import validation
-
     text = _text_config(config)
     n_heads, n_layers = text.num_attention_heads, getattr(text, "num_hidden_layers", None)
     if any(type(n) is not int or n < 1 for n in (n_heads, n_layers)):  # before dividing by one, reading the other
@@ -247,9 +246,36 @@ def info_from_config(config: PretrainedConfig, model_id: str, fingerprint: str =
         layer_types=tuple(types) if bounded else (),
         sliding_window=bounded[0] if bounded else 0,
     )
-    return validation.model_info(
-        dict(info.to_dict(), layer_types=list(info.layer_types)), f"the config of '{model_id}'"
-    )
+    return checked_model_info(dict(info.to_dict(), layer_types=list(info.layer_types)), f"the config of '{model_id}'")
+
+
+def checked_model_info(value: Any, what: str) -> ModelInfo:
+    """The `model` block of an artifact header (or a config's numbers): a model id and positive integer shape
+    numbers, each field of its type and in range (`validation` checks the numbers)."""
+    if not isinstance(value, dict):
+        raise HeadprofError(f"{what}: the model description must be an object")
+    if not isinstance(value.get("layer_types", []), list):
+        raise HeadprofError(f"{what}: model layer_types must be a list of strings")
+    try:
+        info = ModelInfo(**value)
+    except TypeError as exc:
+        raise HeadprofError(f"{what}: bad model description ({exc})") from None
+    if not isinstance(info.model_id, str) or not isinstance(info.fingerprint, str):
+        raise HeadprofError(f"{what}: model id and fingerprint must be strings")
+    for name in ("n_layers", "n_heads", "n_kv_heads", "head_dim"):
+        int_field(getattr(info, name), f"{what}: model {name}", 1, MAX_HEADS)
+    int_field(info.max_context, f"{what}: model max_context", 0, MAX_CONTEXT)
+    int_field(info.sliding_window, f"{what}: model sliding_window", 0, MAX_CONTEXT)
+    if info.layer_types:
+        string_list(list(info.layer_types), f"{what}: model layer_types", info.n_layers)
+    if info.window_layers and info.sliding_window < 1:
+        raise HeadprofError(
+            f"{what}: layers {info.window_layers} are sliding-window layers, but the window is "
+            f"{info.sliding_window} (a window holds at least 1 position)"
+        )
+    if info.n_heads % info.n_kv_heads:
+        raise HeadprofError(f"{what}: {info.n_heads} query heads do not group into {info.n_kv_heads} KV heads")
+    return info
 
 
 def check_supported(config: PretrainedConfig, name: str, *, runtime: bool = False) -> None:

@@ -18,7 +18,8 @@ from headprof.errors import HeadprofError
 from headprof.tasks.longbench import DATASET_MAXLEN
 from headprof.tasks.metrics import DATASET_METRIC
 from headprof.tasks.rows import TaskRow, read_task_file, write_task_file
-from headprof.tasks.ruler import RULER_QA, RULER_TASKS, RulerConfig, generate_suite, resolve
+from headprof.tasks.ruler import RulerConfig, generate_suite, resolve
+from headprof.tasks.ruler_tasks import RULER_QA, RULER_TASKS
 
 __all__ = [
     "TaskRow",
@@ -86,7 +87,7 @@ class TaskSource:
     def parse(cls, spec: str, config: RulerConfig | None = None) -> TaskSource:
         """`ruler`, `ruler:TASK[,TASK]` (generated with `config`'s lengths, samples, seed, haystack) or a file."""
         if not spec or not spec.strip():
-            raise HeadprofError("--task needs ruler, ruler:TASK[,TASK] or a task file")
+            raise HeadprofError("`task` needs ruler, ruler:TASK[,TASK] or a task file")
         if is_ruler_spec(spec):
             chosen = replace(config or RulerConfig(), tasks=tuple(resolve(spec)))
             chosen.validate()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from headprof.tasks.metrics import DATASET_METRIC
-
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -134,8 +132,6 @@ DATASET_MAXLEN: dict[str, int] = {
 
 # LB@2e00731 LongBench/pred.py: "chat models are better off without build prompts on these tasks".
 RAW_COMPLETION = frozenset({"trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"})
-
-assert set(DATASET_PROMPT) == set(DATASET_MAXLEN) == set(DATASET_METRIC)
 
 
 def canonical_dataset(name: str) -> str | None:

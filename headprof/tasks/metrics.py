@@ -58,7 +58,7 @@ def _ruler_mean(
     one: Callable[[str, Sequence[str]], float], predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> float:
     if len(predictions) != len(references) or not predictions:
-        raise ValueError("need one reference list per prediction, and at least one prediction")
+        raise HeadprofError("need one reference list per prediction, and at least one prediction")
     return round(sum(one(p, r) for p, r in zip(predictions, references)) / len(predictions) * 100, 2)
 
 
@@ -317,7 +317,7 @@ def longbench_score(
     if dataset not in DATASET_METRIC:
         raise HeadprofError(f"unknown LongBench dataset '{dataset}'")
     if len(predictions) != len(answers) or not predictions:
-        raise ValueError("need one answer list per prediction, and at least one prediction")
+        raise HeadprofError("need one answer list per prediction, and at least one prediction")
     total = sum(
         longbench_sample_score(DATASET_METRIC[dataset], p, a, all_classes, dataset in FIRST_LINE_DATASETS)
         for p, a in zip(predictions, answers)

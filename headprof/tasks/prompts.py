@@ -28,7 +28,8 @@ from headprof.probes import encode_text, render_prompt
 from headprof.tasks import longbench as LB
 from headprof.tasks import metrics as M
 from headprof.tasks.rows import TaskRow
-from headprof.tasks.ruler import RULER_TASKS, TokenCounter
+from headprof.tasks.ruler import TokenCounter
+from headprof.tasks.ruler_tasks import RULER_TASKS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

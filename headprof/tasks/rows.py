@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from headprof.errors import HeadprofError
-from headprof.fileio import atomic_path, jsonl_line, read_lines
-from headprof.validation import is_text
+from headprof.fileio import atomic_path, jsonl_line
+from headprof.validation import is_text, read_lines
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class TaskRow:
 
 def _text(value: str, name: str) -> str:
     if not is_text(value):
-        raise ValueError(f"'{name}' holds a lone surrogate, not text")
+        raise HeadprofError(f"'{name}' holds a lone surrogate, not text")
     return value
 
 
@@ -67,7 +67,7 @@ def _optional_text(data: dict[str, Any], name: str, default: str) -> str:
     """An optional string field: `default` when absent or empty, else checked text."""
     value = data.get(name) or default
     if not isinstance(value, str):
-        raise ValueError(f"'{name}' must be a string")
+        raise HeadprofError(f"'{name}' must be a string")
     return _text(value, name)
 
 
@@ -84,25 +84,25 @@ def _string_list(value: Any, name: str, allow_numbers: bool) -> tuple[str, ...]:
         or any(isinstance(v, float) and not math.isfinite(v) for v in value)
     ):
         kinds = "strings or numbers" if allow_numbers else "strings"
-        raise ValueError(f"'{name}' must be a non-empty list of {kinds}, got {json.dumps(value)[:60]}")
+        raise HeadprofError(f"'{name}' must be a non-empty list of {kinds}, got {json.dumps(value)[:60]}")
     texts = tuple(_text(str(v), name) for v in value)
     if not all(t.strip() for t in texts):
-        raise ValueError(f"'{name}' holds an empty string")
+        raise HeadprofError(f"'{name}' holds an empty string")
     return texts
 
 
 def row_from_json(data: Any, default_id: str) -> TaskRow:
-    """Validate one parsed JSON row; a problem raises ValueError naming the field."""
+    """Validate one parsed JSON row; a problem raises HeadprofError naming the field."""
     if not isinstance(data, dict):
-        raise ValueError("expected a JSON object")
+        raise HeadprofError("expected a JSON object")
     missing = [key for key in ("context", "input", "answers") if key not in data]
     if missing:
-        raise ValueError(f"needs context, input, answers (missing {', '.join(missing)})")
+        raise HeadprofError(f"needs context, input, answers (missing {', '.join(missing)})")
     context, question = data["context"], data["input"]
     if not isinstance(context, str) or not context.strip():
-        raise ValueError("'context' must be a non-empty string")
+        raise HeadprofError("'context' must be a non-empty string")
     if not isinstance(question, str):
-        raise ValueError("'input' must be a string (\"\" when the task has no question)")
+        raise HeadprofError("'input' must be a string (\"\" when the task has no question)")
     _text(context, "context")
     _text(question, "input")
     answers = _string_list(data["answers"], "answers", allow_numbers=True)
@@ -111,15 +111,15 @@ def row_from_json(data: Any, default_id: str) -> TaskRow:
     dataset = _optional_text(data, "dataset", "")
     length = data.get("length")
     if length is not None and (type(length) is not int or length < 0):
-        raise ValueError("'length' must be a non-negative integer")
+        raise HeadprofError("'length' must be a non-negative integer")
     prefix = _optional_text(data, "answer_prefix", "")
     limit = data.get("max_new_tokens")
     if limit is not None and (type(limit) is not int or limit < 1):
-        raise ValueError("'max_new_tokens' must be a positive integer")
+        raise HeadprofError("'max_new_tokens' must be a positive integer")
     language = _optional_text(data, "language", "en")
     row_id = data.get("_id", data.get("id"))
     if row_id is not None and type(row_id) not in (str, int):
-        raise ValueError("'_id' must be a string or an integer")
+        raise HeadprofError("'_id' must be a string or an integer")
     if isinstance(row_id, str):
         _text(row_id, "_id")
     return TaskRow(
@@ -150,7 +150,7 @@ def read_task_file(path: str | Path) -> list[TaskRow]:
             raise HeadprofError(f"task file {path} line {lineno}: not valid JSON ({exc.msg})") from None
         except RecursionError:
             raise HeadprofError(f"task file {path} line {lineno}: nested too deeply to read") from None
-        except ValueError as exc:
+        except HeadprofError as exc:
             raise HeadprofError(f"task file {path} line {lineno}: {exc}") from None
     if not rows:
         raise HeadprofError(f"task file {path} has no rows")

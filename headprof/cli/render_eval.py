@@ -1,0 +1,170 @@
+"""What `eval`, `ablate`, `check` and `compare` print: result tables, task scores, dose-response, the drift gate.
+
+The consoles and the one-line messages are `render.py`'s; like it, this module holds no logic beyond laying
+results out (the table cells of `eval` included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+
+from headprof.cli.render import notice, out, titled_table
+
+if TYPE_CHECKING:
+    from headprof.check import CheckReport
+
+
+def result_cells(
+    results: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    cell: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
+    """Rows `[method, cell(B1), cell(B2), ...]`; the full cache has one result, shown under every budget."""
+    by = {(r["method"], r["budget"]): r for r in results}
+    rows = []
+    for method in methods:
+        found = [by.get((method, None if method == "full" else b)) for b in budgets]
+        rows.append([method] + [cell(r) if r else "-" for r in found])
+    return rows
+
+
+def task_cells(
+    results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
+) -> tuple[list[str], list[list[str]]]:
+    """Task scores as a table: one row per task (x length for RULER, as RULER reports per length), one
+    column per method x budget, a last row with each column's mean; "-" where a task has no result."""
+    by = {(r["method"], r["budget"]): r for r in results}
+    configs = [
+        (method, budget)
+        for method in methods
+        for budget in ((None,) if method == "full" else budgets)
+        if "tasks" in by.get((method, budget), {})
+    ]
+    keys = list(dict.fromkeys((t["task"], t["length"]) for c in configs for t in by[c]["tasks"]))
+    scores = {c: {(t["task"], t["length"]): t["score"] for t in by[c]["tasks"]} for c in configs}
+    rows = [
+        [task + (f" @{length}" if length else "")]
+        + [f"{scores[c][(task, length)]:.1f}" if (task, length) in scores[c] else "-" for c in configs]
+        for task, length in keys
+    ]
+    rows.append(["mean"] + [f"{by[c]['score']:.1f}" for c in configs])
+    header = ["task"] + [method if budget is None else f"{method} {budget}" for method, budget in configs]
+    return header, rows
+
+
+def eval_tables(
+    n_items: int, results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
+) -> None:
+    """`eval`: the accuracy table, and the task table when task items were scored by their own metric."""
+    cells = result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}")
+    accuracy_table(n_items, budgets, cells)
+    if any("tasks" in r for r in results):
+        task_table(*task_cells(results, methods, budgets))
+
+
+def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence[str]]) -> None:
+    """`eval`: accuracy / KV MiB per method (rows) and budget (columns)."""
+    title = f"accuracy (exact match) / KV MiB, {n_items} items"
+    table = Table(title=title)
+    table.add_column("method")
+    for budget in budgets:
+        table.add_column(f"B={budget}", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def task_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """`eval` on tasks: each task's own metric in percent (rows: task x length; columns: method budget)."""
+    table = Table(title="task scores (%, each task's own metric)")
+    table.add_column(header[0])
+    for column in header[1:]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def ablation(result: dict[str, Any], compare: Path | None) -> None:
+    """`ablate`: the dose-response table (top-k vs matched random k masked), split-half agreement."""
+    title = (
+        f"retrieval accuracy, {result['n_items']} probes, heads {result['ablation']}-ablated "
+        f"(nothing masked: {result['baseline']:.2f}); random: {result['trials']} sets per k, matched per layer"
+    )
+    rows = [
+        (
+            f"{r['k']} ({r['share']:.0%})",
+            f"{r['top']:.2f}",
+            f"{r['random_mean']:.2f} ± {r['random_sd']:.2f}",
+            f"{r['random_min']:.2f} - {r['random_max']:.2f}",
+            f"{r['random_at_or_below_top']}/{len(r['random'])}",
+        )
+        for r in result["rows"]
+    ]
+    columns = (
+        "heads masked",
+        f"top k by {result['method']}",
+        "random k mean ± sd",
+        "random min - max",
+        "random <= top",
+    )
+    titled_table(title, columns, rows, justify="right")
+    half = result.get("split_half")
+    if half:
+        out.print(
+            f"split-half agreement of {result['method']} ({half['splits']} splits): Spearman median "
+            f"{half['spearman_median']:.3f}, 5th percentile {half['spearman_p5']:.3f}"
+        )
+    if compare:
+        other = result["vs_compare"]
+        out.print(f"vs {compare}: Spearman {other['spearman']:.3f}, top-10 overlap {other['top10_overlap']:.0%}")
+    if result.get("png"):
+        out.print(f"wrote {result['png']}")
+
+
+def agreement_table(title: str, rows: Sequence[dict[str, Any]]) -> None:
+    """`compare`: top-k overlap per k, Spearman over all heads."""
+    cells = [(str(r["k"]), f"{r['overlap']:.0%}", f"{r['spearman']:.3f}") for r in rows]
+    titled_table(title, ("top-k", "overlap", "Spearman (all heads)"), cells, justify="right")
+
+
+def check_report(report: CheckReport, junit: Path | None) -> None:
+    """`check`: one row per comparison, the heads that moved most when something failed, the verdict."""
+    for text in report.notices:
+        notice(text)
+    rows = [
+        (
+            case.name,
+            Text("pass", style="green") if case.passed else Text("DRIFT", style="red"),
+            f"{case.value:.4g}",
+            f"{case.limit:g}",
+        )
+        for case in report.cases
+    ]
+    title = f"{report.reference} vs {report.model}, {report.mode} mode, {len(report.probes)} probes re-scored"
+    titled_table(title, ("check", "result", "value", "limit"), rows)
+    if not report.passed:
+        moved = [
+            (
+                m["score"],
+                f"L{m['layer']}H{m['head']}",
+                f"{m['reference']:.4f}",
+                f"{m['fresh']:.4f}",
+                f"{m['diff']:+.4f}",
+                f"{m['rank_reference']} -> {m['rank_fresh']}",
+            )
+            for m in report.moved
+        ]
+        titled_table(
+            "heads that moved most (sample means)", ("score", "head", "reference", "now", "change", "rank"), moved
+        )
+    if junit:
+        out.print(f"wrote {junit}")
+    verdict = Text("scores stable", style="green") if report.passed else Text("scores drifted", style="red")
+    out.print(Text.assemble(verdict, f" ({report.seconds:.1f} s)"))
