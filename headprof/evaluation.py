@@ -29,8 +29,9 @@ from headprof.intervals import wilson_interval
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe, context_span, encode_text, load_probes
-from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
+from headprof.runtime import METHODS, BudgetSource, Method, Press, build_method, build_press
 from headprof.runtime.generation import RunResult, context_prefix_length, generate_answer
+from headprof.runtime.methods import parse_options
 from headprof.runtime.sweep import sweep_answers
 from headprof.scoring import needle_hashes
 from headprof.tasks.prompts import render_row, score_prediction
@@ -86,9 +87,13 @@ class EvalConfig:
         False  # decode an item's compressed caches as one batch (faster; floats differ in the last bits)
     )
 
+    method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
+
     def method(self, name: str) -> Method:
-        """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
-        return build_method(name, kernel=self.kernel, pooling=self.pooling)
+        """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family, then
+        `method_options`)."""
+        options = parse_options(self.method_options, self.methods)[name]
+        return build_method(name, **{"kernel": self.kernel, "pooling": self.pooling, **options})
 
     def validate(self) -> None:
         """Fail on bad input before any model is loaded."""
@@ -97,7 +102,7 @@ class EvalConfig:
             raise HeadprofError(f"unknown method {', '.join(unknown) or '(none)'} ({', '.join(sorted(METHODS))})")
         for name in self.methods:
             self.method(name)  # validates the options
-        if not self.budgets and set(self.methods) != {"full"}:
+        if not self.budgets and any(METHODS[m].compresses for m in self.methods):
             raise HeadprofError("--budgets needs at least one budget")
         if self.gqa not in ("kv", "query"):
             raise HeadprofError(f"--gqa must be kv or query, got '{self.gqa}'")
@@ -349,17 +354,15 @@ def evaluate(
     configs = [
         (method, budget, config.method(method))
         for method in config.methods
-        for budget in ((None,) if method == "full" else config.budgets)
+        for budget in (config.budgets if METHODS[method].compresses else (None,))
     ]
     presses: dict[int, Press] = {}
 
     def press(c: int) -> Press:
         if c not in presses:
             method, budget, compressor = configs[c]
-            plan = plan_budgets(
-                compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
-            )
-            presses[c] = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
+            source = BudgetSource(budget or 0, scores=scores, gqa=config.gqa, window=config.window)
+            presses[c] = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
         return presses[c]
 
     def key(c: int, item: EvalItem) -> str:
@@ -374,7 +377,7 @@ def evaluate(
             config.gqa,
             config.window,
             asdict(compressor.options),
-            scores_id if method == "headkv" else "",
+            scores_id if compressor.needs_scores else "",
             item.max_new_tokens or config.max_new_tokens,
             item.key,
         )
@@ -471,7 +474,7 @@ def result_cells(
     by = {(r["method"], r["budget"]): r for r in results}
     rows = []
     for method in methods:
-        found = [by.get((method, None if method == "full" else b)) for b in budgets]
+        found = [by.get((method, b if METHODS[method].compresses else None)) for b in budgets]
         rows.append([method] + [cell(r) if r else "-" for r in found])
     return rows
 
@@ -485,7 +488,7 @@ def task_cells(
     configs = [
         (method, budget)
         for method in methods
-        for budget in ((None,) if method == "full" else budgets)
+        for budget in (budgets if METHODS[method].compresses else (None,))
         if "tasks" in by.get((method, budget), {})
     ]
     keys = list(dict.fromkeys((t["task"], t["length"]) for c in configs for t in by[c]["tasks"]))
@@ -538,7 +541,7 @@ def write_figures(
     for method in dict.fromkeys(r.method for r in records):
         rows = [r for r in records if r.method == method and r.budget in (None, chosen) and r.depth is not None]
         if rows:
-            label = method if method == "full" else f"{method} B={chosen}"
+            label = f"{method} B={chosen}" if METHODS[method].compresses else method
             lengths, depths, grids[label] = needle_grid(rows)
     if not grids:  # no needle probes (task rows only): no heatmap
         return None

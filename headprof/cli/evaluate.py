@@ -20,6 +20,7 @@ from headprof.cli.options import (
     Gqa,
     JsonOpt,
     KernelOpt,
+    MethodOptionOpt,
     ModelOpt,
     Pooling,
     PoolingOpt,
@@ -70,6 +71,7 @@ def eval_(
     ] = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
+    method_option: MethodOptionOpt = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Answer length; default: the task's own (RULER, LongBench), 32 for probes.")
     ] = None,
@@ -123,6 +125,7 @@ def eval_(
         pooling.value,
         sweep=not per_config,
         batch_decode=batch_decode,
+        method_options=tuple(method_option or ()),
     )
     config.validate()
     if max_length is not None and max_length < 1:
@@ -136,7 +139,8 @@ def eval_(
     probe_files = probes or ([] if task else [common.default_eval_probes(model)])
     probe_list = E.read_inputs(probe_files)
     default_scores = workspace.find_input(model, workspace.scores_file(model)).path
-    if not scores and ("headkv" in method_list or default_scores.is_file()):  # also checks needle overlap
+    needs_scores = any(METHODS[m].needs_scores for m in method_list)
+    if not scores and (needs_scores or default_scores.is_file()):  # also checks needle overlap
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     cache_path = cache_file or workspace.eval_cache_file(model)
     needles_png = E.needles_png_path(png) if png else None
@@ -157,7 +161,7 @@ def eval_(
         for message in notices:
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list)
+    n_configs = sum(len(budget_list) if METHODS[m].compresses else 1 for m in method_list)
     total = len(items) * n_configs
     render.notice(
         f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "

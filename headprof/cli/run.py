@@ -17,6 +17,7 @@ from headprof.cli.options import (
     JsonOpt,
     KernelOpt,
     MethodName,
+    MethodOptionOpt,
     ModelOpt,
     Pooling,
     PoolingOpt,
@@ -61,6 +62,7 @@ def run(
     window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
+    method_option: MethodOptionOpt = None,
     max_new_tokens: int = 64,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
@@ -70,9 +72,10 @@ def run(
     from headprof import validation, workspace
     from headprof.artifacts import load_alloc, load_scores
     from headprof.errors import HeadprofError, UsageError
-    from headprof.runtime import build_method, compressed, default_method
+    from headprof.runtime import BudgetSource, build_method, build_press, default_method
+    from headprof.runtime.budgets import ratio_budget
     from headprof.runtime.generation import answer_question
-    from headprof.runtime.press import ratio_budget
+    from headprof.runtime.methods import METHODS, parse_options
 
     if budget is not None and compression_ratio is not None:
         raise UsageError("give --budget or --compression-ratio, not both")
@@ -83,11 +86,12 @@ def run(
     if not validation.text(question, "--question").strip():
         raise HeadprofError("empty question")
     allocation = load_alloc(alloc) if alloc else None
-    if method is MethodName.headkv and not alloc and not scores:  # headkv needs scores: the model's default ones
+    if method and METHODS[method.value].needs_scores and not alloc and not scores:  # the model's default scores
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     score_art = load_scores(scores) if scores and not alloc else None
     name = method.value if method else default_method(allocation is not None or score_art is not None)
-    compressor = build_method(name, kernel=kernel, pooling=pooling.value)
+    options = parse_options(method_option or [], [name])[name]
+    compressor = build_method(name, **{"kernel": kernel, "pooling": pooling.value, **options})
     fixed_budget = compressor.compresses and allocation is None and compression_ratio is None  # --budget applies
     if fixed_budget:
         validation.budget_and_window(budget, window, "--")
@@ -101,18 +105,15 @@ def run(
         artifacts=[("allocation", allocation), ("score artifact", score_art)],
     )
     loaded = common.load(model, dtype.value, device)
-    press = compressed(
-        loaded.model,
-        compressor,
+    source = BudgetSource(
         budget,
         allocation=allocation,
         scores=score_art,
         gqa=(gqa or Gqa.kv).value,
         window=window,
-        tokenizer=loaded.tokenizer,
-        info=loaded.info,
         compression_ratio=compression_ratio,
     )
+    press = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
     result = answer_question(loaded, press, text, question, max_new_tokens)
     payload = {
         "answer": result.answer,

@@ -42,7 +42,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from headprof.attention import PLAIN, LogitExtras, capped
 from headprof.errors import HeadprofError
 from headprof.models.registry import model_attention, pop_logit_options, register_attention
-from headprof.runtime.plan import LayerPlan
+from headprof.runtime.methods.base import Method
 from headprof.runtime.selection import Selection
 
 # Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
@@ -51,6 +51,18 @@ Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
 # PyTorch's fused CPU flash-attention op: SDPA's own CPU kernel, which also returns the log-sum-exp of each row.
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _MIN_RECENT = 16  # first capacity of the recent part, in tokens
+
+
+@dataclass
+class LayerPlan:
+    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads, chosen by
+    `method`; or, for a sliding-window layer of the model (`sliding_window` > 0), its rolling window (budgets
+    unused)."""
+
+    method: Method
+    budgets: torch.Tensor
+    window: int
+    sliding_window: int = 0
 
 
 @dataclass
