@@ -173,14 +173,7 @@ class Press:
                     "batch prompts of equal length, or run them one by one"
                 )
             self.stats = PressStats(prompt_tokens=tokens)
-            self._passes = None
-            if isinstance(cache, CompressedCache):
-                plan = self.plan_for(tokens) if self.plan_for else self.plan
-                cache.set_budgets(self.method.budgets_for(plan, tokens))
-                self._passes = self.method.extra_passes(ids, self.tokenizer)
-                if self._passes is not None:
-                    self.check_positions(tokens, self._passes)
-                    cache.defer()
+            self._passes = self.begin_prompt(cache, ids, tokens) if isinstance(cache, CompressedCache) else None
             self._sync()
             self._started = time.perf_counter()
         return args, kwargs
@@ -193,11 +186,9 @@ class Press:
             self._run_extra_passes(cache, self._passes)
         self._passes = None
         self._sync()
-        self.stats.prefill_seconds = time.perf_counter() - self._started
+        prefill_seconds = time.perf_counter() - self._started
         self._started = 0.0
-        if isinstance(cache, CompressedCache):
-            self.stats.compress_seconds = cache.stats.compress_seconds
-            self.stats.compressed = cache.stats.compressed_heads > 0
+        self.stats = prompt_stats(cache, self.stats.prompt_tokens, prefill_seconds)
 
     def _refuse_unsupported(self, kwargs: dict, cache: Cache | None) -> None:
         """What a compressed cache cannot honour is refused in words, never silently replaced or left empty."""
@@ -223,6 +214,47 @@ class Press:
                 f"{self.method.name}: the prompt's {tokens} tokens + its longest extra pass of {longest} need "
                 f"positions up to {tokens + longest}, beyond the model's {limit} (shorten the context)"
             )
+
+    # ---------------------------------------------------------- one prompt's lifecycle
+    # begin_prompt -> the prompt's forward (each layer scores its own queries and compresses, or, with extra
+    # passes, stays dense) -> pass_scores + compress_all -> prompt_stats. `runtime/sweep.py` observes a prompt once
+    # and runs the last steps for many presses: `score_prompt` per layer, then `compress_from` per press.
+
+    def prompt_budgets(self, tokens: int) -> torch.Tensor:
+        """Budgets `[L, S]` for a prompt of `tokens` tokens (a compression ratio's, PyramidKV's schedule)."""
+        return self.method.budgets_for(self.plan_for(tokens) if self.plan_for else self.plan, tokens)
+
+    def begin_prompt(self, cache: CompressedCache, ids: torch.Tensor | None, tokens: int) -> list[ExtraPass] | None:
+        """Set a new prompt's budgets on `cache`; a method with extra passes gets them (checked against the
+        model's positions) and the cache keeps the prompt dense for them."""
+        cache.set_budgets(self.prompt_budgets(tokens))
+        passes = self.method.extra_passes(ids, self.tokenizer)
+        if passes is not None:
+            self.check_positions(tokens, passes)
+            cache.defer()
+        return passes
+
+    def score_prompt(self, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+        """A layer's scores `[B, S, T]` from the prompt's own queries, as the layer computes them when it
+        compresses itself (`CompressedLayer.compress`)."""
+        return self.method.score(query, keys, scaling, self.plan.window, int(self.plan.budgets.shape[1]))
+
+    @property
+    def scoring(self) -> tuple[type, object, int, int]:
+        """Presses with equal keys score a prompt alike (method class, options, window, stored heads), whatever
+        their budgets: one computation of the scores serves them all."""
+        return type(self.method), self.method.options, self.plan.window, int(self.plan.budgets.shape[1])
+
+    def compress_from(
+        self, dense: CompressedCache, tokens: int, scores: dict[int, torch.Tensor], prefill_seconds: float
+    ) -> tuple[CompressedCache, PressStats]:
+        """This press's cache for a prompt observed once elsewhere: the first `tokens` of the dense prompt in
+        `dense`, compressed at this press's budgets from `scores` (`[B, S, T]` per budgeted layer)."""
+        cache = self.new_cache()
+        cache.set_budgets(self.prompt_budgets(tokens))
+        cache.adopt(dense, tokens)
+        cache.compress_all(scores)
+        return cache, prompt_stats(cache, tokens, prefill_seconds)
 
     def _run_extra_passes(self, cache: CompressedCache, passes: list[ExtraPass]) -> None:
         """Score the prompt with every pass, then compress all layers at once."""
@@ -263,6 +295,13 @@ class Press:
     def _sync(self) -> None:
         if torch.cuda.is_available() and self.model.device.type == "cuda":
             torch.cuda.synchronize()
+
+
+def prompt_stats(cache: Cache | None, tokens: int, prefill_seconds: float) -> PressStats:
+    """What a prompt cost, once its cache is compressed (or kept whole)."""
+    if not isinstance(cache, CompressedCache):
+        return PressStats(tokens, prefill_seconds)
+    return PressStats(tokens, prefill_seconds, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
 
 
 def build_press(

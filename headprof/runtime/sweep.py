@@ -37,15 +37,9 @@ from headprof.models.loading import LoadedModel
 from headprof.models.registry import attention_switched
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
 from headprof.runtime.generation import RunResult, check_length, generate_answer, greedy, run_result
-from headprof.runtime.press import Press, PressStats, cache_bytes
+from headprof.runtime.press import Press, PressStats, cache_bytes, prompt_stats
 
-ScoreKey = tuple[type, object, int, int]  # method class, options, window, stored heads per layer
 Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
-
-
-def _score_key(press: Press) -> ScoreKey:
-    """Presses whose methods score a prompt the same way share one computation of the scores."""
-    return type(press.method), press.method.options, press.plan.window, int(press.plan.budgets.shape[1])
 
 
 @torch.no_grad()
@@ -76,10 +70,10 @@ def sweep_answers(
 
 
 def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
-    """Presses grouped by how they score, in first-seen order."""
-    groups: dict[ScoreKey, list[tuple[int, Press]]] = {}
+    """Presses grouped by how they score (`Press.scoring`), in first-seen order."""
+    groups: dict[object, list[tuple[int, Press]]] = {}
     for i, press in indexed:
-        groups.setdefault(_score_key(press), []).append((i, press))
+        groups.setdefault(press.scoring, []).append((i, press))
     return list(groups.values())
 
 
@@ -91,13 +85,12 @@ def _query_aware(
     compressing = [(i, p) for i, p in indexed if p.method.compresses]
     dense = compressing[0][1].new_cache()
     dense.defer()
-    scorers = {_score_key(group[0][1]): group[0][1] for group in _groups(compressing)}
-    scores: dict[ScoreKey, dict[int, torch.Tensor]] = {key: {} for key in scorers}
+    scorers = {group[0][1].scoring: group[0][1] for group in _groups(compressing)}
+    scores: dict[object, dict[int, torch.Tensor]] = {key: {} for key in scorers}
 
     def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
         for key, press in scorers.items():
-            n_stored = int(press.plan.budgets.shape[1])
-            scores[key][index] = press.method.score(query, keys, scaling, press.plan.window, n_stored)
+            scores[key][index] = press.score_prompt(query, keys, scaling)
 
     dense.observe(observe)
     started = time.perf_counter()
@@ -109,14 +102,9 @@ def _query_aware(
     prepared: list[Prepared] = []
     for i, press in indexed:
         if press.method.compresses:
-            cache = press.new_cache()
-            cache.set_budgets(press.method.budgets_for(press.plan, total))
-            cache.adopt(dense, total)
-            cache.compress_all(scores[_score_key(press)])
-            stats = PressStats(total, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
-            prepared.append((i, press, cache, stats))
+            prepared.append((i, press, *press.compress_from(dense, total, scores[press.scoring], prefill_s)))
         else:
-            prepared.append((i, press, _full_cache(loaded, dense), PressStats(total, prefill_s)))
+            prepared.append((i, press, _full_cache(loaded, dense), prompt_stats(None, total, prefill_s)))
     return prepared, first
 
 
@@ -127,25 +115,15 @@ def _query_agnostic(
     each budget's compressed context."""
     scorer = indexed[0][1]
     context = ids[:, :context_tokens]
-    passes = scorer.method.extra_passes(context, scorer.tokenizer)
     dense = scorer.new_cache()
-    dense.defer()
-    if passes is not None:
-        scorer.check_positions(context_tokens, passes)
+    passes = scorer.begin_prompt(dense, context, context_tokens)
+    dense.defer()  # also without passes: every budget is compressed from this prompt
     started = time.perf_counter()
     with attention_switched(loaded.model, ATTENTION_IMPL):
         loaded.model(input_ids=context, cache=dense, use_cache=True, logits_to_keep=1)
     scores = scorer.pass_scores(dense, passes or [])
     prefill_s = time.perf_counter() - started
-    prepared = []
-    for i, press in indexed:
-        cache = press.new_cache()
-        cache.set_budgets(press.method.budgets_for(press.plan, context_tokens))
-        cache.adopt(dense, context_tokens)
-        cache.compress_all(scores)
-        stats = PressStats(context_tokens, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
-        prepared.append((i, press, cache, stats))
-    return prepared
+    return [(i, press, *press.compress_from(dense, context_tokens, scores, prefill_s)) for i, press in indexed]
 
 
 def _decode(
