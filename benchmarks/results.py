@@ -66,7 +66,7 @@ def _ruler(
         loaded.tokenizer, loaded.info.max_context
     )
     items = E.items_from_rows(loaded.tokenizer, rows, loaded.info.max_context, max_new_tokens)
-    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens, batch_decode=batched)
+    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens, decode_together=batched)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     table = []
     for method in METHODS:
@@ -170,7 +170,7 @@ def main() -> None:
     items = E.items_from_probes(loaded.tokenizer, probes)
 
     batched = not args.exact_decode
-    config = E.EvalConfig(METHODS, tuple(budgets), "kv", args.window, 24, batch_decode=batched)
+    config = E.EvalConfig(METHODS, tuple(budgets), "kv", args.window, 24, decode_together=batched)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     results = E.summarize(records)
     E.write_figures(
@@ -187,7 +187,7 @@ def main() -> None:
             E.evaluate(
                 loaded,
                 items,
-                E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24, batch_decode=batched),
+                E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24, decode_together=batched),
                 reference,
                 EVAL_CACHE,
             )

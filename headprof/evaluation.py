@@ -83,9 +83,13 @@ class EvalConfig:
     kernel: int = 7
     pooling: str = "max"
     sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
-    batch_decode: bool = (
-        False  # decode an item's compressed caches as one batch (faster; floats differ in the last bits)
-    )
+    decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch (floats differ in
+    # the last bits from a run alone: a greedy answer can differ at a rounding-level tie; False: each alone)
+
+    @property
+    def together(self) -> bool:
+        """Whether an item's caches are decoded as one batch (only a sweep has them all at once)."""
+        return self.sweep and self.decode_together
 
     method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
 
@@ -110,8 +114,6 @@ class EvalConfig:
             raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
         if self.max_new_tokens < 1:
             raise HeadprofError("--max-new-tokens must be at least 1")
-        if self.batch_decode and not self.sweep:
-            raise HeadprofError("--batch-decode decodes a sweep's caches together: it does not go with --per-config")
 
 
 @dataclass
@@ -367,7 +369,7 @@ def evaluate(
 
     def key(c: int, item: EvalItem) -> str:
         method, budget, compressor = configs[c]
-        batched = ("batch-decode",) if config.batch_decode else ()  # its answers may differ: cached apart
+        batched = ("batch-decode",) if config.together else ()  # its answers may differ: cached apart
         return _key(
             *batched,
             RESULTS_REVISION,
@@ -393,7 +395,7 @@ def evaluate(
         limit = item.max_new_tokens or config.max_new_tokens
         if config.sweep:
             chosen = [press(c) for c in missing]
-            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.batch_decode)
+            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.together)
         else:
             answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
         for c, result in zip(missing, answers):

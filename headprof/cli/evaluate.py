@@ -89,13 +89,17 @@ def eval_(
             help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
         ),
     ] = False,
-    batch_decode: Annotated[
+    decode_alone: Annotated[
         bool,
         typer.Option(
-            "--batch-decode",
-            help="Decode an item's compressed caches as one batch: faster; a greedy answer can differ at a "
-            "rounding-level tie from a run alone.",
+            "--decode-alone",
+            help="Decode each method x budget's cache alone after the shared prefill: token for token a single run, "
+            "slower (default: an item's caches decoded as one batch; a greedy answer can differ from a run alone "
+            "at a rounding-level tie).",
         ),
+    ] = False,
+    batch_decode: Annotated[
+        bool, typer.Option("--batch-decode", hidden=True, help="The default now; kept for old scripts.")
     ] = False,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
@@ -106,7 +110,7 @@ def eval_(
     from headprof import evaluation as E
     from headprof import workspace
     from headprof.artifacts import load_scores
-    from headprof.errors import HeadprofError
+    from headprof.errors import HeadprofError, UsageError
     from headprof.fileio import exclusive, write_text_atomic
     from headprof.tasks import RulerConfig, TaskSource
     from headprof.validation import check_outputs, no_duplicates
@@ -124,9 +128,11 @@ def eval_(
         kernel,
         pooling.value,
         sweep=not per_config,
-        batch_decode=batch_decode,
+        decode_together=not (decode_alone or per_config),
         method_options=tuple(method_option or ()),
     )
+    if batch_decode and (decode_alone or per_config):
+        raise UsageError("--batch-decode decodes a sweep's caches together: not with --decode-alone or --per-config")
     config.validate()
     if max_length is not None and max_length < 1:
         raise HeadprofError("--max-length must be a positive number of tokens")

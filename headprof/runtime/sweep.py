@@ -18,11 +18,12 @@ budget's cache is selected from those scores and the question is fed on top, as 
 Memory bound: one prompt's dense K/V at a time (two with KVzip: the prompt's and the context's), each
 method's `[S, T]` scores per layer, and one compressed cache at a time while it decodes.
 
-`together=True` decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`): a decode
-step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
-runs the model's matrix products in other shapes than a single row does, so its floats differ in the last
-bits from a run alone, and a greedy answer can differ where two tokens tie within that rounding: an option,
-not the default. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
+`decode_together` (the default) decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`):
+a decode step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
+runs the model's matrix products in other shapes than a single row does, so its floats differ in the last bits
+from a run alone, and a greedy answer can differ where two tokens tie within that rounding (none did on the
+embedded model's probes, `tests/test_sweep.py`); `decode_together=False` decodes each alone, token for token a
+single run. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
 """
 
 from __future__ import annotations
@@ -49,23 +50,25 @@ def sweep_answers(
     prompt_ids: list[int],
     context_tokens: int,
     max_new_tokens: int,
-    together: bool = False,
+    decode_together: bool = True,
 ) -> list[RunResult]:
     """Greedy answers to one prompt under every press (one per method x budget), in the order given, equal to
-    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `together`: decode the
-    compressed caches as one batch (see the module's docstring)."""
+    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `decode_together`: decode
+    the compressed caches as one batch (see the module's docstring)."""
     check_length(loaded, len(prompt_ids), max_new_tokens)
     ids = torch.tensor([prompt_ids], device=loaded.device)
     results: dict[int, RunResult] = {}
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
     if any(p.method.compresses for _, p in aware):
         prepared, first = _query_aware(loaded, aware, ids)
-        results.update(_decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, together))
+        results.update(
+            _decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, decode_together)
+        )
     else:  # only the full cache: nothing to share
         results.update({i: generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for i, p in aware})
     for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
         prepared = _query_agnostic(loaded, group, ids, context_tokens)
-        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, together))
+        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, decode_together))
     return [results[i] for i in range(len(presses))]
 
 
@@ -132,7 +135,7 @@ def _decode(
     ids: torch.Tensor,
     max_new_tokens: int,
     first: torch.Tensor | None,
-    together: bool,
+    decode_together: bool,
 ) -> dict[int, RunResult]:
     """Greedy answers from prepared caches; `ids` holds the prompt (and `first`, the answer's first token when
     the prompt's own pass gave it). Alone, each cache as a single run decodes it; together, the compressed
@@ -146,7 +149,7 @@ def _decode(
     batches: dict[object, list[Prepared]] = {}
     for entry in prepared:
         cache, method = entry[2], entry[1].method
-        stackable = together and isinstance(cache, CompressedCache) and not method.evicts
+        stackable = decode_together and isinstance(cache, CompressedCache) and not method.evicts
         layout = cache.budgeted[0].n_stored if stackable and cache.budgeted else 0
         batches.setdefault(("stack", layout) if stackable else ("alone", entry[0]), []).append(entry)
     for batch in batches.values():

@@ -32,7 +32,6 @@ from headprof.runtime.selection import Selection, top_k_with_window
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from headprof.runtime.cache import CompressedLayer
     from headprof.runtime.plan import BudgetPlan
 
 
@@ -128,6 +127,7 @@ class Method:
         `keys` `[B, Hkv, N + n, d]` (the prompt's, then the pass's own)."""
         raise NotImplementedError(f"{self.name} has no extra pass")
 
-    def evict(self, layer: CompressedLayer, query: torch.Tensor, scaling: float) -> None:
-        """Update a compressed layer in place after its attention (only called when `evicts` is True): the one
-        hook with a side effect, it hands the layer its new entries through `CompressedLayer.store`."""
+    def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:
+        """Update a compressed layer (a `cache.CompressedLayer`; typed loosely so that the method interface does
+        not import the cache built on it) in place after its attention, only called when `evicts` is True: the one
+        hook with a side effect, it hands the layer its new entries through `store`."""
