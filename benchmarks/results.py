@@ -248,7 +248,7 @@ def main() -> None:
         if r["split_half"]
     )
     decoding = (
-        "its compressed caches decoded as one batch (`eval --batch-decode`: a greedy answer can differ from a run "
+        "its compressed caches decoded as one batch (`eval`'s default: a greedy answer can differ from a run "
         "alone where two tokens tie within float rounding)"
         if batched
         else "each configuration decoded alone"

@@ -85,13 +85,12 @@ class EvalConfig:
     sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
     decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch (floats differ in
     # the last bits from a run alone: a greedy answer can differ at a rounding-level tie; False: each alone)
+    method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
 
     @property
     def together(self) -> bool:
         """Whether an item's caches are decoded as one batch (only a sweep has them all at once)."""
         return self.sweep and self.decode_together
-
-    method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
 
     def method(self, name: str) -> Method:
         """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family, then
