@@ -32,9 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from headprof.runtime.cache import CacheStats, CompressedLayer
+from headprof.runtime.cache import CacheStats, CompressedLayer, LayerPlan
 from headprof.runtime.methods import build_method
-from headprof.runtime.plan import LayerPlan
 from headprof.runtime.selection import Selection
 
 HQ, HKV, DIM = 32, 8, 128

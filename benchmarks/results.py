@@ -67,7 +67,7 @@ def _ruler(
         loaded.tokenizer, loaded.info.max_context
     )
     items = E.items_from_rows(loaded.tokenizer, rows, loaded.info.max_context, max_new_tokens)
-    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens, batch_decode=batched)
+    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens, decode_together=batched)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     table = []
     for method in METHODS:
@@ -171,7 +171,7 @@ def main() -> None:
     items = E.items_from_probes(loaded.tokenizer, probes)
 
     batched = not args.exact_decode
-    config = E.EvalConfig(METHODS, tuple(budgets), "kv", args.window, 24, batch_decode=batched)
+    config = E.EvalConfig(METHODS, tuple(budgets), "kv", args.window, 24, decode_together=batched)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
     results = E.summarize(records)
     E.write_figures(
@@ -188,7 +188,7 @@ def main() -> None:
             E.evaluate(
                 loaded,
                 items,
-                E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24, batch_decode=batched),
+                E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24, decode_together=batched),
                 reference,
                 EVAL_CACHE,
             )
@@ -249,7 +249,7 @@ def main() -> None:
         if r["split_half"]
     )
     decoding = (
-        "its compressed caches decoded as one batch (`eval --batch-decode`: a greedy answer can differ from a run "
+        "its compressed caches decoded as one batch (`eval`'s default: a greedy answer can differ from a run "
         "alone where two tokens tie within float rounding)"
         if batched
         else "each configuration decoded alone"

@@ -28,7 +28,7 @@ from headprof.capture import HeadMeans, masked_heads
 from headprof.errors import HeadprofError
 from headprof.heads import ranked_heads
 from headprof.metrics import exact_match
-from headprof.runtime import Press, build_method, plan_budgets
+from headprof.runtime import build_press
 from headprof.runtime.generation import generate_answer
 
 if TYPE_CHECKING:
@@ -132,8 +132,7 @@ def greedy_accuracy(
 ) -> float:
     """Share of items whose greedy answer (full cache) contains a gold answer, with the `mask`ed heads replaced
     by `values` (zero when None)."""
-    full = build_method("full")
-    press = Press(loaded.model, full, plan_budgets(full, loaded.info))
+    press = build_press(loaded.model, "full", info=loaded.info)
     if mask is None:
         mask = torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)
     hits = 0

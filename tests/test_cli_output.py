@@ -156,8 +156,11 @@ def test_library_errors_name_parameters_and_the_cli_prints_their_flags():
         EvalConfig(("full",), (), max_new_tokens=0).validate()
     assert render.with_flags(str(caught.value)) == "--max-new-tokens must be at least 1"
     with pytest.raises(HeadprofError) as caught:
-        EvalConfig(("full",), (), sweep=False, batch_decode=True).validate()
-    assert render.with_flags(str(caught.value)).endswith("does not go with --per-config")
+        EvalConfig(("snapkv",), (64,), window=64).validate()
+    assert render.with_flags(str(caught.value)).startswith("every budget must be larger than the window 64")
+    with pytest.raises(HeadprofError) as caught:
+        EvalConfig(("snapkv",), (), gqa="x").validate()
+    assert render.with_flags(str(caught.value)) == "--budgets needs at least one budget"
     # text in backticks that is not a parameter stays as it is
     text = "run `headprof probes build` first; `full` is a method"
     assert render.with_flags(text) == text

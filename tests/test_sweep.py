@@ -9,7 +9,7 @@ from headprof import evaluation as E
 from headprof.artifacts import load_scores
 from headprof.models import LoadedModel, info_from_config
 from headprof.probes import build_probes, load_needles
-from headprof.runtime import Press, build_method, plan_budgets
+from headprof.runtime import BudgetSource, build_method, build_press
 from headprof.runtime.generation import generate_answer
 from headprof.runtime.sweep import sweep_answers
 
@@ -38,16 +38,17 @@ def _same(alone, swept) -> None:
 
 
 def test_eval_sweep_gives_the_records_of_each_configuration_alone(loaded, items):
+    """`evaluate`'s default (one prefill per item, its caches decoded as one batch) gives the records of each
+    configuration alone: a batch's floats differ in the last bits, so only a rounding-level tie could flip a
+    greedy token, and none does here (0 of 15 records)."""
     scores = load_scores(REFERENCE / "scores.safetensors")
-    config = E.EvalConfig(ALL, (64, 128), max_new_tokens=16)
-    swept = E.evaluate(loaded, items, config, scores)
+    swept = E.evaluate(loaded, items, E.EvalConfig(ALL, (64, 128), max_new_tokens=16), scores)
     alone = E.evaluate(loaded, items, E.EvalConfig(ALL, (64, 128), max_new_tokens=16, sweep=False), scores)
     assert swept == alone and len(swept) == len(items) * (1 + 7 * 2)
     assert all(r.exact for r in swept if r.method == "full")  # the answers are real ones
     assert len({r.answer for r in swept}) > 2  # and the budgets change them
-    # decoded as one batch: other floats in the last bits; here (no rounding-level tie) the same answers and bytes
-    together = E.evaluate(loaded, items, E.EvalConfig(ALL, (64, 128), max_new_tokens=16, batch_decode=True), scores)
-    assert together == alone
+    exact = E.evaluate(loaded, items, E.EvalConfig(ALL, (64, 128), max_new_tokens=16, decode_together=False), scores)
+    assert exact == alone  # each decoded alone after the shared prefill: token for token a single run
 
 
 def test_sweep_mixes_layouts_and_method_options(loaded, items, tokenizer):
@@ -65,11 +66,10 @@ def test_sweep_mixes_layouts_and_method_options(loaded, items, tokenizer):
     ]
     presses = []
     for name, options, gqa, budget in settings:
-        method = build_method(name, **options)
-        plan = plan_budgets(method, loaded.info, budget, scores=scores, gqa=gqa, window=32)
-        presses.append(Press(loaded.model, method, plan, tokenizer=tokenizer))
+        source = BudgetSource(budget, scores=scores, gqa=gqa, window=32)
+        presses.append(build_press(loaded.model, name, source, options=options, tokenizer=tokenizer))
     item = items[0]
-    swept = sweep_answers(loaded, presses, item.prompt_ids, item.context_tokens, 8)
+    swept = sweep_answers(loaded, presses, item.prompt_ids, item.context_tokens, 8, decode_together=False)
     alone = [generate_answer(loaded, p, item.prompt_ids, item.context_tokens, 8) for p in presses]
     _same(alone, swept)
     assert swept[0].kv_bytes > swept[1].kv_bytes  # the query-head layout repeats shared KV heads
@@ -86,16 +86,16 @@ def test_sweep_on_sliding_window_soft_capped_and_sink_families(name, tokenizer):
     for method_name in ALL:
         method = build_method(method_name)
         for budget in (None,) if method_name == "full" else (12, 24):
-            plan = plan_budgets(method, info, budget or 0, scores=random_scores(info), window=8)
-            presses.append(Press(net, method, plan, tokenizer=tokenizer))
+            source = BudgetSource(budget or 0, scores=random_scores(info), window=8)
+            presses.append(build_press(net, method, source, tokenizer=tokenizer, info=info))
     ids = token_ids(48)[0].tolist()
-    swept = sweep_answers(loaded, presses, ids, 36, 5)
+    swept = sweep_answers(loaded, presses, ids, 36, 5, decode_together=False)
     alone = [generate_answer(loaded, p, ids, 36, 5) for p in presses]
     _same(alone, swept)
     assert len({r.kv_bytes for r in swept}) > (3 if info.global_layers else 0)  # Mistral: every layer is a window
     # decoded as one batch: every cache's bytes as after its own answer; random weights give near-uniform logits,
     # where a rounding-level tie can flip a greedy token, so most (not all) answers must agree
-    together = sweep_answers(loaded, presses, ids, 36, 5, together=True)
+    together = sweep_answers(loaded, presses, ids, 36, 5)  # the default
     assert [r.kv_bytes for r in together] == [r.kv_bytes for r in alone]
     assert [r.kv_bytes_full for r in together] == [r.kv_bytes_full for r in alone]
     assert sum(a.answer == t.answer for a, t in zip(alone, together)) >= 0.8 * len(alone)

@@ -20,6 +20,7 @@ from headprof.cli.options import (
     Gqa,
     JsonOpt,
     KernelOpt,
+    MethodOptionOpt,
     ModelOpt,
     Pooling,
     PoolingOpt,
@@ -32,8 +33,10 @@ from headprof.runtime.methods import METHODS
 if TYPE_CHECKING:
     from headprof.artifacts import ScoreArtifact
     from headprof.evaluation.run import EvalConfig
+    from headprof.models.loading import LoadedModel
     from headprof.probes import Probe
     from headprof.tasks import TaskSource
+    from headprof.tasks.rows import TaskRow
 
 ALL_METHODS = ",".join(METHODS)  # registry order: the full cache first
 
@@ -84,13 +87,17 @@ PerConfigOpt = Annotated[
         help="Prefill each item again for every method x budget (default: one shared prefill; same answers).",
     ),
 ]
-BatchDecodeOpt = Annotated[
+DecodeAloneOpt = Annotated[
     bool,
     typer.Option(
-        "--batch-decode",
-        help="Decode an item's compressed caches as one batch: faster; a greedy answer can differ at a "
-        "rounding-level tie from a run alone.",
+        "--decode-alone",
+        help="Decode each method x budget's cache alone after the shared prefill: token for token a single run, "
+        "slower (default: an item's caches decoded as one batch; a greedy answer can differ from a run alone "
+        "at a rounding-level tie).",
     ),
+]
+BatchDecodeOpt = Annotated[
+    bool, typer.Option("--batch-decode", hidden=True, help="The default now; kept for old scripts.")
 ]
 
 
@@ -110,11 +117,13 @@ def eval_(
     window: WindowOpt = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
+    method_option: MethodOptionOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     cache_file: CacheOpt = None,
     png: EvalPngOpt = None,
     report: ReportOpt = None,
     per_config: PerConfigOpt = False,
+    decode_alone: DecodeAloneOpt = False,
     batch_decode: BatchDecodeOpt = False,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
@@ -124,7 +133,7 @@ def eval_(
     tasks are also scored with their own metric (RULER string match, each LongBench dataset's metric)."""
     from headprof import evaluation as E
     from headprof import workspace
-    from headprof.errors import HeadprofError
+    from headprof.errors import HeadprofError, UsageError
     from headprof.fileio import exclusive, write_text_atomic
     from headprof.tasks import RulerConfig, TaskSource
     from headprof.validation import no_duplicates
@@ -133,9 +142,14 @@ def eval_(
     budget_list = tuple(numbers(budgets, "--budgets"))
     no_duplicates(method_list, "--methods")
     no_duplicates(budget_list, "--budgets")
-    answer_tokens = 32 if max_new_tokens is None else max_new_tokens
+    if batch_decode and (decode_alone or per_config):
+        raise UsageError("--batch-decode decodes a sweep's caches together: not with --decode-alone or --per-config")
     config = E.EvalConfig(
-        method_list, budget_list, gqa.value, window, answer_tokens, kernel, pooling.value, not per_config, batch_decode
+        *(method_list, budget_list, gqa.value, window, 32 if max_new_tokens is None else max_new_tokens),
+        *(kernel, pooling.value),
+        sweep=not per_config,
+        decode_together=not (decode_alone or per_config),
+        method_options=tuple(method_option or ()),
     )
     config.validate()
     if max_length is not None and max_length < 1:
@@ -146,11 +160,7 @@ def eval_(
     probe_list, scores_art = _eval_inputs(model, config, source, probes, scores, cache_path, report, png)
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
-    rows: list = []
-    if source:
-        rows, notices = source.load(loaded.tokenizer, loaded.info.max_context)
-        for message in notices:
-            render.notice(message)
+    rows = _task_rows(source, loaded) if source else []
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
     n_configs = len(config.configurations())
     total = len(items) * n_configs
@@ -169,6 +179,14 @@ def eval_(
     render_eval.eval_tables(len(items), payload["results"], method_list, budget_list)
     for written in [*payload.get("png", []), *([str(report)] if report else [])]:
         render.line(f"wrote {written}")
+
+
+def _task_rows(source: TaskSource, loaded: LoadedModel) -> list[TaskRow]:
+    """The task's rows, in the model's tokenizer and window; what was left out is said as a notice."""
+    rows, notices = source.load(loaded.tokenizer, loaded.info.max_context)
+    for message in notices:
+        render.notice(message)
+    return rows
 
 
 def _eval_inputs(
@@ -196,7 +214,8 @@ def _eval_inputs(
     probe_files = probes or ([] if source else [common.default_eval_probes(model)])
     probe_list = E.read_inputs(probe_files)
     default_scores = workspace.find_input(model, workspace.scores_file(model)).path
-    if not scores and ("headkv" in config.methods or default_scores.is_file()):  # also checks needle overlap
+    needs_scores = any(METHODS[m].needs_scores for m in config.methods)
+    if not scores and (needs_scores or default_scores.is_file()):  # also checks needle overlap
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     needles_png = E.needles_png_path(png) if png else None
     check_outputs(

@@ -163,6 +163,15 @@ INTS = "<int,...>"  # how `--help` shows comma-separated integers
 SplitsOpt = Annotated[int, typer.Option(help="Random needle-balanced splits for the split-half agreement.")]
 BootstrapOpt = Annotated[int, typer.Option(help="Needle resamples for the top heads' bootstrap intervals.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the splits and resamples.")]
+MethodOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--method-option",
+        metavar="<[method.]key=value>",
+        help="A method's option, as its options dataclass names it (repeatable; e.g. sinks=2, h2o.decode=evict); "
+        "a plain key goes to every method that takes it.",
+    ),
+]
 KernelOpt = Annotated[int, typer.Option(help="Pooling kernel over positions for SnapKV-family scores (odd).")]
 PoolingOpt = Annotated[
     Pooling, choice(Pooling, "unknown pooling '{value}' ({choices})", "Pooling of SnapKV-family scores.")

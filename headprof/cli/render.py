@@ -43,7 +43,6 @@ INTERRUPTED = {
 INTERRUPTED_DEFAULT = "nothing was written"
 # Library messages name a parameter in backticks (`max_new_tokens`): on the command line it is a flag.
 FLAGS = {
-    "batch_decode": "--batch-decode",
     "bootstrap": "--bootstrap",
     "budgets": "--budgets",
     "gqa": "--gqa",

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from headprof.cli.render import notice, out, titled_table
+from headprof.runtime.methods import METHODS
 
 if TYPE_CHECKING:
     from headprof.check import CheckReport
@@ -29,7 +30,7 @@ def result_cells(
     by = {(r["method"], r["budget"]): r for r in results}
     rows = []
     for method in methods:
-        found = [by.get((method, None if method == "full" else b)) for b in budgets]
+        found = [by.get((method, b if METHODS[method].compresses else None)) for b in budgets]
         rows.append([method] + [cell(r) if r else "-" for r in found])
     return rows
 
@@ -43,7 +44,7 @@ def task_cells(
     configs = [
         (method, budget)
         for method in methods
-        for budget in ((None,) if method == "full" else budgets)
+        for budget in (budgets if METHODS[method].compresses else (None,))
         if "tasks" in by.get((method, budget), {})
     ]
     keys = list(dict.fromkeys((t["task"], t["length"]) for c in configs for t in by[c]["tasks"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,115 +17,100 @@ from headprof.cli.options import (
     JsonOpt,
     KernelOpt,
     MethodName,
+    MethodOptionOpt,
     ModelOpt,
     Pooling,
     PoolingOpt,
     choice,
 )
 
+if TYPE_CHECKING:
+    from headprof.artifacts import AllocArtifact, ScoreArtifact
+    from headprof.runtime.budgets import BudgetSource
+    from headprof.runtime.methods.base import Method
+
+
+# run's options (module-level, so that the command's signature stays a list of names).
+QuestionOpt = Annotated[str, typer.Option(metavar="<text>", help="The question about the context.")]
+ContextFileOpt = Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")]
+ContextOpt = Annotated[
+    str | None, typer.Option(metavar="<text>", help="The context as a string (instead of --context-file).")
+]
+RunMethodOpt = Annotated[
+    MethodName | None,
+    choice(MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."),
+]
+BudgetOpt = Annotated[int | None, typer.Option(help="KV entries per head, window included (default 128).")]
+RatioOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Instead of --budget, as kvpress means it: the share of the prompt's KV entries dropped (0.5: each "
+        "head keeps half of the prompt on average)."
+    ),
+]
+AllocOpt = Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")]
+RunScoresOpt = Annotated[
+    Path | None,
+    typer.Option(help="Score artifact: HeadKV budgets on the fly (--method headkv alone: the model's default)."),
+]
+RunGqaOpt = Annotated[
+    Gqa | None,
+    choice(
+        Gqa, GQA_MESSAGE, "kv: one selection per KV head; query: per query head (default: the allocation's, else kv)."
+    ),
+]
+RunWindowOpt = Annotated[int, typer.Option(help="Observation window kept in every head.")]
+
 
 def run(
-    question: Annotated[str, typer.Option(metavar="<text>", help="The question about the context.")],
-    context_file: Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")] = None,
-    context: Annotated[
-        str | None, typer.Option(metavar="<text>", help="The context as a string (instead of --context-file).")
-    ] = None,
+    question: QuestionOpt,
+    context_file: ContextFileOpt = None,
+    context: ContextOpt = None,
     model: ModelOpt = "smollm2-135m",
-    method: Annotated[
-        MethodName | None,
-        choice(
-            MethodName, "unknown method '{value}' ({choices})", "Default: headkv with --alloc/--scores, else snapkv."
-        ),
-    ] = None,
-    budget: Annotated[int | None, typer.Option(help="KV entries per head, window included (default 128).")] = None,
-    compression_ratio: Annotated[
-        float | None,
-        typer.Option(
-            help="Instead of --budget, as kvpress means it: the share of the prompt's KV entries dropped (0.5: each "
-            "head keeps half of the prompt on average)."
-        ),
-    ] = None,
-    alloc: Annotated[Path | None, typer.Option(help="Allocation artifact (per-head budgets; implies headkv).")] = None,
-    scores: Annotated[
-        Path | None,
-        typer.Option(help="Score artifact: HeadKV budgets on the fly (--method headkv alone: the model's default)."),
-    ] = None,
-    gqa: Annotated[
-        Gqa | None,
-        choice(
-            Gqa,
-            GQA_MESSAGE,
-            "kv: one selection per KV head; query: per query head (default: the allocation's, else kv).",
-        ),
-    ] = None,
-    window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
+    method: RunMethodOpt = None,
+    budget: BudgetOpt = None,
+    compression_ratio: RatioOpt = None,
+    alloc: AllocOpt = None,
+    scores: RunScoresOpt = None,
+    gqa: RunGqaOpt = None,
+    window: RunWindowOpt = 32,
     kernel: KernelOpt = 7,
     pooling: PoolingOpt = Pooling.max,
+    method_option: MethodOptionOpt = None,
     max_new_tokens: int = 64,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about a long context with a compressed KV cache."""
-    from headprof import validation, workspace
-    from headprof.artifacts import load_alloc, load_scores
+    from headprof import validation
     from headprof.errors import HeadprofError, UsageError
-    from headprof.runtime import build_method, compressed, default_method
+    from headprof.runtime import BudgetSource, build_press
+    from headprof.runtime.budgets import ratio_budget
     from headprof.runtime.generation import answer_question
-    from headprof.runtime.press import ratio_budget
 
     if budget is not None and compression_ratio is not None:
         raise UsageError("give --budget or --compression-ratio, not both")
     if compression_ratio is not None:
         ratio_budget(compression_ratio, window, alloc is not None)  # its range, before anything loads
-    budget = 128 if budget is None else budget
     text = validation.text(_read_context(context_file, context), "the context")
     if not validation.text(question, "--question").strip():
         raise HeadprofError("empty question")
-    allocation = load_alloc(alloc) if alloc else None
-    if method is MethodName.headkv and not alloc and not scores:  # headkv needs scores: the model's default ones
-        scores = common.default_input(model, workspace.scores_file(model), "scores")
-    score_art = load_scores(scores) if scores and not alloc else None
-    name = method.value if method else default_method(allocation is not None or score_art is not None)
-    compressor = build_method(name, kernel=kernel, pooling=pooling.value)
-    fixed_budget = compressor.compresses and allocation is None and compression_ratio is None  # --budget applies
-    if fixed_budget:
-        validation.budget_and_window(budget, window, "--")
-    if max_new_tokens < 1:
-        raise HeadprofError("--max-new-tokens must be at least 1")
-    if allocation is not None and gqa is not None and gqa.value != allocation.gqa:
-        render.notice(f"{alloc} holds per-{allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
-    common.check_before_loading(
-        model,
-        budgets=[budget] if fixed_budget else [],
-        artifacts=[("allocation", allocation), ("score artifact", score_art)],
-    )
-    loaded = common.load(model, dtype.value, device)
-    press = compressed(
-        loaded.model,
-        compressor,
-        budget,
-        allocation=allocation,
-        scores=score_art,
-        gqa=(gqa or Gqa.kv).value,
-        window=window,
-        tokenizer=loaded.tokenizer,
-        info=loaded.info,
+    allocation, score_art = _artifacts(model, method, alloc, scores)
+    compressor = _method(method, allocation is not None or score_art is not None, kernel, pooling, method_option)
+    source = BudgetSource(
+        128 if budget is None else budget,
+        allocation,
+        score_art,
+        (gqa or Gqa.kv).value,
+        window,
         compression_ratio=compression_ratio,
     )
+    _check_before_loading(model, compressor, source, max_new_tokens, alloc, gqa)
+    loaded = common.load(model, dtype.value, device)
+    press = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
     result = answer_question(loaded, press, text, question, max_new_tokens)
-    payload = {
-        "answer": result.answer,
-        "kv_bytes": result.kv_bytes,
-        "kv_bytes_full": result.kv_bytes_full,
-        "index_bytes": result.index_bytes,
-        "prompt_tokens": result.prompt_tokens,
-        "prefill_s": round(result.prefill_s, 4),
-        "compress_s": round(result.compress_s, 4),
-        "decode_tokens_per_s": round(result.decode_tokens_per_s, 2),
-        "method": name,
-        "compressed": result.compressed,
-    }
+    payload = result.report(compressor.name)
     if as_json:
         render.emit(payload)
         return
@@ -135,7 +120,56 @@ def run(
             "(and no head was scored)"
         )
     what = f"budgets from {alloc}" if alloc else f"compression ratio {compression_ratio}" if compression_ratio else ""
-    render.answer(f"{name} ({what or f'budget {budget}'})", payload)
+    render.answer(f"{compressor.name} ({what or f'budget {source.budget}'})", payload)
+
+
+def _artifacts(
+    model: str, method: MethodName | None, alloc: Path | None, scores: Path | None
+) -> tuple[AllocArtifact | None, ScoreArtifact | None]:
+    """The allocation and score artifacts the budgets come from; a method that allocates from head scores and
+    is given neither gets the model's default scores."""
+    from headprof import workspace
+    from headprof.artifacts import load_alloc, load_scores
+    from headprof.runtime.methods import METHODS
+
+    if method and METHODS[method.value].needs_scores and not alloc and not scores:
+        scores = common.default_input(model, workspace.scores_file(model), "scores")
+    return (load_alloc(alloc) if alloc else None), (load_scores(scores) if scores and not alloc else None)
+
+
+def _method(
+    method: MethodName | None, has_budgets: bool, kernel: int, pooling: Pooling, pairs: list[str] | None
+) -> Method:
+    """The method named (default: headkv with budgets or scores, else snapkv) with `--kernel`, `--pooling` and
+    then its `--method-option`s."""
+    from headprof.runtime import build_method, default_method
+    from headprof.runtime.methods import parse_options
+
+    name = method.value if method else default_method(has_budgets)
+    options = parse_options(pairs or [], [name])[name]
+    return build_method(name, **{"kernel": kernel, "pooling": pooling.value, **options})
+
+
+def _check_before_loading(
+    model: str, compressor: Method, source: BudgetSource, max_new_tokens: int, alloc: Path | None, gqa: Gqa | None
+) -> None:
+    """What the model is not needed for: the budget (when `--budget` applies), the answer length, the
+    artifacts' model; a `--gqa` an allocation overrides is said."""
+    from headprof import validation
+    from headprof.errors import HeadprofError
+
+    fixed_budget = compressor.compresses and source.allocation is None and source.compression_ratio is None
+    if fixed_budget:
+        validation.budget_and_window(source.budget, source.window, "--")
+    if max_new_tokens < 1:
+        raise HeadprofError("--max-new-tokens must be at least 1")
+    if source.allocation is not None and gqa is not None and gqa.value != source.allocation.gqa:
+        render.notice(f"{alloc} holds per-{source.allocation.gqa}-head budgets; --gqa {gqa.value} is ignored")
+    common.check_before_loading(
+        model,
+        budgets=[source.budget] if fixed_budget else [],
+        artifacts=[("allocation", source.allocation), ("score artifact", source.scores)],
+    )
 
 
 def _read_context(context_file: Path | None, context: str | None) -> str:

@@ -16,8 +16,9 @@ from headprof.evaluation.items import EvalItem, content_key
 from headprof.evaluation.records import EvalRecord, ResultCache
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
-from headprof.runtime import METHODS, Method, Press, build_method, plan_budgets
+from headprof.runtime import METHODS, BudgetSource, Method, Press, build_method, build_press
 from headprof.runtime.generation import RunResult, generate_answer
+from headprof.runtime.methods import parse_options
 from headprof.runtime.sweep import sweep_answers
 from headprof.tasks.prompts import score_prediction
 
@@ -39,18 +40,27 @@ class EvalConfig:
     kernel: int = 7
     pooling: str = "max"
     sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
-    batch_decode: bool = (
-        False  # decode an item's compressed caches as one batch (faster; floats differ in the last bits)
-    )
+    decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch (floats differ in
+    # the last bits from a run alone: a greedy answer can differ at a rounding-level tie; False: each alone)
+    method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
+
+    @property
+    def together(self) -> bool:
+        """Whether an item's caches are decoded as one batch (only a sweep has them all at once)."""
+        return self.sweep and self.decode_together
 
     def method(self, name: str) -> Method:
-        """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family)."""
-        return build_method(name, kernel=self.kernel, pooling=self.pooling)
+        """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family, then
+        `method_options`)."""
+        options = parse_options(self.method_options, self.methods)[name]
+        return build_method(name, **{"kernel": self.kernel, "pooling": self.pooling, **options})
 
     def configurations(self) -> list[tuple[str, int | None]]:
         """Every (method, budget) this run answers, in report order; the full cache has one, budget None."""
         return [
-            (method, budget) for method in self.methods for budget in ((None,) if method == "full" else self.budgets)
+            (method, budget)
+            for method in self.methods
+            for budget in (self.budgets if METHODS[method].compresses else (None,))
         ]
 
     def validate(self) -> None:
@@ -60,7 +70,7 @@ class EvalConfig:
             raise HeadprofError(f"unknown method {', '.join(unknown) or '(none)'} ({', '.join(sorted(METHODS))})")
         for name in self.methods:
             self.method(name)  # validates the options
-        if not self.budgets and set(self.methods) != {"full"}:
+        if not self.budgets and any(METHODS[m].compresses for m in self.methods):
             raise HeadprofError("`budgets` needs at least one budget")
         if self.gqa not in ("kv", "query"):
             raise HeadprofError(f"`gqa` must be kv or query, got '{self.gqa}'")
@@ -68,8 +78,6 @@ class EvalConfig:
             raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
         if self.max_new_tokens < 1:
             raise HeadprofError("`max_new_tokens` must be at least 1")
-        if self.batch_decode and not self.sweep:
-            raise HeadprofError("`batch_decode` decodes a sweep's caches together: it does not go with `sweep=False`")
 
 
 def evaluate(
@@ -91,15 +99,13 @@ def evaluate(
     def press(c: int) -> Press:
         if c not in presses:
             method, budget, compressor = configs[c]
-            plan = plan_budgets(
-                compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
-            )
-            presses[c] = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
+            source = BudgetSource(budget or 0, scores=scores, gqa=config.gqa, window=config.window)
+            presses[c] = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
         return presses[c]
 
     def key(c: int, item: EvalItem) -> str:
         method, budget, compressor = configs[c]
-        batched = ("batch-decode",) if config.batch_decode else ()  # its answers may differ: cached apart
+        batched = ("batch-decode",) if config.together else ()  # its answers may differ: cached apart
         return content_key(
             *batched,
             RESULTS_REVISION,
@@ -109,7 +115,7 @@ def evaluate(
             config.gqa,
             config.window,
             asdict(compressor.options),
-            scores_id if method == "headkv" else "",
+            scores_id if compressor.needs_scores else "",
             item.max_new_tokens or config.max_new_tokens,
             item.key,
         )
@@ -125,7 +131,7 @@ def evaluate(
         limit = item.max_new_tokens or config.max_new_tokens
         if config.sweep:
             chosen = [press(c) for c in missing]
-            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.batch_decode)
+            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.together)
         else:
             answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
         for c, result in zip(missing, answers):

@@ -11,6 +11,7 @@ import torch
 
 from headprof.evaluation.records import EvalRecord
 from headprof.intervals import wilson_interval
+from headprof.runtime.methods import METHODS
 
 if TYPE_CHECKING:
     from headprof.plots import AccuracyPoint
@@ -104,7 +105,7 @@ def write_figures(
     for method in dict.fromkeys(r.method for r in records):
         rows = [r for r in records if r.method == method and r.budget in (None, chosen) and r.depth is not None]
         if rows:
-            label = method if method == "full" else f"{method} B={chosen}"
+            label = f"{method} B={chosen}" if METHODS[method].compresses else method
             lengths, depths, grids[label] = needle_grid(rows)
     if not grids:  # no needle probes (task rows only): no heatmap
         return None

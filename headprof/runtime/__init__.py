@@ -11,7 +11,8 @@ and `headprof.runtime.selection` (pure tensor code) don't import transformers.
 from headprof.lazy import lazy_exports
 
 _EXPORTS = {
-    "BudgetPlan": "headprof.runtime.budgets",
+    "BudgetPlan": "headprof.runtime.plan",
+    "BudgetSource": "headprof.runtime.budgets",
     "default_method": "headprof.runtime.budgets",
     "plan_budgets": "headprof.runtime.budgets",
     "CompressedCache": "headprof.runtime.cache",
@@ -19,6 +20,7 @@ _EXPORTS = {
     "build_method": "headprof.runtime.methods",
     "Method": "headprof.runtime.methods.base",
     "Press": "headprof.runtime.press",
+    "build_press": "headprof.runtime.press",
     "cache_bytes": "headprof.runtime.press",
     "compressed": "headprof.runtime.press",
 }

@@ -8,7 +8,7 @@ compressed cache, as it would be for any later question about the same context.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,8 +40,17 @@ class RunResult:
     decode_tokens_per_s: float
     compressed: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def report(self, method: str) -> dict[str, Any]:
+        """What `headprof run` reports of it (times rounded), under the method's name."""
+        fields = ("answer", "kv_bytes", "kv_bytes_full", "index_bytes", "prompt_tokens")
+        return {
+            **{name: getattr(self, name) for name in fields},
+            "prefill_s": round(self.prefill_s, 4),
+            "compress_s": round(self.compress_s, 4),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
+            "method": method,
+            "compressed": self.compressed,
+        }
 
 
 def context_prefix_length(tokenizer: PreTrainedTokenizerBase, prompt: str, templated: bool, context: str) -> int:

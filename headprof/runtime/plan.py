@@ -1,54 +1,30 @@
-"""What a cache layer needs from its method, defined apart from both so that neither imports the other.
+"""`BudgetPlan`: the budgets of every layer and head a press compresses to.
 
-A `CompressedLayer` only scores its dense prompt, selects entries and (for a method that evicts during
-decoding) hands itself to the method after each attention; the full `Method` (options, budget policy,
-extra prefill passes) is the press's business.
+Defined below the methods and `runtime/budgets.py` (which makes plans from a `BudgetSource`): a method reads a
+plan (`Method.budgets_for`) without importing what makes it, so the two import in one direction only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 
-from headprof.runtime.selection import Selection
+from headprof.allocation import AllocConfig
 
 
-class Compressor(Protocol):
-    """The steps of compression a layer runs: importance of each prompt position, which entries to keep,
-    and an optional update after each decode attention."""
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Budgets `[L, S]` (entries per stored head, window included; S = KV heads or query heads by `gqa`).
 
-    @property
-    def evicts(self) -> bool:
-        """Whether `evict` runs after every attention over a compressed layer."""
-        ...
+    `budgets` is None for a method that does not compress. Rows of a model's sliding-window layers are 0:
+    those layers keep their rolling window and are not budgeted. `budget` is the nominal per-head budget B
+    the budgets were made for (the references compare it with the prompt length); `config` is the policy
+    that made them when they came from the method's own policy (PyramidKV recomputes its schedule per prompt).
+    """
 
-    def score(
-        self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
-    ) -> torch.Tensor:
-        """Importance `[B, S, T]` of each prompt position for each stored head (higher = keep)."""
-        ...
-
-    def select(self, scores: torch.Tensor, budgets: torch.Tensor, window: int) -> Selection:
-        """Kept positions of each stored head, from `[B, S, T]` scores and `[S]` budgets."""
-        ...
-
-    def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
-        """Kept positions of every layer at once, from per-layer scores and `[L, S]` budgets."""
-        ...
-
-    def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:
-        """Update a compressed layer after its attention."""
-        ...
-
-
-@dataclass
-class LayerPlan:
-    """What one layer keeps: `budgets[s]` entries (window included) for each of its S stored heads; or, for a
-    sliding-window layer of the model (`sliding_window` > 0), its rolling window (budgets unused)."""
-
-    method: Compressor
-    budgets: torch.Tensor
+    budgets: torch.Tensor | None
     window: int
-    sliding_window: int = 0
+    gqa: str
+    budget: int = 0
+    config: AllocConfig | None = None

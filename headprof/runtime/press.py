@@ -13,25 +13,25 @@ patched. Works through `generate` (greedy, sampling) and through a manual forwar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
-from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.models.fingerprint import weights_fingerprint
 from headprof.models.registry import model_name, switch_attention
 from headprof.models.spec import ModelInfo, check_supported, info_from_config
-from headprof.runtime.budgets import BudgetPlan, plan_budgets
-from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
+from headprof.runtime.budgets import BudgetSource
+from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
 from headprof.runtime.methods import build_method
 from headprof.runtime.methods.base import ExtraPass, Method
-from headprof.runtime.plan import LayerPlan
+from headprof.runtime.plan import BudgetPlan
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -50,7 +50,8 @@ class PressStats:
 
 
 class Press:
-    """A KV-compression method bound to a model, with its per-layer, per-head budgets (see `plan_budgets`).
+    """A KV-compression method bound to a model, with its per-layer, per-head budgets (see `BudgetSource`);
+    made by `build_press`.
 
     `tokenizer` is used by methods whose extra passes add text (KVzip's repeat prompts and chat template).
     """
@@ -66,7 +67,7 @@ class Press:
     ):
         check_supported(model.config, model_name(model), runtime=True)
         if method.compresses and plan.budgets is None:
-            raise HeadprofError(f"{method.name} needs budgets (plan_budgets)")
+            raise HeadprofError(f"{method.name} needs budgets (a BudgetSource)")
         self.info = info_from_config(model.config, model_name(model))
         if plan.budgets is not None and plan.budgets.shape[0] != self.info.n_layers:
             raise HeadprofError(f"budgets for {plan.budgets.shape[0]} layers, but the model has {self.info.n_layers}")
@@ -172,14 +173,7 @@ class Press:
                     "batch prompts of equal length, or run them one by one"
                 )
             self.stats = PressStats(prompt_tokens=tokens)
-            self._passes = None
-            if isinstance(cache, CompressedCache):
-                plan = self.plan_for(tokens) if self.plan_for else self.plan
-                cache.set_budgets(self.method.budgets_for(plan, tokens))
-                self._passes = self.method.extra_passes(ids, self.tokenizer)
-                if self._passes is not None:
-                    self.check_positions(tokens, self._passes)
-                    cache.defer()
+            self._passes = self.begin_prompt(cache, ids, tokens) if isinstance(cache, CompressedCache) else None
             self._sync()
             self._started = time.perf_counter()
         return args, kwargs
@@ -192,11 +186,9 @@ class Press:
             self._run_extra_passes(cache, self._passes)
         self._passes = None
         self._sync()
-        self.stats.prefill_seconds = time.perf_counter() - self._started
+        prefill_seconds = time.perf_counter() - self._started
         self._started = 0.0
-        if isinstance(cache, CompressedCache):
-            self.stats.compress_seconds = cache.stats.compress_seconds
-            self.stats.compressed = cache.stats.compressed_heads > 0
+        self.stats = prompt_stats(cache, self.stats.prompt_tokens, prefill_seconds)
 
     def _refuse_unsupported(self, kwargs: dict, cache: Cache | None) -> None:
         """What a compressed cache cannot honour is refused in words, never silently replaced or left empty."""
@@ -222,6 +214,47 @@ class Press:
                 f"{self.method.name}: the prompt's {tokens} tokens + its longest extra pass of {longest} need "
                 f"positions up to {tokens + longest}, beyond the model's {limit} (shorten the context)"
             )
+
+    # ---------------------------------------------------------- one prompt's lifecycle
+    # begin_prompt -> the prompt's forward (each layer scores its own queries and compresses, or, with extra
+    # passes, stays dense) -> pass_scores + compress_all -> prompt_stats. `runtime/sweep.py` observes a prompt once
+    # and runs the last steps for many presses: `score_prompt` per layer, then `compress_from` per press.
+
+    def prompt_budgets(self, tokens: int) -> torch.Tensor:
+        """Budgets `[L, S]` for a prompt of `tokens` tokens (a compression ratio's, PyramidKV's schedule)."""
+        return self.method.budgets_for(self.plan_for(tokens) if self.plan_for else self.plan, tokens)
+
+    def begin_prompt(self, cache: CompressedCache, ids: torch.Tensor | None, tokens: int) -> list[ExtraPass] | None:
+        """Set a new prompt's budgets on `cache`; a method with extra passes gets them (checked against the
+        model's positions) and the cache keeps the prompt dense for them."""
+        cache.set_budgets(self.prompt_budgets(tokens))
+        passes = self.method.extra_passes(ids, self.tokenizer)
+        if passes is not None:
+            self.check_positions(tokens, passes)
+            cache.defer()
+        return passes
+
+    def score_prompt(self, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+        """A layer's scores `[B, S, T]` from the prompt's own queries, as the layer computes them when it
+        compresses itself (`CompressedLayer.compress`)."""
+        return self.method.score(query, keys, scaling, self.plan.window, int(self.plan.budgets.shape[1]))
+
+    @property
+    def scoring(self) -> tuple[type, object, int, int]:
+        """Presses with equal keys score a prompt alike (method class, options, window, stored heads), whatever
+        their budgets: one computation of the scores serves them all."""
+        return type(self.method), self.method.options, self.plan.window, int(self.plan.budgets.shape[1])
+
+    def compress_from(
+        self, dense: CompressedCache, tokens: int, scores: dict[int, torch.Tensor], prefill_seconds: float
+    ) -> tuple[CompressedCache, PressStats]:
+        """This press's cache for a prompt observed once elsewhere: the first `tokens` of the dense prompt in
+        `dense`, compressed at this press's budgets from `scores` (`[B, S, T]` per budgeted layer)."""
+        cache = self.new_cache()
+        cache.set_budgets(self.prompt_budgets(tokens))
+        cache.adopt(dense, tokens)
+        cache.compress_all(scores)
+        return cache, prompt_stats(cache, tokens, prefill_seconds)
 
     def _run_extra_passes(self, cache: CompressedCache, passes: list[ExtraPass]) -> None:
         """Score the prompt with every pass, then compress all layers at once."""
@@ -264,69 +297,52 @@ class Press:
             torch.cuda.synchronize()
 
 
+def prompt_stats(cache: Cache | None, tokens: int, prefill_seconds: float) -> PressStats:
+    """What a prompt cost, once its cache is compressed (or kept whole)."""
+    if not isinstance(cache, CompressedCache):
+        return PressStats(tokens, prefill_seconds)
+    return PressStats(tokens, prefill_seconds, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
+
+
+def build_press(
+    model: PreTrainedModel,
+    method: str | Method = "snapkv",
+    source: BudgetSource | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    info: ModelInfo | None = None,
+) -> Press:
+    """The one way a press is made (`compressed`, `headprof run`, `evaluate`, ablation): a method by name (with
+    its `options`, see `build_method`) or as an object, and budgets from `source` (default: `BudgetSource()`)."""
+    if isinstance(method, Method):
+        if options:
+            raise HeadprofError("options go with a method name: a Method object brings its own")
+    else:
+        method = build_method(method, **(options or {}))
+    source = source or BudgetSource()
+    info = info or info_from_config(model.config, model_name(model), weights_fingerprint(model))
+    plan_for = source.plan_for(method, info)  # a compression ratio's range is checked before any budget
+    return Press(model, method, source.plan(method, info), tokenizer=tokenizer, plan_for=plan_for)
+
+
 def compressed(
     model: PreTrainedModel,
     method: str | Method = "snapkv",
     budget: int = 128,
     *,
-    allocation: AllocArtifact | None = None,
-    scores: ScoreArtifact | None = None,
-    gqa: str = "kv",
-    window: int = 32,
-    beta: float | None = None,
-    temp: float = 1.0,
-    score_method: str = "r2",
-    rounding: str = "largest-remainder",
     tokenizer: PreTrainedTokenizerBase | None = None,
     info: ModelInfo | None = None,
-    compression_ratio: float | None = None,
-    **options: Any,
+    **settings: Any,
 ) -> Press:
     """`with compressed(model, "headkv", allocation=alloc): model.generate(...)`: a `Press` from a method name
-    (or object) and its options (`kernel=`, `pooling=`, `sinks=`, ...), budgets as in `plan_budgets`.
-
-    `compression_ratio` (kvpress's meaning, instead of `budget`): the share of each prompt's KV entries dropped,
-    so every prompt of T tokens gets a mean budget of `int(T * (1 - ratio))` per head (at least the window + 1),
-    distributed by the method's policy (HeadKV: from `scores`).
-    """
-    method = method if isinstance(method, Method) else build_method(method, **options)
-    info = info or info_from_config(model.config, model_name(model), weights_fingerprint(model))
-
-    def plan_at(mean: int) -> BudgetPlan:
-        return plan_budgets(
-            method,
-            info,
-            mean,
-            allocation=allocation,
-            scores=scores,
-            gqa=gqa,
-            window=window,
-            beta=beta,
-            temp=temp,
-            score_method=score_method,
-            rounding=rounding,
-        )
-
-    if compression_ratio is None:
-        return Press(model, method, plan_at(budget), tokenizer=tokenizer)
-    ratio = ratio_budget(compression_ratio, window, allocation is not None)
-    return Press(
-        model, method, plan_at(window + 1), tokenizer=tokenizer, plan_for=lambda tokens: plan_at(ratio(tokens))
-    )
-
-
-def ratio_budget(compression_ratio: float, window: int, has_allocation: bool = False) -> Callable[[int], int]:
-    """The mean per-head budget kvpress's `compression_ratio` gives a prompt of T tokens: `int(T * (1 - r))`
-    entries kept, never fewer than the window + 1 (a prompt shorter than that is kept whole)."""
-    if not isinstance(compression_ratio, (int, float)) or not 0 <= compression_ratio < 1:
-        raise HeadprofError(
-            f"compression_ratio must be in [0, 1) (the share of KV entries dropped), got {compression_ratio}"
-        )
-    if has_allocation:
-        raise HeadprofError(
-            "compression_ratio sets each prompt's budget, an allocation artifact fixes them: give scores= instead"
-        )
-    return lambda tokens: max(window + 1, int(tokens * (1 - compression_ratio)))  # kvpress: int(q_len * (1 - r))
+    (or object), `budget` and the other fields of `BudgetSource` (`allocation=`, `scores=`, `gqa=`, `window=`,
+    `compression_ratio=`, ...), and the method's options (`kernel=`, `pooling=`, `sinks=`, ...): every other
+    keyword. See `build_press`."""
+    fields = {field.name for field in dataclasses.fields(BudgetSource)}
+    source = BudgetSource(budget, **{key: value for key, value in settings.items() if key in fields})
+    options = {key: value for key, value in settings.items() if key not in fields}
+    return build_press(model, method, source, options=options, tokenizer=tokenizer, info=info)
 
 
 def cache_bytes(cache: Cache) -> dict[str, int]:

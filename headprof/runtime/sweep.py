@@ -18,11 +18,12 @@ budget's cache is selected from those scores and the question is fed on top, as 
 Memory bound: one prompt's dense K/V at a time (two with KVzip: the prompt's and the context's), each
 method's `[S, T]` scores per layer, and one compressed cache at a time while it decodes.
 
-`together=True` decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`): a decode
-step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
-runs the model's matrix products in other shapes than a single row does, so its floats differ in the last
-bits from a run alone, and a greedy answer can differ where two tokens tie within that rounding: an option,
-not the default. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
+`decode_together` (the default) decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`):
+a decode step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
+runs the model's matrix products in other shapes than a single row does, so its floats differ in the last bits
+from a run alone, and a greedy answer can differ where two tokens tie within that rounding (none did on the
+embedded model's probes, `tests/test_sweep.py`); `decode_together=False` decodes each alone, token for token a
+single run. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
 """
 
 from __future__ import annotations
@@ -37,15 +38,9 @@ from headprof.models.loading import LoadedModel
 from headprof.models.registry import attention_switched
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
 from headprof.runtime.generation import RunResult, check_length, generate_answer, greedy, run_result
-from headprof.runtime.press import Press, PressStats, cache_bytes
+from headprof.runtime.press import Press, PressStats, cache_bytes, prompt_stats
 
-ScoreKey = tuple[type, object, int, int]  # method class, options, window, stored heads per layer
 Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
-
-
-def _score_key(press: Press) -> ScoreKey:
-    """Presses whose methods score a prompt the same way share one computation of the scores."""
-    return type(press.method), press.method.options, press.plan.window, int(press.plan.budgets.shape[1])
 
 
 @torch.no_grad()
@@ -55,31 +50,33 @@ def sweep_answers(
     prompt_ids: list[int],
     context_tokens: int,
     max_new_tokens: int,
-    together: bool = False,
+    decode_together: bool = True,
 ) -> list[RunResult]:
     """Greedy answers to one prompt under every press (one per method x budget), in the order given, equal to
-    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `together`: decode the
-    compressed caches as one batch (see the module's docstring)."""
+    `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `decode_together`: decode
+    the compressed caches as one batch (see the module's docstring)."""
     check_length(loaded, len(prompt_ids), max_new_tokens)
     ids = torch.tensor([prompt_ids], device=loaded.device)
     results: dict[int, RunResult] = {}
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
     if any(p.method.compresses for _, p in aware):
         prepared, first = _query_aware(loaded, aware, ids)
-        results.update(_decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, together))
+        results.update(
+            _decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, decode_together)
+        )
     else:  # only the full cache: nothing to share
         results.update({i: generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for i, p in aware})
     for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
         prepared = _query_agnostic(loaded, group, ids, context_tokens)
-        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, together))
+        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, decode_together))
     return [results[i] for i in range(len(presses))]
 
 
 def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
-    """Presses grouped by how they score, in first-seen order."""
-    groups: dict[ScoreKey, list[tuple[int, Press]]] = {}
+    """Presses grouped by how they score (`Press.scoring`), in first-seen order."""
+    groups: dict[object, list[tuple[int, Press]]] = {}
     for i, press in indexed:
-        groups.setdefault(_score_key(press), []).append((i, press))
+        groups.setdefault(press.scoring, []).append((i, press))
     return list(groups.values())
 
 
@@ -91,13 +88,12 @@ def _query_aware(
     compressing = [(i, p) for i, p in indexed if p.method.compresses]
     dense = compressing[0][1].new_cache()
     dense.defer()
-    scorers = {_score_key(group[0][1]): group[0][1] for group in _groups(compressing)}
-    scores: dict[ScoreKey, dict[int, torch.Tensor]] = {key: {} for key in scorers}
+    scorers = {group[0][1].scoring: group[0][1] for group in _groups(compressing)}
+    scores: dict[object, dict[int, torch.Tensor]] = {key: {} for key in scorers}
 
     def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
         for key, press in scorers.items():
-            n_stored = int(press.plan.budgets.shape[1])
-            scores[key][index] = press.method.score(query, keys, scaling, press.plan.window, n_stored)
+            scores[key][index] = press.score_prompt(query, keys, scaling)
 
     dense.observe(observe)
     started = time.perf_counter()
@@ -109,14 +105,9 @@ def _query_aware(
     prepared: list[Prepared] = []
     for i, press in indexed:
         if press.method.compresses:
-            cache = press.new_cache()
-            cache.set_budgets(press.method.budgets_for(press.plan, total))
-            cache.adopt(dense, total)
-            cache.compress_all(scores[_score_key(press)])
-            stats = PressStats(total, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
-            prepared.append((i, press, cache, stats))
+            prepared.append((i, press, *press.compress_from(dense, total, scores[press.scoring], prefill_s)))
         else:
-            prepared.append((i, press, _full_cache(loaded, dense), PressStats(total, prefill_s)))
+            prepared.append((i, press, _full_cache(loaded, dense), prompt_stats(None, total, prefill_s)))
     return prepared, first
 
 
@@ -127,25 +118,15 @@ def _query_agnostic(
     each budget's compressed context."""
     scorer = indexed[0][1]
     context = ids[:, :context_tokens]
-    passes = scorer.method.extra_passes(context, scorer.tokenizer)
     dense = scorer.new_cache()
-    dense.defer()
-    if passes is not None:
-        scorer.check_positions(context_tokens, passes)
+    passes = scorer.begin_prompt(dense, context, context_tokens)
+    dense.defer()  # also without passes: every budget is compressed from this prompt
     started = time.perf_counter()
     with attention_switched(loaded.model, ATTENTION_IMPL):
         loaded.model(input_ids=context, cache=dense, use_cache=True, logits_to_keep=1)
     scores = scorer.pass_scores(dense, passes or [])
     prefill_s = time.perf_counter() - started
-    prepared = []
-    for i, press in indexed:
-        cache = press.new_cache()
-        cache.set_budgets(press.method.budgets_for(press.plan, context_tokens))
-        cache.adopt(dense, context_tokens)
-        cache.compress_all(scores)
-        stats = PressStats(context_tokens, prefill_s, cache.stats.compress_seconds, cache.stats.compressed_heads > 0)
-        prepared.append((i, press, cache, stats))
-    return prepared
+    return [(i, press, *press.compress_from(dense, context_tokens, scores, prefill_s)) for i, press in indexed]
 
 
 def _decode(
@@ -154,7 +135,7 @@ def _decode(
     ids: torch.Tensor,
     max_new_tokens: int,
     first: torch.Tensor | None,
-    together: bool,
+    decode_together: bool,
 ) -> dict[int, RunResult]:
     """Greedy answers from prepared caches; `ids` holds the prompt (and `first`, the answer's first token when
     the prompt's own pass gave it). Alone, each cache as a single run decodes it; together, the compressed
@@ -168,7 +149,7 @@ def _decode(
     batches: dict[object, list[Prepared]] = {}
     for entry in prepared:
         cache, method = entry[2], entry[1].method
-        stackable = together and isinstance(cache, CompressedCache) and not method.evicts
+        stackable = decode_together and isinstance(cache, CompressedCache) and not method.evicts
         layout = cache.budgeted[0].n_stored if stackable and cache.budgeted else 0
         batches.setdefault(("stack", layout) if stackable else ("alone", entry[0]), []).append(entry)
     for batch in batches.values():

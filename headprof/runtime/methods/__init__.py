@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator, Mapping
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headprof.errors import HeadprofError
@@ -65,4 +66,52 @@ def build_method(name: str, **settings: Any) -> Method:
     return cls(cls.Options(**{key: value for key, value in settings.items() if key in own}))
 
 
-__all__ = ["METHODS", "MethodRegistry", "build_method"]
+def option_types(name: str) -> dict[str, type]:
+    """The options method `name` takes, with the type of each (from its options dataclass)."""
+    hints = typing.get_type_hints(METHODS[name].Options)
+    return {field.name: hints[field.name] for field in dataclasses.fields(METHODS[name].Options)}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _convert(text: str, kind: type, key: str) -> Any:
+    """One option's text as its dataclass field's type."""
+    if kind is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise HeadprofError(f"method option {key} takes true or false, got '{text}'")
+    try:
+        return kind(text)
+    except ValueError:
+        raise HeadprofError(
+            f"method option {key} takes {'an' if kind is int else 'a'} {kind.__name__}, got '{text}'"
+        ) from None
+
+
+def parse_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`[method.]key=value` texts as typed settings for each of `methods` (types from the options dataclasses).
+
+    A plain `key` goes to every named method that takes it (`scale=head-dim` reaches SnapKV, H2O and KVzip
+    alike), `method.key` to that method alone; a key none of them takes, or a value its type refuses, is an
+    error naming the keys they take. Ranges and choices are checked by the options dataclasses themselves."""
+    settings: dict[str, dict[str, Any]] = {name: {} for name in methods}
+    types = {name: option_types(name) for name in methods}
+    for pair in pairs:
+        target, sep, text = pair.partition("=")
+        scope, dot, key = target.strip().rpartition(".")
+        if not sep or not key:
+            raise HeadprofError(f"method option '{pair}' is not key=value (or method.key=value)")
+        if dot and scope not in settings:
+            raise HeadprofError(f"method option '{pair}' names method '{scope}', not one of {', '.join(methods)}")
+        takers = [scope] if dot else [name for name in methods if key in types[name]]
+        if not takers or key not in types[takers[0]]:
+            valid = sorted({k for name in ([scope] if dot else methods) for k in types[name]})
+            where = scope if dot else ", ".join(methods)
+            raise HeadprofError(f"unknown method option '{key}' for {where} ({', '.join(valid) or 'none'})")
+        for name in takers:
+            settings[name][key] = _convert(text.strip(), types[name][key], key)
+    return settings
+
+
+__all__ = ["METHODS", "MethodRegistry", "build_method", "option_types", "parse_options"]

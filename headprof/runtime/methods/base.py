@@ -1,7 +1,8 @@
 """The method interface, after kvpress's presses: a method is a small class with an options dataclass
 and hooks; the press and the cache call the hooks and own everything else.
 
-Hooks (pure: tensors in, tensors out, no state kept between calls; the press and the cache keep the state):
+Hooks (pure: tensors in, tensors out, no state kept between calls; the press and the cache keep the state),
+all but `evict`, the one hook that updates a layer in place:
 - `budgets_for(plan, prompt_tokens)`: the budgets one prompt uses (the references' "no compression when the
   budget covers the prompt", PyramidKV's schedule that depends on the prompt length);
 - `score(query, keys, scaling, window, n_stored)`: importance of each prompt position for each stored head;
@@ -12,7 +13,8 @@ Hooks (pure: tensors in, tensors out, no state kept between calls; the press and
   prompt through `score_pass`, and `select_layers` then selects over all layers at once (default: `select`
   layer by layer); None (the default): the layer compresses from its own prompt queries, right away;
 - `evict(layer, query, scaling)`: called after every attention over a compressed layer when `evicts` is
-  True (H2O's decode-time eviction); it may replace the layer's stored entries.
+  True (H2O's decode-time eviction); the one stateful hook: it replaces the layer's stored entries through
+  `CompressedLayer.store` and returns nothing.
 
 Adding a method = one file in `runtime/methods/` with one `Method` subclass, and one line in the
 registry (`methods/__init__.py`).
@@ -30,8 +32,7 @@ from headprof.runtime.selection import Selection, top_k_with_window
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from headprof.runtime.budgets import BudgetPlan
-    from headprof.runtime.cache import CompressedLayer
+    from headprof.runtime.plan import BudgetPlan
 
 
 SCALES = ("model", "head-dim")
@@ -74,6 +75,7 @@ class Method:
     compresses: ClassVar[bool] = True  # False: the full cache (transformers' own DynamicCache)
     query_agnostic: ClassVar[bool] = False  # True: compresses the context alone, before any question
     needs_tokenizer: ClassVar[bool] = False  # True: its extra passes are text (a press refuses to build without one)
+    needs_scores: ClassVar[bool] = False  # True: its own policy allocates from head scores (a score artifact)
 
     def __init__(self, options: Any = None):
         self.options = self.Options() if options is None else options
@@ -125,5 +127,7 @@ class Method:
         `keys` `[B, Hkv, N + n, d]` (the prompt's, then the pass's own)."""
         raise NotImplementedError(f"{self.name} has no extra pass")
 
-    def evict(self, layer: CompressedLayer, query: torch.Tensor, scaling: float) -> None:
-        """Update a compressed layer after its attention (only called when `evicts` is True)."""
+    def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:
+        """Update a compressed layer (a `cache.CompressedLayer`; typed loosely so that the method interface does
+        not import the cache built on it) in place after its attention, only called when `evicts` is True: the one
+        hook with a side effect, it hands the layer its new entries through `store`."""

@@ -14,6 +14,7 @@ class HeadKV(SnapKV):
 
     name = "headkv"
     policy = "headkv"
+    needs_scores = True
     window_reduce = "mean"
 
     def select(self, scores: torch.Tensor, budgets: torch.Tensor, window: int) -> Selection:

@@ -171,7 +171,8 @@ class KVzip(Method):
     ) -> torch.Tensor:
         """Max attention of the pass's queries on each position of its chunk, the softmax over the prefix, the
         chunk and the pass's tokens only; cast to the model dtype (the authors' scores are in it)."""
-        assert isinstance(extra, ReconstructionPass)
+        if not isinstance(extra, ReconstructionPass):
+            raise HeadprofError(f"kvzip scores its own reconstruction passes, not a {type(extra).__name__}")
         n_queries, block = query.shape[2], self.options.block
         scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         span = extra.end - extra.start

@@ -10,7 +10,7 @@ from headprof.allocation import pyramid
 from headprof.runtime.methods.snapkv import SnapKV
 
 if TYPE_CHECKING:
-    from headprof.runtime.budgets import BudgetPlan
+    from headprof.runtime.plan import BudgetPlan
 
 
 class PyramidKV(SnapKV):
