@@ -3,7 +3,6 @@ hub ids through the local HF cache first; every failure is one line naming what 
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,10 +113,6 @@ def load_model(
     what was tried."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if device_map and importlib.util.find_spec("accelerate") is None:
-        raise HeadprofError(
-            f"device_map {device_map!r} (--device-map) needs the accelerate package: pip install 'headprof[multi-gpu]'"
-        )
     spec = resolve_model(name)
     device = check_device(device)
     weights = local_weights(spec)
