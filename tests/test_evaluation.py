@@ -215,6 +215,11 @@ def test_ablate_cli(cli, workdir, eval_probes):
     (row,) = report["rows"]
     assert row["k"] == 14 and report["n_items"] == 4 and len(row["random"]) == 2 and report["ablation"] == "mean"
     assert all(0 <= value <= 1 for value in (report["baseline"], row["top"], row["random_mean"]))
+    # the p-value and every item's outcome under every mask, from which the accuracies recompute
+    assert row["p_value"] == (1 + row["random_at_or_below_top"]) / 3
+    assert len(report["items"]) == 4 and row["top"] == sum(row["top_hits"]) / 4
+    assert [sum(hits) / 4 for hits in row["random_hits"]] == row["random"]
+    assert row["top_interval"]["low"] <= row["top"] <= row["top_interval"]["high"]
     assert 0.5 < report["split_half"]["spearman_median"] <= 1 and report["split_half"]["splits"] == 200
     assert report["vs_compare"]["spearman"] == pytest.approx(1.0)
     reference = load_scores(REFERENCE / "scores.safetensors")

@@ -204,7 +204,7 @@ def ablate(
             help="Heads to mask, comma-separated: percents of all heads (5%) or counts.",
         ),
     ] = "1%,2%,5%,10%",
-    random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 10,
+    random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 20,
     ablation: Annotated[
         Ablation,
         choice(Ablation, "unknown ablation '{value}' ({choices})", "mean: a masked head outputs its mean; zero."),
