@@ -54,6 +54,7 @@ class Mode(str, Enum):
 class Criterion(str, Enum):
     """When a generated answer counts as right (metrics.CRITERIA)."""
 
+    answer = "answer"
     f1 = "f1"
     recall = "recall"
     f1_answer = "f1-answer"
