@@ -330,7 +330,9 @@ def main() -> None:
     parser.add_argument("--exact-decode", action="store_true", help="decode each configuration alone")
     args = parser.parse_args()
     default_out = Path("headprof-out/results-quick") if args.quick else Path("benchmarks")
-    paths = Paths(args.out or default_out, args.figures or (args.out or default_out if args.quick else Path("docs")))
+    # figures beside the results for --quick or --out, in docs/ (the README's) for the committed results
+    figures = args.figures or args.out or (default_out if args.quick else Path("docs"))
+    paths = Paths(args.out or default_out, figures)
     if args.plots_only:
         plots_only(paths)
         return

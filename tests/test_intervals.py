@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -121,3 +123,15 @@ def test_permutation_p_value():
         permutation_p_value(0.1, [])
     with pytest.raises(ValueError):
         permutation_p_value(0.1, [0.2], "two-sided")
+
+
+def test_statistics_and_needle_generation_import_no_model_code():
+    """The statistics and the needle generator are pure: a report or a probe set needs neither torch nor
+    transformers to import them."""
+    script = (
+        "import sys, headprof.intervals, headprof.needlegen; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
