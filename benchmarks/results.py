@@ -1,20 +1,21 @@
-"""Regenerate benchmarks/RESULTS.md and the README figures for the embedded model.
+"""Regenerate benchmarks/RESULTS.md, its per-item records and the README figures for the embedded model.
 
-    python benchmarks/results.py               # about 1.5 hours on 2 CPU cores; results are cached
-    python benchmarks/results.py --plots-only  # redraw docs/accuracy*.png from the cached results, no model
+    python benchmarks/results.py               # the full run (about 90 minutes on 2 CPU cores); results are cached
+    python benchmarks/results.py --quick       # a smoke test of every step in a few minutes, written to
+                                               # headprof-out/results-quick/ (never over the committed results)
+    python benchmarks/results.py --plots-only  # redraw the accuracy figures from results.json, no model
 
-1. the evaluation probe set headprof/data/reference/smollm2-135m/eval-probes.jsonl (8 evaluation
-   needles, disjoint from the scoring needles, x 1024/2048 tokens x depths 25/75), built if missing
-   (run from a checkout: it writes into the package's reference folder, which is committed);
-2. every method x budget 64/128/256/512 (window 32), exact match and KV bytes -> table,
-   docs/accuracy.png, docs/accuracy-needles.png; and every method again with window 8 at
-   32/64/128/256, to show what a window that no longer reaches the question does;
-3. head ablation, a dose-response: the top 1/2/5/10% of heads by r2 mean-ablated vs 10 random sets of
-   as many heads matched per layer -> table and docs/ablation.png;
-4. how much the scores depend on the needles: split-half agreement over 200 random needle-balanced
-   splits (median, 5th percentile) of the teacher and generate references, and built-in vs another
-   haystack (/usr/share/common-licenses, or --haystack PATH);
-5. docs/heads-r2.png, the reference artifact's r2 heatmap, and docs/heads-r2-reliability.png.
+1. evaluation probes from generated needles (`headprof.needlegen`, the `test` split: fact templates, names,
+   values and haystack of no scoring needle), `--needles` needles x `--lengths` x depths 25/75;
+2. every method x budget on them: exact match with needle-cluster bootstrap intervals (whole needles
+   resampled), mean kept KV bytes (the figure puts bytes on the x-axis), and HeadKV minus every other method
+   on the same items at the same budget with cluster-bootstrap intervals;
+3. RULER's synthetic tasks with RULER's own answer lengths, `--ruler-samples` per task and length, intervals
+   and paired differences the same way (each generated row is its own cluster);
+4. head ablation: the top 1/2/5/10% of heads by r2 mean-ablated vs `--trials` random sets matched per layer on
+   the 1024-token probes of `--ablation-needles` needles, with a permutation p-value per k;
+5. how much the scores depend on the needles (split halves) and on the haystack;
+6. every table's per-item records next to RESULTS.md (`results-records*.jsonl`).
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from headprof import ablation as A
 from headprof import evaluation as E
-from headprof import plots, workspace
+from headprof import needlegen, plots, workspace
 from headprof.artifacts import load_scores
-from headprof.cli.render_eval import result_cells
 from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
-from headprof.intervals import bootstrap_interval
+from headprof.intervals import DEFAULT_RESAMPLES, method_estimates, needle_cluster, paired_against
 from headprof.models import load_model
-from headprof.probes import build_probes, load_needles, load_probes, write_probes
+from headprof.probes import build_probes, load_needles
 from headprof.reliability import artifact_reliability
 from headprof.scoring import ScoreConfig, score_probes
 from headprof.tasks import RulerConfig, TaskSource
@@ -43,210 +45,412 @@ from headprof.tasks import RulerConfig, TaskSource
 MODEL = "smollm2-135m"
 REFERENCE = workspace.reference_file(MODEL, "scores.safetensors")
 GENERATE_REFERENCE = workspace.reference_file(MODEL, "scores-generate.safetensors")
-EVAL_PROBES = workspace.reference_file(MODEL, "eval-probes.jsonl")
 EVAL_CACHE = workspace.eval_cache_file(MODEL)
-RESULTS_JSON = Path("benchmarks/results.json")
-# The main sweep's per-item results (one EvalRecord per line): what the needle figure is drawn from.
-RECORDS_JSONL = Path("benchmarks/results-records.jsonl")
 METHODS = ("full", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip")
+PAIRED_WITH = "headkv"
 
 
-def _table(results: list[dict], budgets: list[int], methods: tuple[str, ...] = METHODS) -> str:
-    rows = result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} ({r['kv_bytes'] / 2**20:.1f} MiB)")
+@dataclass(frozen=True)
+class Sizes:
+    """How much one run measures; the full size is chosen to fit about 90 minutes on 2 cores (see RESULTS.md)."""
+
+    needles: int
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...]
+    budgets: tuple[int, ...]
+    methods: tuple[str, ...]
+    small_window_budgets: tuple[int, ...]
+    ruler_tasks: tuple[str, ...]
+    ruler_lengths: tuple[int, ...]
+    ruler_samples: int
+    ruler_budgets: tuple[int, ...]
+    ruler_methods: tuple[str, ...]
+    ablation_needles: int
+    trials: int
+    ablate_top: str
+    haystack_check: bool
+
+
+FULL = Sizes(
+    needles=40,
+    lengths=(1024, 4096),
+    depths=(25.0, 75.0),
+    budgets=(64, 128, 256, 512),
+    methods=METHODS,
+    small_window_budgets=(),
+    ruler_tasks=("niah_single_2", "niah_multikey_1", "niah_multivalue", "vt", "cwe", "fwe"),
+    ruler_lengths=(1024, 2048, 4096),
+    ruler_samples=20,
+    ruler_budgets=(128, 512),
+    ruler_methods=("full", "snapkv", "adakv", "headkv", "kvzip"),
+    ablation_needles=10,
+    trials=20,
+    ablate_top="1%,2%,5%,10%",
+    haystack_check=True,
+)
+QUICK = Sizes(
+    needles=3,
+    lengths=(512, 1024),
+    depths=(25.0, 75.0),
+    budgets=(64, 128),
+    methods=("full", "snapkv", "headkv"),
+    small_window_budgets=(),
+    ruler_tasks=("niah_single_2", "vt"),
+    ruler_lengths=(1024,),
+    ruler_samples=2,
+    ruler_budgets=(128,),
+    ruler_methods=("full", "snapkv", "headkv"),
+    ablation_needles=2,
+    trials=3,
+    ablate_top="2%",
+    haystack_check=False,
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run writes: RESULTS.md, results.json and the records in `out`, figures in `figures`."""
+
+    out: Path
+    figures: Path
+
+    @property
+    def results_md(self) -> Path:
+        return self.out / "RESULTS.md"
+
+    @property
+    def results_json(self) -> Path:
+        return self.out / "results.json"
+
+    def records(self, table: str = "") -> Path:
+        """Per-item records of one table: `results-records.jsonl` (the needle sweep), `-<table>` for the others."""
+        return self.out / f"results-records{'-' + table if table else ''}.jsonl"
+
+    def figure(self, name: str) -> Path:
+        return self.figures / name
+
+    def link(self, name: str) -> str:
+        """A figure's path relative to RESULTS.md, for its links."""
+        return os.path.relpath(self.figure(name), self.out)
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def _write_records(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _statistics(records: Sequence[E.EvalRecord], value: str) -> dict[str, Any]:
+    """Per method x budget: mean with its cluster-bootstrap interval and mean kept bytes; and PAIRED_WITH minus
+    every other method at each budget on the same items (intervals.method_estimates / paired_against)."""
+
+    def get(r: E.EvalRecord) -> float:
+        return float(r.exact) if value == "exact" else float(r.score or 0.0)
+
+    estimates = method_estimates(records, get)
+    kv: dict[tuple[str, int | None], list[int]] = {}
+    for r in records:
+        kv.setdefault((r.method, r.budget), []).append(r.kv_bytes)
+    rows = [
+        {"method": m, "budget": b, **est.to_dict(), "kv_bytes": round(sum(kv[(m, b)]) / len(kv[(m, b)]))}
+        for (m, b), est in estimates.items()
+    ]
+    paired = paired_against(records, PAIRED_WITH, get) if any(r.method == PAIRED_WITH for r in records) else []
+    return {"rows": rows, "paired": paired, "value": value}
+
+
+def _cells(stats: dict[str, Any], methods: Sequence[str], budgets: Sequence[int], scale: float = 1.0) -> str:
+    """Accuracy [95% cluster interval] (mean kept MiB) per method x budget; a column line giving the spread of
+    mean kept bytes among the compressed methods (columns are budgets, not equal bytes)."""
+    by = {(r["method"], r["budget"]): r for r in stats["rows"]}
+    fmt = "{:.2f}" if scale == 1 else "{:.0f}"
     header = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
-    return "\n".join(header + ["| " + " | ".join(row) + " |" for row in rows])
+    lines = []
+    for method in methods:
+        cells = []
+        for budget in budgets:
+            r = by.get((method, None if method == "full" else budget))
+            if r is None:
+                cells.append("")
+                continue
+            v, lo, hi = (fmt.format(scale * r[k]) for k in ("value", "low", "high"))
+            cells.append(f"{v} [{lo}, {hi}] ({_mib(r['kv_bytes'])})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    spread = []
+    for budget in budgets:
+        kept = [r["kv_bytes"] for (m, b), r in by.items() if b == budget]
+        spread.append(f"{min(kept) / max(kept):.2f}" if kept else "")
+    lines.append("| *min/max kept bytes* | " + " | ".join(spread) + " |")
+    return "\n".join(header + lines)
 
 
-def _ruler(
-    loaded, reference, lengths: tuple[int, ...], samples: int, budgets: list[int], max_new_tokens: int, batched: bool
-) -> dict:
-    """RULER's synthetic suite (every task, `samples` per task and length) under every method x budget: the mean
-    task score (RULER's string match, in percent) per configuration and length, with a 95% bootstrap interval
-    over the items."""
-    rows, skipped = TaskSource.parse("ruler", RulerConfig(lengths=lengths, samples=samples)).load(
-        loaded.tokenizer, loaded.info.max_context
-    )
-    items = E.items_from_rows(loaded.tokenizer, rows, loaded.info.max_context, max_new_tokens)
-    config = E.EvalConfig(METHODS, tuple(budgets), max_new_tokens=max_new_tokens, decode_together=batched)
-    records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
-    table = []
-    for method in METHODS:
-        for budget in (None,) if method == "full" else budgets:
-            for length in lengths:
-                scores = [100 * r.score for r in records if (r.method, r.budget, r.length) == (method, budget, length)]
-                low, high = bootstrap_interval(scores)
-                mean = sum(scores) / len(scores)
-                table.append(
-                    dict(method=method, budget=budget, length=length, score=mean, low=low, high=high, n=len(scores))
-                )
+def _paired_cells(stats: dict[str, Any], methods: Sequence[str], budgets: Sequence[int], scale: float = 1.0) -> str:
+    """PAIRED_WITH minus each method at each budget [95% cluster interval], with PAIRED_WITH's kept bytes over the
+    other's: a difference means most where that ratio is near 1."""
+    by = {(r["method"], r["budget"]): r for r in stats["rows"]}
+    diffs = {(r["method"], r["budget"]): r for r in stats["paired"]}
+    fmt = "{:+.2f}" if scale == 1 else "{:+.0f}"
+    header = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    lines = []
+    for method in methods:
+        if method == PAIRED_WITH:
+            continue
+        cells = []
+        for budget in budgets:
+            d, ref = diffs.get((method, budget)), by.get((PAIRED_WITH, budget))
+            other = by.get((method, None if method == "full" else budget))
+            if d is None or ref is None or other is None:
+                cells.append("")
+                continue
+            v, lo, hi = (fmt.format(scale * d[k]) for k in ("value", "low", "high"))
+            cells.append(f"{v} [{lo}, {hi}] (bytes x{ref['kv_bytes'] / other['kv_bytes']:.2f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(header + lines)
+
+
+def _accuracy_figure(stats: dict[str, Any], path: Path, title: str, n_needles: int) -> None:
+    """Accuracy against mean kept KV bytes, one line per method, bars the needle-cluster intervals."""
+    curves: dict[str, list[plots.AccuracyPoint]] = {}
+    for r in sorted(stats["rows"], key=lambda r: (r["method"], r["budget"] or 0)):
+        curves.setdefault(r["method"], []).append(
+            plots.AccuracyPoint(r["kv_bytes"], r["value"], r["budget"], (r["low"], r["high"]))
+        )
+    full = curves.pop("full", [None])[0]
+    note = f"bars: 95% bootstrap interval resampling whole needles ({n_needles} needles); x: mean kept KV bytes"
+    plots.accuracy_vs_bytes(curves, full, path, f"{title}: accuracy vs KV cache", note)
+
+
+def _needle_figure(records: Sequence[E.EvalRecord], path: Path, title: str, budget: int) -> None:
+    grids, lengths, depths = {}, [], []
+    for method in dict.fromkeys(r.method for r in records):
+        rows = [r for r in records if r.method == method and r.budget in (None, budget)]
+        label = method if method == "full" else f"{method} B={budget}"
+        lengths, depths, grids[label] = E.needle_grid(rows)
+    plots.needle_grids(grids, lengths, depths, path, f"{title}: accuracy by length x depth")
+
+
+def _ruler(loaded, reference, sizes: Sizes, batched: bool) -> tuple[dict[str, Any], list[E.EvalRecord]]:
+    """The RULER tasks with their own answer lengths under `sizes.ruler_methods` x budgets: the mean string-match
+    score in percent per configuration (and per length) with cluster intervals and paired differences."""
+    config = RulerConfig(lengths=sizes.ruler_lengths, samples=sizes.ruler_samples)
+    source = TaskSource.parse("ruler:" + ",".join(sizes.ruler_tasks), config)
+    rows, skipped = source.load(loaded.tokenizer, loaded.info.max_context)
+    items = E.items_from_rows(loaded.tokenizer, rows, loaded.info.max_context)  # each task's tokens_to_generate
+    eval_config = E.EvalConfig(sizes.ruler_methods, sizes.ruler_budgets, decode_together=batched)
+    records = E.evaluate(loaded, items, eval_config, reference, EVAL_CACHE)
+    overall = _statistics(records, "score")
+    by_length = {n: _statistics([r for r in records if r.length == n], "score") for n in sizes.ruler_lengths}
     return {
-        "rows": table,
+        "overall": overall,
+        "by_length": {str(n): s for n, s in by_length.items()},
         "tasks": sorted({r.task for r in records}),
         "skipped": skipped,
-        "samples": samples,
-        "max_new_tokens": max_new_tokens,
-        "lengths": list(lengths),
-    }
+        "samples": sizes.ruler_samples,
+        "lengths": list(sizes.ruler_lengths),
+        "n_items": len(items),
+    }, records
 
 
-def _ruler_table(ruler: dict) -> str:
+def _ruler_by_length(ruler: dict[str, Any]) -> str:
     lengths = ruler["lengths"]
     header = ["| method | " + " | ".join(f"{n} tokens" for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
-    cells: dict[tuple, list[str]] = {}
-    for r in ruler["rows"]:
-        name = r["method"] if r["budget"] is None else f"{r['method']} B={r['budget']}"
-        cells.setdefault(name, []).append(f"{r['score']:.1f} [{r['low']:.1f}, {r['high']:.1f}]")
+    cells: dict[str, list[str]] = {}
+    for n in lengths:
+        for r in ruler["by_length"][str(n)]["rows"]:
+            name = r["method"] if r["budget"] is None else f"{r['method']} B={r['budget']}"
+            cells.setdefault(name, []).append(f"{100 * r['value']:.0f} [{100 * r['low']:.0f}, {100 * r['high']:.0f}]")
     return "\n".join(header + [f"| {name} | " + " | ".join(row) + " |" for name, row in cells.items()])
 
 
-def _window8(small: list[dict], budgets: list[int]) -> str:
-    if not small:
-        return (
-            "The window-8 table (the PyramidKV and HeadKV code's window, where the observation window no longer "
-            'reaches the question) was left out of this run to keep it near an hour (`--small-window-budgets ""`); '
-            "`python benchmarks/results.py` without that option adds it."
-        )
-    return f"""The same probes with a window of 8 (the setting of the PyramidKV and HeadKV code), which allows
-B=32. Here the last 8 prompt tokens are the chat template's `<|im_end|>\\n<|im_start|>assistant\\n`
-and the end of the instruction: the observation window no longer sees the question, so
-SnapKV-style votes stop pointing at the needle. KVzip, query-agnostic (it scores entries by
-reconstructing the context), does not depend on the window.
+def _ablation_records(ablation: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per item x mask: nothing masked, the top-k set, each random k-set."""
+    rows = [
+        {"mask": "none", "k": 0, "trial": None, "item": i, "right": h}
+        for i, h in zip(ablation["items"], ablation["baseline_hits"])
+    ]
+    for r in ablation["rows"]:
+        rows += [
+            {"mask": "top", "k": r["k"], "trial": None, "item": i, "right": h}
+            for i, h in zip(ablation["items"], r["top_hits"])
+        ]
+        for t, hits in enumerate(r["random_hits"]):
+            rows += [
+                {"mask": "random", "k": r["k"], "trial": t, "item": i, "right": h}
+                for i, h in zip(ablation["items"], hits)
+            ]
+    return rows
 
-{_table(small, budgets)}"""
+
+def _title(n_items: int, n_needles: int, lengths: Sequence[int], window: int) -> str:
+    tokens = "/".join(map(str, lengths))
+    return f"SmolLM2-135M, {n_items} probes of {n_needles} generated needles ({tokens} tokens), window {window}"
 
 
-def _title(n_items: int, window: int) -> str:
-    return f"SmolLM2-135M, {n_items} retrieval probes (1k/2k tokens), window {window}"
+def plots_only(paths: Paths) -> None:
+    """Redraw the accuracy figures from results.json and the needle records, without loading the model."""
+    payload = json.loads(paths.results_json.read_text())
+    _accuracy_figure(payload["needles"], paths.figure("accuracy.png"), payload["title"], payload["n_needles"])
+    records = [E.EvalRecord(**json.loads(line)) for line in paths.records().read_text().splitlines() if line]
+    _needle_figure(records, paths.figure("accuracy-needles.png"), payload["title"], payload["grid_budget"])
+    print(f"wrote {paths.figure('accuracy.png')} and {paths.figure('accuracy-needles.png')}")
 
 
-def plots_only() -> None:
-    """Redraw the accuracy figures from the cached results, without loading the model: the accuracy figure
-    from benchmarks/results.json, the needle figure only when the per-item records file is there."""
-    payload = json.loads(RESULTS_JSON.read_text())
-    records = []
-    if RECORDS_JSONL.is_file():
-        records = [E.EvalRecord(**json.loads(line)) for line in RECORDS_JSONL.read_text().splitlines() if line]
-    needles = E.write_figures(
-        records, payload["results"], "docs/accuracy.png", _title(payload["n_items"], payload["window"]), 128
-    )
-    kept = E.needles_png_path("docs/accuracy.png")
-    print("wrote docs/accuracy.png" + (f" and {needles}" if needles else f" ({RECORDS_JSONL} missing: {kept} kept)"))
+def _sizes(args: argparse.Namespace) -> Sizes:
+    """FULL or QUICK, with any size given on the command line replacing its value."""
+    sizes = QUICK if args.quick else FULL
+    for f in fields(Sizes):
+        given = getattr(args, f.name, None)
+        if given is None:
+            continue
+        if f.name in ("needles", "ruler_samples", "ablation_needles", "trials"):
+            sizes = replace(sizes, **{f.name: int(given)})
+        elif f.name in ("methods", "ruler_methods", "ruler_tasks"):
+            sizes = replace(sizes, **{f.name: tuple(x for x in given.split(",") if x)})
+        elif f.name == "ablate_top":
+            sizes = replace(sizes, ablate_top=given)
+        elif f.name != "haystack_check":
+            cast = float if f.name == "depths" else int
+            sizes = replace(sizes, **{f.name: tuple(cast(x) for x in given.split(",") if x)})
+    return sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budgets", default="64,128,256,512")
+    parser.add_argument("--quick", action="store_true", help="a smoke test of every step (minutes)")
+    parser.add_argument("--out", type=Path, help="where RESULTS.md, results.json and records go")
+    parser.add_argument("--figures", type=Path, help="where the figures go")
+    for f in fields(Sizes):
+        if f.name != "haystack_check":
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=f"default: {getattr(FULL, f.name)}")
     parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--small-window-budgets", default="32,64,128,256")
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--ablate-top", default="1%,2%,5%,10%")
-    parser.add_argument("--ablation-probes", type=int, default=0, help="first N 1024-token probes (0: all)")
-    parser.add_argument("--ruler-lengths", default="1024,2048")
-    parser.add_argument("--ruler-samples", type=int, default=1)
-    parser.add_argument("--ruler-budgets", default="128,512")
-    parser.add_argument("--ruler-max-new-tokens", type=int, default=48)
-    parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from the cache")
-    parser.add_argument(
-        "--exact-decode", action="store_true", help="decode each configuration alone (default: batched per item)"
-    )
+    parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from results.json")
+    parser.add_argument("--exact-decode", action="store_true", help="decode each configuration alone")
     args = parser.parse_args()
+    default_out = Path("headprof-out/results-quick") if args.quick else Path("benchmarks")
+    # figures beside the results for --quick or --out, in docs/ (the README's) for the committed results
+    figures = args.figures or args.out or (default_out if args.quick else Path("docs"))
+    paths = Paths(args.out or default_out, figures)
     if args.plots_only:
-        plots_only()
+        plots_only(paths)
         return
-    budgets = [int(b) for b in args.budgets.split(",")]
-    started = time.time()
+    sizes = _sizes(args)
+    paths.out.mkdir(parents=True, exist_ok=True)
+    paths.figures.mkdir(parents=True, exist_ok=True)
+    started, timings = time.time(), {}
     loaded = load_model(MODEL, device="cpu")
     reference = load_scores(REFERENCE)
-    if not EVAL_PROBES.is_file():
-        needles = load_needles(workspace.eval_needle_file("retrieval"))[:8]
-        write_probes(
-            EVAL_PROBES,
-            build_probes(
-                needles, loaded.tokenizer, lengths=(1024, 2048), depths=(25, 75), tokenizer_name="smollm2-135m"
-            ),
-        )
-    probes = load_probes(EVAL_PROBES)
+    batched = not args.exact_decode
+
+    # 1-2. generated needles, every method x budget
+    clock = time.time()
+    probes = needlegen.build_eval_probes(
+        loaded.tokenizer, "test", sizes.needles, sizes.lengths, sizes.depths, tokenizer_name=MODEL
+    )
     E.check_disjoint(probes, reference)
     items = E.items_from_probes(loaded.tokenizer, probes)
-
-    batched = not args.exact_decode
-    config = E.EvalConfig(METHODS, tuple(budgets), "kv", args.window, 24, decode_together=batched)
+    config = E.EvalConfig(sizes.methods, sizes.budgets, "kv", args.window, 24, decode_together=batched)
     records = E.evaluate(loaded, items, config, reference, EVAL_CACHE)
-    results = E.summarize(records)
-    E.write_figures(
-        records,
-        results,
-        "docs/accuracy.png",
-        _title(len(items), args.window),
-        128,
-    )
-    write_text_atomic(RECORDS_JSONL, "".join(json.dumps(asdict(r)) + "\n" for r in records))
-    small_budgets = [int(b) for b in args.small_window_budgets.split(",") if b]
-    small = (
-        E.summarize(
-            E.evaluate(
-                loaded,
-                items,
-                E.EvalConfig(METHODS, tuple(small_budgets), "kv", 8, 24, decode_together=batched),
-                reference,
-                EVAL_CACHE,
-            )
-        )
-        if small_budgets
-        else []
-    )
-    ruler_budgets = [int(b) for b in args.ruler_budgets.split(",")]
-    ruler_lengths = tuple(int(n) for n in args.ruler_lengths.split(","))
-    ruler = _ruler(
-        loaded, reference, ruler_lengths, args.ruler_samples, ruler_budgets, args.ruler_max_new_tokens, batched
-    )
+    needles = _statistics(records, "exact")
+    title = _title(len(items), sizes.needles, sizes.lengths, args.window)
+    grid_budget = sizes.budgets[len(sizes.budgets) // 2]
+    _accuracy_figure(needles, paths.figure("accuracy.png"), title, sizes.needles)
+    _needle_figure(records, paths.figure("accuracy-needles.png"), title, grid_budget)
+    _write_records(paths.records(), [asdict(r) for r in records])
+    small = []
+    if sizes.small_window_budgets:
+        small_config = replace(config, budgets=sizes.small_window_budgets, window=8)
+        small_records = E.evaluate(loaded, items, small_config, reference, EVAL_CACHE)
+        small = [_statistics(small_records, "exact")]
+        _write_records(paths.records("window8"), [asdict(r) for r in small_records])
+    timings["needles"] = time.time() - clock
 
-    sizes = A.head_counts(args.ablate_top, loaded.info.n_layers * loaded.info.n_heads)
-    ablation_items = [item for item in items if item.length == 1024][: args.ablation_probes or None]
+    # 3. RULER
+    clock = time.time()
+    ruler, ruler_records = _ruler(loaded, reference, sizes, batched)
+    _write_records(paths.records("ruler"), [asdict(r) for r in ruler_records])
+    timings["ruler"] = time.time() - clock
+
+    # 4. ablation on the 1024-token (else shortest) probes of the first needles
+    clock = time.time()
+    shortest = min(sizes.lengths, key=lambda n: (n != 1024, n))
+    kept_needles = list(dict.fromkeys(p.needle_id for p in probes))[: sizes.ablation_needles]
+    ablation_items = [i for i in items if i.length == shortest and needle_cluster(i.id) in kept_needles]
+    heads = A.head_counts(sizes.ablate_top, loaded.info.n_layers * loaded.info.n_heads)
     ablation = A.dose_response(
-        loaded, reference, ablation_items, A.AblationConfig(sizes, args.trials, max_new_tokens=24)
+        loaded, reference, ablation_items, A.AblationConfig(heads, sizes.trials, max_new_tokens=24)
     )
+    _write_records(paths.records("ablation"), _ablation_records(ablation))
     plots.dose_response(
-        ablation["rows"], "docs/ablation.png", f"SmolLM2-135M: mean ablation, {len(ablation_items)} probes"
+        ablation["rows"],
+        paths.figure("ablation.png"),
+        f"SmolLM2-135M: mean ablation, {len(ablation_items)} probes of {ablation['n_needles']} needles",
     )
+    timings["ablation"] = time.time() - clock
+
+    # 5. reliability
+    clock = time.time()
     reliability = {"teacher": artifact_reliability(reference)}
     if GENERATE_REFERENCE.is_file():
         reliability["generate"] = artifact_reliability(load_scores(GENERATE_REFERENCE))
-
-    needles = [n for kind in ("retrieval", "reasoning") for n in load_needles(workspace.needle_file(kind))]
-    haystack_scores = {}
-    for name, source in (("builtin", "builtin"), ("other", args.haystack)):
-        hay_probes = build_probes(needles, loaded.tokenizer, lengths=(1024,), depths=(50,), haystack=source)
-        haystack_scores[name] = score_probes(loaded, hay_probes, ScoreConfig()).scores("r2")
-    haystack = rank_agreement(haystack_scores["builtin"], haystack_scores["other"])
-    title = f"SmolLM2-135M-Instruct: HeadKV r2 head scores ({len(reference.probe_ids)} teacher-forced probes)"
-    plots.score_heatmap(reference.scores("r2"), "docs/heads-r2.png", title)
-    plots.reliability_figure(reliability["teacher"], "docs/heads-r2-reliability.png", title)
+    haystack = None
+    if sizes.haystack_check:
+        scoring_needles = [n for kind in ("retrieval", "reasoning") for n in load_needles(workspace.needle_file(kind))]
+        haystack_scores = {}
+        for name, source in (("builtin", "builtin"), ("other", args.haystack)):
+            hay_probes = build_probes(scoring_needles, loaded.tokenizer, lengths=(1024,), depths=(50,), haystack=source)
+            haystack_scores[name] = score_probes(loaded, hay_probes, ScoreConfig()).scores("r2")
+        haystack = rank_agreement(haystack_scores["builtin"], haystack_scores["other"])
+    heatmap_title = f"SmolLM2-135M-Instruct: HeadKV r2 head scores ({len(reference.probe_ids)} teacher-forced probes)"
+    plots.score_heatmap(reference.scores("r2"), paths.figure("heads-r2.png"), heatmap_title)
+    plots.reliability_figure(reliability["teacher"], paths.figure("heads-r2-reliability.png"), heatmap_title)
+    timings["reliability"] = time.time() - clock
 
     payload = {
-        "results": results,
-        "results_window8": small,
+        "sizes": asdict(sizes),
+        "title": title,
+        "grid_budget": grid_budget,
+        "needles": needles,
+        "needles_window8": small,
         "ruler": ruler,
-        "ablation": ablation,
+        "ablation": {k: v for k, v in ablation.items() if k not in ("items", "baseline_hits")}
+        | {"rows": [{k: v for k, v in r.items() if not k.endswith("_hits")} for r in ablation["rows"]]},
         "split_half": {mode: {m: r["split_half"] for m, r in reports.items()} for mode, reports in reliability.items()},
         "haystack": haystack,
         "window": args.window,
         "n_items": len(items),
+        "n_needles": sizes.needles,
         "minutes": round((time.time() - started) / 60, 1),
+        "minutes_by_step": {k: round(v / 60, 1) for k, v in timings.items()},
     }
-    write_text_atomic(RESULTS_JSON, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(paths.results_json, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(paths.results_md, _markdown(payload, sizes, paths, args, batched))
+    print(paths.results_md.read_text())
+
+
+def _markdown(payload: dict[str, Any], sizes: Sizes, paths: Paths, args: argparse.Namespace, batched: bool) -> str:
+    ablation, ruler, needles = payload["ablation"], payload["ruler"], payload["needles"]
     dose = "\n".join(
-        f"| {r['k']} ({r['share']:.0%}) | {r['top']:.2f} | {r['random_mean']:.2f} ± {r['random_sd']:.2f} | "
-        f"{r['random_min']:.2f} - {r['random_max']:.2f} | {r['random_at_or_below_top']}/{len(r['random'])} |"
+        f"| {r['k']} ({r['share']:.0%}) | {r['top']:.2f} [{r['top_interval']['low']:.2f}, "
+        f"{r['top_interval']['high']:.2f}] | {r['random_mean']:.2f} ± {r['random_sd']:.2f} | "
+        f"{r['random_min']:.2f} - {r['random_max']:.2f} | {r['random_at_or_below_top']}/{len(r['random'])} | "
+        f"{r['p_value']:.3f} |"
         for r in ablation["rows"]
     )
     halves = "\n".join(
-        f"| {method}, {mode} | {r['split_half']['spearman_median']:.3f} | {r['split_half']['spearman_p5']:.3f} | "
-        f"{r['split_half']['top10_overlap_median']:.0%} |"
-        for mode, reports in reliability.items()
+        f"| {method}, {mode} | {r['spearman_median']:.3f} | {r['spearman_p5']:.3f} | {r['top10_overlap_median']:.0%} |"
+        for mode, reports in payload["split_half"].items()
         for method, r in reports.items()
-        if r["split_half"]
+        if r
+    )
+    haystack = payload["haystack"]
+    haystack_line = (
+        f"r2, built-in haystack vs {args.haystack} (the scoring needles, 1024 tokens, depth 50): Spearman "
+        f"{haystack['spearman']:.3f}, top-10 overlap {haystack['top10_overlap']:.0%}."
+        if haystack
+        else "The built-in vs other haystack comparison was left out of this run."
     )
     decoding = (
         "its compressed caches decoded as one batch (`eval`'s default: a greedy answer can differ from a run "
@@ -254,53 +458,83 @@ def main() -> None:
         if batched
         else "each configuration decoded alone"
     )
-    write_text_atomic(
-        "benchmarks/RESULTS.md",
-        f"""# Results on the embedded model
+    window8 = (
+        "Window 8 (the PyramidKV and HeadKV code's window):\n\n"
+        + _cells(payload["needles_window8"][0], sizes.methods, sizes.small_window_budgets)
+        if payload["needles_window8"]
+        else "The window-8 table was left out of this run (`--small-window-budgets 32,64,128,256` adds it)."
+    )
+    skipped = " Skipped: " + "; ".join(ruler["skipped"]) + "." if ruler["skipped"] else ""
+    left_out_ruler = sorted(set(METHODS) - set(sizes.ruler_methods))
+    steps = ", ".join(f"{k} {v} min" for k, v in payload["minutes_by_step"].items())
+    return f"""# Results on the embedded model
 
 SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), CPU. Regenerate everything here with
-`python benchmarks/results.py` (cached per method x budget x probe in
-`{EVAL_CACHE}`; {payload["minutes"]} min for this run). Each item is prefilled once for all methods and
-budgets and {decoding}.
+`python benchmarks/results.py` (cached per method x budget x item in `{EVAL_CACHE}`; {payload["minutes"]} min
+for this run: {steps}). Each item is prefilled once for all methods and budgets and {decoding}. Every table's
+per-item records are next to this file (`{paths.records().name}`, `{paths.records("ruler").name}`,
+`{paths.records("ablation").name}`): every number here recomputes from them.
+
+Intervals are 95% percentile bootstrap intervals that resample whole needles (a needle's probes at every
+length and depth are one cluster: their outcomes are nearly all-or-none), {DEFAULT_RESAMPLES} resamples
+(`headprof.intervals.cluster_bootstrap`).
 
 ## Accuracy against KV budget
 
-{len(items)} retrieval probes from `{os.path.relpath(EVAL_PROBES)}` (evaluation needles, disjoint from the scoring
-needles; 1024 and 2048 tokens, needle at 25% and 75% depth). Exact match: the normalised gold
-answer occurs in the greedy answer (24 new tokens). Cells: accuracy (mean KV cache at the end of
-generation). Window {args.window}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV
-budgets from `{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
+{payload["n_items"]} probes of {sizes.needles} evaluation needles generated from fact templates
+(`headprof/needlegen.py`, split `test`: topics, names, values and haystack of no scoring needle), at
+{"/".join(map(str, sizes.lengths))} tokens, needle at {"/".join(f"{d:g}" for d in sizes.depths)}% depth. Exact
+match: the normalised gold answer occurs in the greedy answer (24 new tokens). Cells: accuracy [95% needle-cluster
+interval] (mean KV cache kept at the end of generation). Columns are budgets, not equal bytes: the last row gives
+the smallest over the largest mean kept bytes in each column; the figure puts bytes on the x-axis. Window
+{args.window}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV budgets from
+`{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
 
-{_table(results, budgets)}
+{_cells(needles, sizes.methods, sizes.budgets)}
 
-![accuracy vs KV bytes](../docs/accuracy.png)
+![accuracy vs KV bytes]({paths.link("accuracy.png")})
 
-{_window8(small, small_budgets)}
+HeadKV minus each method on the same items at the same budget [95% needle-cluster interval] (HeadKV's mean
+kept bytes over the other method's): an interval above 0 says HeadKV answers more of these needles; read it
+together with the byte ratio.
 
-![accuracy by length and depth](../docs/accuracy-needles.png)
+{_paired_cells(needles, sizes.methods, sizes.budgets)}
+
+{window8}
+
+![accuracy by length and depth]({paths.link("accuracy-needles.png")})
 
 ## RULER
 
 RULER's synthetic tasks ({len(ruler["tasks"])}: {", ".join(ruler["tasks"])}), generated offline by
-`headprof tasks build` from the built-in haystack, {ruler["samples"]} sample(s) per task and length, under every
-method (window 32, KV-head layout) at B={", ".join(str(b) for b in ruler_budgets)}. Cells: the mean RULER
-string-match score in percent over the tasks, [95% bootstrap interval over the items, 1000 draws]. Answers are
-capped at {ruler["max_new_tokens"]} new tokens (RULER allows up to 128 for the needle tasks) to keep the run within
-the hour on 2 cores.{" Skipped: " + "; ".join(ruler["skipped"]) if ruler["skipped"] else ""}
+`headprof tasks build` from the built-in haystack, {ruler["samples"]} samples per task and length
+({ruler["n_items"]} items), each task answering in RULER's own `tokens_to_generate` (niah 128, vt 30, cwe 120,
+fwe 50), under {", ".join(sizes.ruler_methods)} (window 32, KV-head layout) at
+B={", ".join(str(b) for b in sizes.ruler_budgets)}; left out to fit the run: {", ".join(left_out_ruler) or "none"}
+and RULER's other tasks.{skipped} Cells: RULER's string-match score in percent [95% bootstrap interval over the
+items, each generated row its own cluster].
 
-{_ruler_table(ruler)}
+{_ruler_by_length(ruler)}
+
+All lengths together, and HeadKV minus each method on the same rows:
+
+{_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets)}
+
+{_paired_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets)}
 
 ## Do the scores mean anything?
 
-Mean ablation (a masked head outputs its mean output over the measured prompts) of the top-k heads
-by r2 vs {args.trials} random sets of k heads drawn outside the top set, matched per layer, on the same
-{ablation["n_items"]} probes of 1024 tokens, no compression; nothing masked: {ablation["baseline"]:.2f}.
+Mean ablation (a masked head outputs its mean output over the measured prompts) of the top-k heads by r2 vs
+{sizes.trials} random sets of k heads drawn outside the top set, matched per layer, on {ablation["n_items"]}
+probes of {ablation["n_needles"]} needles, no compression; nothing masked: {ablation["baseline"]:.2f}. p: one-sided
+permutation p-value, (1 + random sets at or below the top set) / (1 + sets); its floor is
+{1 / (sizes.trials + 1):.3f}.
 
-| heads masked | top k by r2 | random k (mean ± sd) | random min - max | random <= top |
-|---|---|---|---|---|
+| heads masked | top k by r2 [95% interval] | random k (mean ± sd) | random min - max | random <= top | p |
+|---|---|---|---|---|---|
 {dose}
 
-![dose-response](../docs/ablation.png)
+![dose-response]({paths.link("ablation.png")})
 
 How much the scores depend on the needles: Spearman over all {ablation["heads_total"]} heads between the
 scores of two disjoint needle halves, over 200 random needle-balanced splits (a reasoning needle's two
@@ -310,14 +544,11 @@ polarities stay together), and the top-10 overlap:
 |---|---|---|---|
 {halves}
 
-r2, built-in haystack vs {args.haystack} ({len(needles)} needles, 1024 tokens, depth 50): Spearman
-{haystack["spearman"]:.3f}, top-10 overlap {haystack["top10_overlap"]:.0%}.
+{haystack_line}
 
-![r2 head scores](../docs/heads-r2.png)
-![split halves and bootstrap intervals](../docs/heads-r2-reliability.png)
-""",
-    )
-    print(Path("benchmarks/RESULTS.md").read_text())
+![r2 head scores]({paths.link("heads-r2.png")})
+![split halves and bootstrap intervals]({paths.link("heads-r2-reliability.png")})
+"""
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from headprof import validation
 from headprof.capture import HeadMeans, masked_heads
 from headprof.errors import HeadprofError
 from headprof.heads import ranked_heads
+from headprof.intervals import cluster_bootstrap, needle_cluster, permutation_p_value
 from headprof.metrics import exact_match
 from headprof.runtime import build_press
 from headprof.runtime.generation import generate_answer
@@ -44,7 +45,7 @@ class AblationConfig:
     """Head counts to mask, random trials per count, how a masked head is replaced, which score ranks heads."""
 
     sizes: tuple[int, ...]
-    trials: int = 10
+    trials: int = 20  # the permutation p-value's floor is 1 / (trials + 1): 20 sets can reach p < 0.05
     ablation: str = "mean"
     method: str = "r2"
     seed: int = 0
@@ -55,9 +56,9 @@ class AblationConfig:
         if self.ablation not in ABLATIONS:
             raise HeadprofError(f"unknown ablation '{self.ablation}' ({', '.join(ABLATIONS)})")
         if self.trials < 1 or self.max_new_tokens < 1:
-            raise HeadprofError("--random-trials and --max-new-tokens must be at least 1")
+            raise HeadprofError("`random_trials` and `max_new_tokens` must be at least 1")
         if not self.sizes:
-            raise HeadprofError("--top needs at least one head count")
+            raise HeadprofError("`top` needs at least one head count")
 
 
 def head_count(top: str, n_heads_total: int) -> int:
@@ -65,7 +66,7 @@ def head_count(top: str, n_heads_total: int) -> int:
     number, share = validation.percent_or_count(top, "--top")
     k = round(number / 100 * n_heads_total) if share else int(number)
     if not 1 <= k <= n_heads_total:
-        raise HeadprofError(f"--top {top} selects {k} heads; the model has {n_heads_total}")
+        raise HeadprofError(f"`top` {top} selects {k} heads; the model has {n_heads_total}")
     return k
 
 
@@ -122,27 +123,31 @@ def head_means(
     return recorder.means()
 
 
-def greedy_accuracy(
+def greedy_hits(
     loaded: LoadedModel,
     items: Sequence[EvalItem],
     max_new_tokens: int = 32,
     mask: torch.Tensor | None = None,
     values: torch.Tensor | None = None,
     on_item: Callable[[], None] | None = None,
-) -> float:
-    """Share of items whose greedy answer (full cache) contains a gold answer, with the `mask`ed heads replaced
+) -> list[bool]:
+    """Per item, whether its greedy answer (full cache) contains a gold answer, with the `mask`ed heads replaced
     by `values` (zero when None)."""
     press = build_press(loaded.model, "full", info=loaded.info)
     if mask is None:
         mask = torch.zeros(loaded.info.n_layers, loaded.info.n_heads, dtype=torch.bool)
-    hits = 0
+    hits = []
     for item in items:
         with masked_heads(loaded.model, mask, values):
             answer = generate_answer(loaded, press, item.prompt_ids, item.context_tokens, max_new_tokens).answer
-        hits += any(exact_match(answer, gold) for gold in item.answers)
+        hits.append(any(exact_match(answer, gold) for gold in item.answers))
         if on_item:
             on_item()
-    return hits / max(1, len(items))
+    return hits
+
+
+def _share(hits: Sequence[bool]) -> float:
+    return sum(hits) / max(1, len(hits))
 
 
 def passes(config: AblationConfig) -> int:
@@ -157,27 +162,34 @@ def dose_response(
     config: AblationConfig,
     on_item: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy with nothing masked, then per k: the top-k heads by score and `trials` matched random k-sets."""
+    """Accuracy with nothing masked, then per k: the top-k heads by score and `trials` matched random k-sets,
+    with the top set's needle-cluster bootstrap interval, its permutation p-value against the random sets
+    (`intervals.permutation_p_value`) and every item's outcome under every mask (`items`, `*_hits`)."""
     config.validate()
     n_layers, n_heads = loaded.info.n_layers, loaded.info.n_heads
     ranking = scores.scores(config.method)
     values = head_means(loaded, items, on_item) if config.ablation == "mean" else None
-    baseline = greedy_accuracy(loaded, items, config.max_new_tokens, None, None, on_item)
+    ids = [item.id for item in items]
+    clusters = [needle_cluster(i) for i in ids]
+    baseline_hits = greedy_hits(loaded, items, config.max_new_tokens, None, None, on_item)
+    baseline = _share(baseline_hits)
     rng = random.Random(config.seed)
     rows = []
     for k in config.sizes:
         top = top_mask(ranking, k)
-        top_acc = greedy_accuracy(loaded, items, config.max_new_tokens, top, values, on_item)
-        randoms = [
-            greedy_accuracy(loaded, items, config.max_new_tokens, matched_random_heads(top, rng), values, on_item)
+        top_hits = greedy_hits(loaded, items, config.max_new_tokens, top, values, on_item)
+        random_hits = [
+            greedy_hits(loaded, items, config.max_new_tokens, matched_random_heads(top, rng), values, on_item)
             for _ in range(config.trials)
         ]
+        top_acc, randoms = _share(top_hits), [_share(hits) for hits in random_hits]
         rows.append(
             {
                 "k": k,
                 "share": k / (n_layers * n_heads),
                 "baseline": baseline,
                 "top": top_acc,
+                "top_interval": cluster_bootstrap([float(h) for h in top_hits], clusters, seed=config.seed).to_dict(),
                 "random": randoms,
                 "random_mean": mean(randoms),
                 "random_sd": stdev(randoms) if len(randoms) > 1 else 0.0,
@@ -185,6 +197,10 @@ def dose_response(
                 "random_min": min(randoms),
                 "random_max": max(randoms),
                 "random_at_or_below_top": sum(r <= top_acc for r in randoms),
+                # one-sided: masking the top heads hurts more than masking random heads
+                "p_value": permutation_p_value(top_acc, randoms, "less"),
+                "top_hits": top_hits,
+                "random_hits": random_hits,
             }
         )
     biggest = max(config.sizes)
@@ -193,8 +209,11 @@ def dose_response(
         "ablation": config.ablation,
         "heads_total": n_layers * n_heads,
         "n_items": len(items),
+        "n_needles": len(set(clusters)),
         "trials": config.trials,
         "baseline": baseline,
+        "items": ids,
+        "baseline_hits": baseline_hits,
         "rows": rows,
         "top_heads": [[i // n_heads, i % n_heads] for i in ranked_heads(ranking)[:biggest]],
     }

@@ -55,7 +55,7 @@ def exact_match(prediction: str, gold: str) -> bool:
 
 @dataclass(frozen=True)
 class Criterion:
-    """When a generated answer counts: `metric(answer, reference) > threshold`, the reference being the
+    """When a generated answer counts: `metric(answer, reference) > threshold` (0.5), the reference being the
     probe's target sentence or its gold answer."""
 
     metric: Callable[[str, str], float]
@@ -63,7 +63,16 @@ class Criterion:
     doc: str
 
 
+def contains_answer(prediction: str, gold: str) -> float:
+    """1.0 when the normalised gold answer occurs in the normalised prediction (`exact_match`), else 0.0."""
+    return float(exact_match(prediction, gold))
+
+
 CRITERIA = {
+    # The default: the answer value itself must be in the output. F1 against the whole sentence counts an answer
+    # that repeats the sentence's frame with a wrong value as right ("Last spring, Halvard Quenby moved to the
+    # city of Oslo." has F1 0.89 against the sentence with Tromsund).
+    "answer": Criterion(contains_answer, "answer", "the normalised gold answer occurs in the answer"),
     # HeadKV R2 (retrieval_head_detection_r2.py, FYYFU/HeadKV@0862a09): qa_f1_score(response, answer) > 0.5
     # with `answer` the whole correct sentence (`real_needle`).
     "f1": Criterion(token_f1, "sentence", "token F1 against the target sentence > 0.5 (HeadKV)"),

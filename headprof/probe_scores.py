@@ -51,7 +51,7 @@ class ScoreConfig:
     methods: tuple[str, ...] = METHODS
     mode: str = "teacher"
     span: str = "reference"
-    criterion: str = "f1"
+    criterion: str = "answer"
     threshold: float = 0.5
 
     def span_of(self, method: str) -> str:

@@ -14,8 +14,9 @@ from headprof.capture import HeadMeans, masked_heads
 from headprof.errors import HeadprofError
 from headprof.evaluation import check_disjoint, items_from_task
 from headprof.heads import ranked_heads
-from headprof.metrics import answer_recall, exact_match, normalize_answer, token_f1
+from headprof.metrics import CRITERIA, answer_recall, exact_match, normalize_answer, token_f1
 from headprof.probes import build_probes, load_needles, load_probes, write_probes
+from headprof.scoring import ScoreConfig
 
 from helpers import NEEDLES, REFERENCE
 
@@ -26,6 +27,19 @@ def test_normalisation_and_exact_match():
     assert not exact_match("The code is cobalt-44.", "cobalt-4417")
     assert not exact_match("a nice party", "art")  # whole words only
     assert exact_match("It is A Green Kite", "a green kite")
+
+
+def test_generate_mode_criteria():
+    """The default counts an answer only when it holds the answer value; HeadKV's sentence F1 (kept as `f1`) counts
+    a wrong answer that repeats the sentence's frame."""
+    sentence, gold = "Last spring, Halvard Quenby moved to the city of Tromsund.", "Tromsund"
+    wrong, right = "Last spring, Halvard Quenby moved to the city of Oslo.", "He moved to Tromsund."
+    f1, answer = CRITERIA["f1"], CRITERIA["answer"]
+    assert f1.reference == "sentence" and f1.metric(wrong, sentence) > 0.5  # counted as right by F1
+    assert answer.metric(wrong, gold) == 0.0
+    assert answer.reference == "answer" and answer.metric(right, gold) == 1.0
+    assert answer.metric("He moved to Tromsundby.", gold) == 0.0 and answer.metric("", gold) == 0.0
+    assert ScoreConfig().criterion == "answer"
 
 
 def test_token_f1_and_recall():
@@ -215,6 +229,11 @@ def test_ablate_cli(cli, workdir, eval_probes):
     (row,) = report["rows"]
     assert row["k"] == 14 and report["n_items"] == 4 and len(row["random"]) == 2 and report["ablation"] == "mean"
     assert all(0 <= value <= 1 for value in (report["baseline"], row["top"], row["random_mean"]))
+    # the p-value and every item's outcome under every mask, from which the accuracies recompute
+    assert row["p_value"] == (1 + row["random_at_or_below_top"]) / 3
+    assert len(report["items"]) == 4 and row["top"] == sum(row["top_hits"]) / 4
+    assert [sum(hits) / 4 for hits in row["random_hits"]] == row["random"]
+    assert row["top_interval"]["low"] <= row["top"] <= row["top_interval"]["high"]
     assert 0.5 < report["split_half"]["spearman_median"] <= 1 and report["split_half"]["splits"] == 200
     assert report["vs_compare"]["spearman"] == pytest.approx(1.0)
     reference = load_scores(REFERENCE / "scores.safetensors")

@@ -25,7 +25,14 @@ LAYERS: list[list[str]] = [
     ["", "errors", "lazy", "intervals", "metrics", "fileio", "package_data"],  # nothing above errors
     ["validation", "heads", "attention"],  # checks of inputs, head-table math, attention math
     ["models.spec", "workspace"],  # model numbers, default paths
-    ["models", "artifacts", "interop", "probes", "plots"],  # loading, artifacts on disk, probe sets, figures
+    [
+        "models",
+        "artifacts",
+        "interop",
+        "probes",
+        "needlegen",
+        "plots",
+    ],  # loading, artifacts on disk, probe sets, figures
     # what a model or scores give
     ["capture", "probe_scores", "scoring", "score_job", "allocation", "reliability", "distributed", "tasks"],
     ["runtime"],  # generation with a compressed cache

@@ -129,3 +129,19 @@ def test_rows_round_trip_through_jsonl(tmp_path, suite_1k):
     rows = list(suite_1k.values())[:6]
     write_task_file(tmp_path / "ruler.jsonl", rows)
     assert read_task_file(tmp_path / "ruler.jsonl") == rows
+
+
+def test_answer_lengths_are_rulers_own(tokenizer, suite_1k):
+    """Every task answers in RULER's own tokens_to_generate (NVIDIA/RULER@c3f5e3b4f87f97e048793bb510a3a6b19a46bf3a
+    scripts/data/synthetic/constants.py, TASKS[family]['tokens_to_generate']), and a rendered row keeps it
+    unless the caller overrides it: a perfect cwe answer (10 numbered words) fits in 120 tokens, not in the 48 that
+    benchmarks/results.py used to allow."""
+    rulers = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50}
+    assert {name: rulers[task.family] for name, task in RULER_TASKS.items()} == {
+        name: task.tokens_to_generate for name, task in RULER_TASKS.items()
+    }
+    for (name, _), row in suite_1k.items():
+        assert render_row(tokenizer, row, 1024).max_new_tokens == rulers[RULER_TASKS[name].family]
+    cwe = next(row for (name, _), row in suite_1k.items() if name == "cwe")
+    perfect = ", ".join(f"{i}. {word}" for i, word in enumerate(cwe.answers, 1))
+    assert 48 < len(encode_text(tokenizer, perfect, True)["input_ids"]) <= 120

@@ -259,7 +259,7 @@ def ablate(
     scores: AblateScoresOpt = None,
     probes: AblateProbesOpt = None,
     top: TopOpt = "1%,2%,5%,10%",
-    random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 10,
+    random_trials: Annotated[int, typer.Option(help="Random head sets per head count.")] = 20,
     ablation: AblationOpt = Ablation.mean,
     method: RankOpt = ScoreMethod.r2,
     compare: CompareOpt = None,

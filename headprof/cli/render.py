@@ -45,6 +45,7 @@ INTERRUPTED_DEFAULT = "nothing was written"
 FLAGS = {
     "bootstrap": "--bootstrap",
     "budgets": "--budgets",
+    "count": "--count",
     "gqa": "--gqa",
     "k": "--k",
     "lengths": "--lengths",
@@ -53,12 +54,13 @@ FLAGS = {
     "min_spearman": "--min-spearman",
     "min_topk": "--min-topk",
     "probes": "--probes",
+    "random_trials": "--random-trials",
     "sample": "--sample",
     "samples": "--samples",
     "shard": "--shard",
     "splits": "--splits",
-    "sweep=False": "--per-config",
     "task": "--task",
+    "top": "--top",
     "workdir": "--workdir",
 }
 

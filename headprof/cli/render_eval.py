@@ -105,6 +105,7 @@ def ablation(result: dict[str, Any], compare: Path | None) -> None:
             f"{r['random_mean']:.2f} ± {r['random_sd']:.2f}",
             f"{r['random_min']:.2f} - {r['random_max']:.2f}",
             f"{r['random_at_or_below_top']}/{len(r['random'])}",
+            f"{r['p_value']:.3f}",
         )
         for r in result["rows"]
     ]
@@ -114,6 +115,7 @@ def ablation(result: dict[str, Any], compare: Path | None) -> None:
         "random k mean ± sd",
         "random min - max",
         "random <= top",
+        "p (permutation)",
     )
     titled_table(title, columns, rows, justify="right")
     half = result.get("split_half")

@@ -57,9 +57,10 @@ def score(
         choice(
             Criterion,
             "unknown correctness criterion '{value}' ({choices})",
-            "generate mode: when an answer counts (f1: F1 > 0.5 vs the sentence; recall, f1-answer: vs the answer).",
+            "generate mode: when an answer counts (answer: the gold answer occurs in it; f1: F1 > 0.5 vs the "
+            "sentence, HeadKV's; recall, f1-answer: vs the answer).",
         ),
-    ] = Criterion.f1,
+    ] = Criterion.answer,
     dtype: DtypeOpt = Dtype.auto,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,

@@ -44,7 +44,9 @@ DEFAULT_SEED = 42  # RULER's random_seed for a single chunk (R@c3f5e3b scripts/d
 
 @dataclass(frozen=True)
 class RulerTask:
-    """One entry of R@c3f5e3b scripts/synthetic.yaml: generator family, its arguments and tokens_to_generate."""
+    """One entry of R@c3f5e3b scripts/synthetic.yaml: generator family, its arguments and tokens_to_generate
+    (RULER's answer length per family, scripts/data/synthetic/constants.py `TASKS[...]['tokens_to_generate']`:
+    niah 128, variable_tracking 30, common_words_extraction 120, freq_words_extraction 50)."""
 
     name: str
     family: str  # niah | vt | cwe | fwe
