@@ -12,9 +12,9 @@
    on the same items at the same budget with cluster-bootstrap intervals;
 3. RULER's synthetic tasks with RULER's own answer lengths, `--ruler-samples` per task and length, intervals
    and paired differences the same way (each generated row is its own cluster);
-4. head ablation: the top 1/2/5/10% of heads by r2 mean-ablated vs `--trials` random sets matched per layer on
-   the 1024-token probes of `--ablation-needles` needles, with a permutation p-value per k;
-5. how much the scores depend on the needles (split halves) and on the haystack;
+4. head ablation: the top `--ablate-top` heads by r2 mean-ablated vs `--trials` random sets matched per layer on
+   one 1024-token probe of each of `--ablation-needles` needles, with a permutation p-value per k;
+5. how much the scores depend on the needles (split halves) and, with `--haystack-check`, on the haystack;
 6. every table's per-item records next to RESULTS.md (`results-records*.jsonl`).
 """
 
@@ -52,7 +52,7 @@ PAIRED_WITH = "headkv"
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much one run measures; the full size is chosen to fit about 90 minutes on 2 cores (see RESULTS.md)."""
+    """How much one run measures; the full size is chosen to fit about 90 minutes on 2 cores (see FULL)."""
 
     needles: int
     lengths: tuple[int, ...]
@@ -71,22 +71,29 @@ class Sizes:
     haystack_check: bool
 
 
+# Sized from a timed small run (process CPU time: the wall time of this single-threaded run on 2 idle cores; the
+# machine was shared when measured, wall 2-4x longer). Per probe at 1024 tokens: full cache 3.9 s, SnapKV/PyramidKV/
+# AdaKV/HeadKV at 3 budgets 3.6 s more, KVzip at 3 budgets 6.6 s more; at 2048 tokens 7.0, 4.3 and 21.7 s. Estimate:
+# needles 63 min (160 probes), RULER 13 min (80 rows, no KVzip), ablation 13 min (1.8 s per probe and mask, 440),
+# split halves 1 min: about 90 min. Left out to fit: StreamingLLM and H2O (near 0 at every budget of the earlier
+# runs), B=512 (every method near the full cache there), 4096-token probes, the window-8 table, KVzip and
+# PyramidKV on RULER and RULER's other tasks, the haystack check.
 FULL = Sizes(
     needles=40,
-    lengths=(1024, 4096),
+    lengths=(1024, 2048),
     depths=(25.0, 75.0),
-    budgets=(64, 128, 256, 512),
-    methods=METHODS,
+    budgets=(64, 128, 256),
+    methods=("full", "snapkv", "pyramidkv", "adakv", "headkv", "kvzip"),
     small_window_budgets=(),
-    ruler_tasks=("niah_single_2", "niah_multikey_1", "niah_multivalue", "vt", "cwe", "fwe"),
-    ruler_lengths=(1024, 2048, 4096),
-    ruler_samples=20,
-    ruler_budgets=(128, 512),
-    ruler_methods=("full", "snapkv", "adakv", "headkv", "kvzip"),
+    ruler_tasks=("niah_single_2", "niah_multikey_1", "vt", "cwe"),
+    ruler_lengths=(1024, 2048),
+    ruler_samples=10,
+    ruler_budgets=(128,),
+    ruler_methods=("full", "snapkv", "adakv", "headkv"),
     ablation_needles=10,
     trials=20,
-    ablate_top="1%,2%,5%,10%",
-    haystack_check=True,
+    ablate_top="2%,5%",
+    haystack_check=False,
 )
 QUICK = Sizes(
     needles=3,
@@ -242,10 +249,13 @@ def _ruler(loaded, reference, sizes: Sizes, batched: bool) -> tuple[dict[str, An
     records = E.evaluate(loaded, items, eval_config, reference, EVAL_CACHE)
     overall = _statistics(records, "score")
     by_length = {n: _statistics([r for r in records if r.length == n], "score") for n in sizes.ruler_lengths}
+    tasks = sorted({r.task for r in records})
+    by_task = {t: _statistics([r for r in records if r.task == t], "score") for t in tasks}
     return {
         "overall": overall,
         "by_length": {str(n): s for n, s in by_length.items()},
-        "tasks": sorted({r.task for r in records}),
+        "by_task": by_task,
+        "tasks": tasks,
         "skipped": skipped,
         "samples": sizes.ruler_samples,
         "lengths": list(sizes.ruler_lengths),
@@ -253,12 +263,12 @@ def _ruler(loaded, reference, sizes: Sizes, batched: bool) -> tuple[dict[str, An
     }, records
 
 
-def _ruler_by_length(ruler: dict[str, Any]) -> str:
-    lengths = ruler["lengths"]
-    header = ["| method | " + " | ".join(f"{n} tokens" for n in lengths) + " |", "|---" + "|---:" * len(lengths) + "|"]
+def _ruler_columns(ruler: dict[str, Any], key: str, labels: dict[str, str]) -> str:
+    """RULER scores in percent [95% interval] per configuration (rows) and length or task (columns)."""
+    header = ["| method | " + " | ".join(labels.values()) + " |", "|---" + "|---:" * len(labels) + "|"]
     cells: dict[str, list[str]] = {}
-    for n in lengths:
-        for r in ruler["by_length"][str(n)]["rows"]:
+    for column in labels:
+        for r in ruler[key][column]["rows"]:
             name = r["method"] if r["budget"] is None else f"{r['method']} B={r['budget']}"
             cells.setdefault(name, []).append(f"{100 * r['value']:.0f} [{100 * r['low']:.0f}, {100 * r['high']:.0f}]")
     return "\n".join(header + [f"| {name} | " + " | ".join(row) + " |" for name, row in cells.items()])
@@ -310,7 +320,9 @@ def _sizes(args: argparse.Namespace) -> Sizes:
             sizes = replace(sizes, **{f.name: tuple(x for x in given.split(",") if x)})
         elif f.name == "ablate_top":
             sizes = replace(sizes, ablate_top=given)
-        elif f.name != "haystack_check":
+        elif f.name == "haystack_check":
+            sizes = replace(sizes, haystack_check=True)
+        else:
             cast = float if f.name == "depths" else int
             sizes = replace(sizes, **{f.name: tuple(cast(x) for x in given.split(",") if x)})
     return sizes
@@ -324,6 +336,7 @@ def main() -> None:
     for f in fields(Sizes):
         if f.name != "haystack_check":
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=f"default: {getattr(FULL, f.name)}")
+    parser.add_argument("--haystack-check", action="store_true", default=None, help="r2 on another haystack too")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
     parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from results.json")
@@ -373,11 +386,14 @@ def main() -> None:
     _write_records(paths.records("ruler"), [asdict(r) for r in ruler_records])
     timings["ruler"] = time.time() - clock
 
-    # 4. ablation on the 1024-token (else shortest) probes of the first needles
+    # 4. ablation on one probe per needle (1024 tokens, else the shortest; the first depth) of the first needles:
+    # a needle's probes are nearly one outcome, so one each measures as much for a fraction of the passes
     clock = time.time()
     shortest = min(sizes.lengths, key=lambda n: (n != 1024, n))
     kept_needles = list(dict.fromkeys(p.needle_id for p in probes))[: sizes.ablation_needles]
-    ablation_items = [i for i in items if i.length == shortest and needle_cluster(i.id) in kept_needles]
+    ablation_items = [
+        i for i in items if i.length == shortest and i.depth == sizes.depths[0] and needle_cluster(i.id) in kept_needles
+    ]
     heads = A.head_counts(sizes.ablate_top, loaded.info.n_layers * loaded.info.n_heads)
     ablation = A.dose_response(
         loaded, reference, ablation_items, A.AblationConfig(heads, sizes.trials, max_new_tokens=24)
@@ -514,13 +530,19 @@ B={", ".join(str(b) for b in sizes.ruler_budgets)}; left out to fit the run: {",
 and RULER's other tasks.{skipped} Cells: RULER's string-match score in percent [95% bootstrap interval over the
 items, each generated row its own cluster].
 
-{_ruler_by_length(ruler)}
+By length:
+
+{_ruler_columns(ruler, "by_length", {str(n): f"{n} tokens" for n in ruler["lengths"]})}
+
+By task, all lengths together ({len(ruler["lengths"]) * ruler["samples"]} rows per task):
+
+{_ruler_columns(ruler, "by_task", {t: t for t in ruler["tasks"]})}
 
 All lengths together, and HeadKV minus each method on the same rows:
 
-{_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets)}
+{_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets, scale=100)}
 
-{_paired_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets)}
+{_paired_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets, scale=100)}
 
 ## Do the scores mean anything?
 
