@@ -316,3 +316,30 @@ def test_run_cli_errors(cli, workdir):
         cli("run", "--context", "some text here.", "--question", "q", "--alloc", "llama.safetensors"),
         "allocation was made for meta-llama/Meta-Llama-3-8B-Instruct",
     )
+
+
+def test_summary_and_report_carry_needle_cluster_intervals_and_paired_differences():
+    from headprof.evaluation import EvalRecord, eval_report, summarize
+    from headprof.intervals import cluster_bootstrap, paired_difference
+
+    def record(method: str, budget: int | None, item: str, exact: bool) -> EvalRecord:
+        return EvalRecord(method, budget, item, "retrieval", 1024, 50.0, "a", exact, float(exact), 10, 20)
+
+    items = [f"n{i}@1024@{d}" for i in range(5) for d in (25, 75)]  # 5 needles x 2 depths
+    full = [True] * 8 + [False] * 2
+    headkv = [True] * 6 + [False] * 4
+    snapkv = [True, False] * 2 + [False] * 6
+    records = [record("full", None, i, e) for i, e in zip(items, full)]
+    records += [record("headkv", 64, i, e) for i, e in zip(items, headkv)]
+    records += [record("snapkv", 64, i, e) for i, e in zip(items, snapkv)]
+    rows = {(r["method"], r["budget"]): r for r in summarize(records)}
+    expected = cluster_bootstrap([float(e) for e in headkv], [i.split("@")[0] for i in items])
+    assert rows[("headkv", 64)]["interval"] == [round(expected.low, 4), round(expected.high, 4)]
+    assert rows[("headkv", 64)]["clusters"] == 5 and rows[("headkv", 64)]["accuracy"] == 0.6
+    assert rows[("full", None)]["interval"][0] < 0.8 < rows[("full", None)]["interval"][1]
+    paired = {(r["method"], r["budget"]): r for r in eval_report("m", records, len(items))["paired"]}
+    assert set(paired) == {("full", 64), ("snapkv", 64)}
+    diff = paired_difference(dict(zip(items, map(float, headkv))), dict(zip(items, map(float, snapkv))))
+    assert paired[("snapkv", 64)]["value"] == round(diff.value, 4) == 0.4
+    assert paired[("snapkv", 64)]["low"] == round(diff.low, 4) and paired[("snapkv", 64)]["clusters"] == 5
+    assert "paired" not in eval_report("m", [r for r in records if r.method != "headkv"], len(items))

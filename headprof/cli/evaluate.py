@@ -176,7 +176,7 @@ def eval_(
     if as_json:
         render.emit(payload)
         return
-    render_eval.eval_tables(len(items), payload["results"], method_list, budget_list)
+    render_eval.eval_tables(payload, method_list, budget_list)
     for written in [*payload.get("png", []), *([str(report)] if report else [])]:
         render.line(f"wrote {written}")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from headprof.cli.render import notice, out, titled_table
+from headprof.cli.render import notice, out, printable, titled_table
 from headprof.runtime.methods import METHODS
 
 if TYPE_CHECKING:
@@ -59,19 +59,37 @@ def task_cells(
     return header, rows
 
 
-def eval_tables(
-    n_items: int, results: Sequence[dict[str, Any]], methods: Sequence[str], budgets: Sequence[int]
-) -> None:
-    """`eval`: the accuracy table, and the task table when task items were scored by their own metric."""
-    cells = result_cells(results, methods, budgets, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}")
-    accuracy_table(n_items, budgets, cells)
+def eval_tables(payload: dict[str, Any], methods: Sequence[str], budgets: Sequence[int]) -> None:
+    """`eval`: the accuracy table (with needle-cluster intervals), HeadKV's paired differences when it ran, and
+    the task table when task items were scored by their own metric."""
+    results = payload["results"]
+    cells = result_cells(results, methods, budgets, _accuracy_cell)
+    accuracy_table(payload["n_items"], budgets, cells)
+    if payload.get("paired"):
+        paired_table(payload["paired"])
     if any("tasks" in r for r in results):
         task_table(*task_cells(results, methods, budgets))
 
 
+def _accuracy_cell(row: dict[str, Any]) -> str:
+    low, high = row.get("interval", (row["accuracy"], row["accuracy"]))
+    return f"{row['accuracy']:.2f} [{low:.2f}, {high:.2f}] / {row['kv_bytes'] / 2**20:.2f}"
+
+
+def paired_table(rows: Sequence[dict[str, Any]]) -> None:
+    """`eval`: HeadKV minus each method at the same budget on the same items, with needle-cluster intervals."""
+    table = Table(title="HeadKV minus each method, same items (accuracy difference [95% interval, whole needles])")
+    for column in ("method", "budget", "difference", "items", "clusters"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for r in rows:
+        difference = f"{r['value']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+        table.add_row(printable(r["method"]), str(r["budget"]), difference, str(r["n"]), str(r["clusters"]))
+    out.print(table)
+
+
 def accuracy_table(n_items: int, budgets: Sequence[int], rows: Sequence[Sequence[str]]) -> None:
     """`eval`: accuracy / KV MiB per method (rows) and budget (columns)."""
-    title = f"accuracy (exact match) / KV MiB, {n_items} items"
+    title = f"accuracy (exact match) [95% interval, resampling whole needles] / KV MiB, {n_items} items"
     table = Table(title=title)
     table.add_column("method")
     for budget in budgets:
