@@ -87,3 +87,48 @@ def test_bad_padded_batches():
         model.generate(ids, attention_mask=right, max_new_tokens=2, do_sample=False, pad_token_id=0)
     with compressed(model, "h2o", 8, window=4, decode="evict"), pytest.raises(HeadprofError, match="one by one"):
         model.generate(ids, attention_mask=right.flip(1), max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
+def test_run_answers_several_prompts(cli, tmp_path):
+    """`run --questions` (JSONL rows with or without their own context) and `--contexts`: one answer per prompt,
+    each the answer `run --question` gives it alone."""
+    rows = tmp_path / "questions.jsonl"
+    rows.write_text(
+        '{"context": "The Tiber river runs through Rome.", "question": "Which river runs through Rome?"}\n'
+        '{"question": "What is the capital of France?"}\n'
+    )
+    shared = ["--context", "Paris is the capital of France.", "--budget", "16", "--window", "4"]
+    together = cli("run", "--questions", rows, *shared, "--max-new-tokens", "8", "--json").json()["answers"]
+    alone = cli("run", "--question", "What is the capital of France?", *shared, "--max-new-tokens", "8", "--json")
+    assert [a["prompt"] for a in together] == ["line 1", "line 2"]
+    assert (
+        together[1]["answer"] == alone.json()["answer"]
+        and together[0]["prompt_tokens"] != alone.json()["prompt_tokens"]
+    )
+    folder = tmp_path / "contexts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("My cat is named Biscuit.")
+    (folder / "a.txt").write_text("Paris is the capital of France.")
+    text = cli("run", "--contexts", folder, "--question", "What is the cat's name?", "--max-new-tokens", "4")
+    assert text.code == 0 and text.stdout.index("a.txt:") < text.stdout.index("b.txt:")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--questions", "rows.jsonl"], 'line 1: not a JSON object with a "question" string'),
+        (["--questions", "lines.txt"], "line 1: no context"),
+        (
+            ["--questions", "lines.txt", "--question", "y", "--context", "x"],
+            "exactly one of --question and --questions",
+        ),
+        (["--contexts", "empty", "--question", "y"], "no *.txt files"),
+    ],
+)
+def test_bad_prompt_lists(cli, tmp_path, args, message):
+    (tmp_path / "rows.jsonl").write_text('["not an object"]\n')
+    (tmp_path / "lines.txt").write_text("What is it?\n")
+    (tmp_path / "empty").mkdir()
+    result = cli("run", *args, cwd=tmp_path)
+    assert result.code != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
