@@ -286,10 +286,11 @@ def test_sampling_batches_and_kvzip_reuse(loaded, prompt, tokenizer):
         sampled = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=5)
         batch = model.generate(ids.repeat(2, 1), max_new_tokens=5, do_sample=False)
     assert sampled.shape[1] == ids.shape[1] + 5 and torch.equal(batch[0], batch[1])
-    with pytest.raises(HeadprofError, match="padded batches"), compressed(model, "snapkv", 96):
+    # left-padded batches decode together (tests/test_batch_prompts.py); right padding is refused in words
+    with pytest.raises(HeadprofError, match="left-padded"), compressed(model, "snapkv", 96):
         model.generate(
             ids.repeat(2, 1),
-            attention_mask=torch.ones(2, ids.shape[1]).index_fill_(1, torch.tensor([0]), 0),
+            attention_mask=torch.ones(2, ids.shape[1]).index_fill_(1, torch.tensor([ids.shape[1] - 1]), 0),
             max_new_tokens=2,
         )
     # kvzip: compress the context once, then ask two questions of forks of the same cache

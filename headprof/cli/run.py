@@ -31,7 +31,21 @@ if TYPE_CHECKING:
 
 
 # run's options (module-level, so that the command's signature stays a list of names).
-QuestionOpt = Annotated[str, typer.Option(metavar="<text>", help="The question about the context.")]
+QuestionOpt = Annotated[str | None, typer.Option(metavar="<text>", help="The question about the context.")]
+QuestionsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Several prompts decoded together, one answer each: a text file of questions (one a line) about the "
+        'context, or a .jsonl file of {"question": ..., "context": ...} rows (context optional: the shared one).'
+    ),
+]
+ContextsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Several prompts decoded together: each *.txt file of this folder (by name) is a context, "
+        "asked --question."
+    ),
+]
 ContextFileOpt = Annotated[Path | None, typer.Option("--context-file", help="Text file with the context.")]
 ContextOpt = Annotated[
     str | None, typer.Option(metavar="<text>", help="The context as a string (instead of --context-file).")
@@ -63,9 +77,11 @@ RunWindowOpt = Annotated[int, typer.Option(help="Observation window kept in ever
 
 
 def run(
-    question: QuestionOpt,
+    question: QuestionOpt = None,
     context_file: ContextFileOpt = None,
     context: ContextOpt = None,
+    questions: QuestionsOpt = None,
+    contexts: ContextsOpt = None,
     model: ModelOpt = "smollm2-135m",
     method: RunMethodOpt = None,
     budget: BudgetOpt = None,
@@ -82,20 +98,18 @@ def run(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question about a long context with a compressed KV cache."""
-    from headprof import validation
-    from headprof.errors import HeadprofError, UsageError
+    """Answer a question about a long context with a compressed KV cache (several prompts, decoded together:
+    --questions or --contexts)."""
+    from headprof.errors import UsageError
     from headprof.runtime import BudgetSource, build_press
     from headprof.runtime.budgets import ratio_budget
-    from headprof.runtime.generation import answer_question
+    from headprof.runtime.generation import answer_question, answer_questions
 
     if budget is not None and compression_ratio is not None:
         raise UsageError("give --budget or --compression-ratio, not both")
     if compression_ratio is not None:
         ratio_budget(compression_ratio, window, alloc is not None)  # its range, before anything loads
-    text = validation.text(_read_context(context_file, context), "the context")
-    if not validation.text(question, "--question").strip():
-        raise HeadprofError("empty question")
+    prompts = _prompts(question, questions, contexts, context_file, context)
     allocation, score_art = _artifacts(model, method, alloc, scores)
     compressor = _method(method, allocation is not None or score_art is not None, kernel, pooling, method_option)
     source = BudgetSource(
@@ -109,7 +123,15 @@ def run(
     _check_before_loading(model, compressor, source, max_new_tokens, alloc, gqa)
     loaded = common.load(model, dtype.value, device)
     press = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
-    result = answer_question(loaded, press, text, question, max_new_tokens)
+    if len(prompts) > 1 or questions or contexts:
+        results = answer_questions(loaded, press, [pair for _, *pair in prompts], max_new_tokens)
+        payloads = [{"prompt": label, **r.report(compressor.name)} for (label, *_), r in zip(prompts, results)]
+        if as_json:
+            render.emit({"answers": payloads})
+        for payload in [] if as_json else payloads:
+            render.answer(f"{payload.pop('prompt')}: {compressor.name}", payload)
+        return
+    result = answer_question(loaded, press, *prompts[0][1:], max_new_tokens)
     payload = result.report(compressor.name)
     if as_json:
         render.emit(payload)
@@ -170,6 +192,64 @@ def _check_before_loading(
         budgets=[source.budget] if fixed_budget else [],
         artifacts=[("allocation", source.allocation), ("score artifact", source.scores)],
     )
+
+
+def _prompts(
+    question: str | None, questions: Path | None, contexts: Path | None, context_file: Path | None, context: str | None
+) -> list[tuple[str, str, str]]:
+    """(label, context, question) of every prompt the options name: `--question` about the context; each line (or
+    JSONL row) of `--questions` about the context (a row's own context first); `--question` about each file of
+    `--contexts`."""
+    from headprof import validation
+    from headprof.errors import HeadprofError, UsageError
+
+    if (question is None) == (questions is None):
+        raise UsageError("give exactly one of --question and --questions")
+    if contexts is not None:
+        if questions is not None or context_file is not None or context is not None:
+            raise UsageError("--contexts takes --question only (not --questions, --context or --context-file)")
+        files = sorted(contexts.glob("*.txt")) if contexts.is_dir() else []
+        if not files:
+            raise HeadprofError(f"--contexts {contexts}: no *.txt files in that folder")
+        pairs = [(file.name, _read_context(file, None), question) for file in files]
+    elif questions is not None:
+        shared = _read_context(context_file, context) if context_file or context is not None else None
+        pairs = _question_rows(questions, shared)
+    else:
+        pairs = [("", validation.text(_read_context(context_file, context), "the context"), question)]
+    for label, _, text in pairs:
+        if not validation.text(text, "--question").strip():
+            raise HeadprofError(f"empty question{f' ({label})' if label else ''}")
+    return pairs
+
+
+def _question_rows(path: Path, shared: str | None) -> list[tuple[str, str, str]]:
+    """`--questions`: a question a line, or (.jsonl) a {"question", "context"} object a line."""
+    from headprof import validation
+    from headprof.errors import HeadprofError
+    from headprof.interop import read_json_strict
+
+    rows = []
+    for number, line in enumerate(validation.read_lines(path, "questions file"), 1):
+        if not line.strip():
+            continue
+        label, question, context = f"line {number}", line.strip(), shared
+        if path.suffix == ".jsonl":
+            try:
+                row = read_json_strict(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+                raise HeadprofError(f'{path} {label}: not a JSON object with a "question" string')
+            question, context = row["question"], row.get("context", shared)
+            if context is not None and not isinstance(context, str):
+                raise HeadprofError(f'{path} {label}: "context" is not a string')
+        if context is None or not context.strip():
+            raise HeadprofError(f"{path} {label}: no context (give one in the row, --context or --context-file)")
+        rows.append((label, validation.text(context, "the context"), question))
+    if not rows:
+        raise HeadprofError(f"{path}: no questions")
+    return rows
 
 
 def _read_context(context_file: Path | None, context: str | None) -> str:

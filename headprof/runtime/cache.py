@@ -273,6 +273,29 @@ class CompressedCache(Cache):
             )
         return stacked
 
+    @classmethod
+    def stack_prompts(cls, caches: list[CompressedCache], length: int) -> CompressedCache:
+        """One cache whose batch element i is `caches[i]`: compressed caches of different prompts (one element
+        each, the same budgets and layout), as the rows of a left-padded batch `length` tokens long decode them.
+        Kept entries need no padding (each row keeps its own, `KeptEntries` groups rows by length) and every
+        position the cache reports is the padded batch's; a sliding-window layer's window is left-padded to the
+        batch's, which the batch's padding mask hides. Positions for RoPE come from that mask (each row continues
+        from its own length), not from the cache."""
+        if any(cache.phase != "compressed" for cache in caches) or max(c.get_seq_length() for c in caches) > length:
+            raise HeadprofError("only compressed caches of prompts at most the batch's length can be stacked")
+        twins = [cache.fork() for cache in caches]
+        for twin in twins:
+            for layer in twin.layers:
+                if isinstance(layer, WindowLayer):
+                    held = min(length, layer.window - 1)
+                    pad = (0, 0, held - layer.keys.shape[-2], 0)
+                    layer.keys = torch.nn.functional.pad(layer.keys, pad)
+                    layer.values = torch.nn.functional.pad(layer.values, pad)
+                layer.seen = length
+        stacked = cls.stack(twins)
+        stacked.attention_config = caches[0].attention_config
+        return stacked
+
     def kv_bytes_after(self, tokens: int) -> int:
         """The `kv_bytes` this compressed single-element cache will report once `tokens` more tokens have run
         through it: what a sweep that decodes caches stacked reports for each of them."""

@@ -98,6 +98,69 @@ def generate_answer(
     return run_result(loaded, press.stats, ids.shape[1], new[0], sizes, tokens, decode_s)
 
 
+def answer_questions(
+    loaded: LoadedModel, press: Press, pairs: list[tuple[str, str]], max_new_tokens: int = 64
+) -> list[RunResult]:
+    """Answer several (context, question) pairs, decoded together (`generate_batch`): each prompt is prefilled
+    and compressed alone, so each answer equals its prompt answered alone. A query-agnostic method compresses
+    each context without its question (`answer_question`) and one that evicts while decoding keeps one prompt
+    per cache: both answer one pair at a time."""
+    if press.method.query_agnostic or press.method.evicts:
+        return [answer_question(loaded, press, context, question, max_new_tokens) for context, question in pairs]
+    prompts = []
+    for context, question in pairs:
+        if not context.strip():
+            raise HeadprofError("empty context")
+        prompt, templated = render_prompt(loaded.tokenizer, context, question)
+        prompts.append(encode_text(loaded.tokenizer, prompt, templated)["input_ids"])
+    answers, decode_s, cache = generate_batch(loaded, press, prompts, max_new_tokens)
+    element = next(loaded.model.parameters()).element_size()
+    results = []
+    for row, (prompt_ids, new) in enumerate(zip(prompts, answers)):
+        if press.batch_stats:  # prompts of different lengths under a compressing press: each row's own
+            stats, held = press.batch_stats[row], press.batch_bytes[row]
+        else:  # the full cache, or prompts of one length compressed as one batch: each row's share
+            stats, held = press.stats, full_kv_bytes(loaded.info, element, len(prompt_ids))
+            if press.method.compresses:
+                held = cache_bytes(cache)["kv_bytes"] // len(prompts)
+        sizes = {"kv_bytes": held, "padding_bytes": 0, "index_bytes": 0}
+        results.append(run_result(loaded, stats, len(prompt_ids), torch.tensor(new), sizes, len(prompt_ids), decode_s))
+    return results
+
+
+@torch.no_grad()
+def generate_batch(
+    loaded: LoadedModel, press: Press, prompts: list[list[int]], max_new_tokens: int = 64
+) -> tuple[list[list[int]], float, Cache]:
+    """Greedy answers to different prompts decoded as one batch under `press`: left-padded for `generate`, each
+    prompt prefilled (and compressed) on its own, every row stopping at its own EOS. Returns each prompt's new
+    tokens (up to its first EOS, included, as `generate` returns them for the prompt alone), the seconds the batch
+    decoded (prefills excluded) and the batch's cache after it."""
+    if not prompts:
+        raise HeadprofError("no prompts to answer")
+    for prompt in prompts:
+        check_length(loaded, len(prompt), max_new_tokens)
+    width = max(map(len, prompts))
+    pad = loaded.tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=loaded.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=loaded.device)
+    with press:
+        new, cache, elapsed = greedy(loaded, ids, None, max_new_tokens, mask)
+    stops = eos_ids(loaded)
+    answers = []
+    for row in new.tolist():
+        ends = [i for i, token in enumerate(row) if token in stops]
+        answers.append(row[: ends[0] + 1] if ends else row)
+    return answers, elapsed - press.stats.prefill_seconds, cache  # a padded batch's stats: its rows' sums
+
+
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end an answer: the tokenizer's EOS and the model's generation config's."""
+    configured = loaded.model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return {token for token in [loaded.tokenizer.eos_token_id, *configured] if token is not None}
+
+
 def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
     """Refuse an answer that cannot fit the model's window."""
     if max_new_tokens < 1:
@@ -110,14 +173,18 @@ def check_length(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -
 
 
 def greedy(
-    loaded: LoadedModel, ids: torch.Tensor, cache: Cache | None, max_new_tokens: int
+    loaded: LoadedModel,
+    ids: torch.Tensor,
+    cache: Cache | None,
+    max_new_tokens: int,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Cache, float]:
-    """`generate` greedily from `ids` `[B, n]` (the tokens `cache` holds are not fed again): (new tokens
-    `[B, k]`, the cache after them, seconds)."""
+    """`generate` greedily from `ids` `[B, n]` (the tokens `cache` holds are not fed again; `attention_mask`:
+    a left-padded batch's, default all ones): (new tokens `[B, k]`, the cache after them, seconds)."""
     started = time.perf_counter()
     out = loaded.model.generate(
         ids,
-        attention_mask=torch.ones_like(ids),
+        attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
         cache=cache,
         max_new_tokens=max_new_tokens,
         do_sample=False,

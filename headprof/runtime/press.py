@@ -7,7 +7,8 @@ reconstruction) keeps the prompt dense; the press runs each pass on the same cac
 after each, so every pass starts at the prompt's length) with each layer handing its attention inputs to
 the method's `score_pass`, then the method selects across all layers. This goes through public hooks only
 (AttentionInterface, the Cache API, `nn.Module` forward pre/post hooks); no modeling file is
-patched. Works through `generate` (greedy, sampling) and through a manual forward loop.
+patched. Works through `generate` (greedy, sampling; a left-padded batch of different prompts: each prompt
+prefilled and compressed alone, then all decoded together) and through a manual forward loop.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class Press:
         self._started = 0.0
         self._passes: list[ExtraPass] | None = None  # the pending extra passes of the current prompt
         self._in_extra_pass = False
+        self._batched: tuple[torch.Tensor, CompressedCache] | None = None  # a padded batch's logits and cache
+        self.batch_stats: list[PressStats] = []  # each row's, after a padded batch (`_prefill_rows`)
+        self.batch_bytes: list[int] = []  # each row's compressed prompt's kv_bytes, after a padded batch
 
     @property
     def budgets(self) -> torch.Tensor | None:
@@ -168,19 +172,21 @@ class Press:
                 raise HeadprofError("empty prompt: nothing to compress")
             mask = kwargs.get("attention_mask")
             if self.method.compresses and mask is not None and mask.ndim == 2 and not bool(mask.all()):
-                raise HeadprofError(
-                    "padded batches are not supported with a compressed cache: "
-                    "batch prompts of equal length, or run them one by one"
-                )
+                return args, self._prefill_rows(ids, mask, kwargs)
+            self.batch_stats, self.batch_bytes = [], []
             self.stats = PressStats(prompt_tokens=tokens)
             self._passes = self.begin_prompt(cache, ids, tokens) if isinstance(cache, CompressedCache) else None
             self._sync()
             self._started = time.perf_counter()
         return args, kwargs
 
-    def _after(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    def _after(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self._batched is not None:  # a left-padded batch: its rows' logits and caches replace the stand-in's
+            output["logits"], output["cache"] = self._batched
+            self._batched = None
+            return output
         if self._in_extra_pass or self._started == 0.0:
-            return
+            return None
         cache = getattr(output, "cache", None)
         if self._passes is not None and isinstance(cache, CompressedCache):
             self._run_extra_passes(cache, self._passes)
@@ -189,6 +195,38 @@ class Press:
         prefill_seconds = time.perf_counter() - self._started
         self._started = 0.0
         self.stats = prompt_stats(cache, self.stats.prompt_tokens, prefill_seconds)
+        return None
+
+    def _prefill_rows(self, ids: torch.Tensor | None, mask: torch.Tensor, kwargs: dict) -> dict:
+        """A left-padded batch's first forward: each row's prompt (its padding dropped) is prefilled and
+        compressed alone, as it would be unbatched, and the caches are stacked into one whose rows decode
+        together (`CompressedCache.stack_prompts`; transformers' positions from the mask continue each row from
+        its own length). The forward itself runs one stand-in token on a throwaway cache; `_after` hands
+        `generate` the rows' last logits and the stacked cache instead of its output."""
+        if ids is None:
+            raise HeadprofError("a padded batch under a compressed cache needs input_ids, not inputs_embeds")
+        if self.method.evicts:
+            raise HeadprofError(f"{self.method.name} evicts while decoding: run its prompts one by one, unpadded")
+        real = mask.bool()
+        if bool((real[:, :-1] & ~real[:, 1:]).any()) or not bool(real[:, -1].all()):
+            raise HeadprofError("padded batches under a compressed cache must be left-padded (padding_side='left')")
+        logits, caches, stats, sizes = [], [], [], []
+        for row, keep in zip(ids, real):
+            output = self.model(input_ids=row[keep][None], use_cache=True, logits_to_keep=1)
+            logits.append(output.logits[:, -1:])
+            caches.append(output.cache)
+            stats.append(self.stats)
+            sizes.append(cache_bytes(output.cache)["kv_bytes"])
+        stacked = CompressedCache.stack_prompts(caches, ids.shape[1])
+        stacked.attention_config = self.model.config
+        self._batched = (torch.cat(logits), stacked)
+        self.batch_stats, self.batch_bytes = stats, sizes
+        totals = [sum(getattr(s, name) for s in stats) for name in ("prompt_tokens", "prefill_seconds")]
+        self.stats = PressStats(*totals, sum(s.compress_seconds for s in stats), any(s.compressed for s in stats))
+        positions = kwargs.get("position_ids")
+        stand_in = {"input_ids": ids[:, -1:], "use_cache": True, "logits_to_keep": 1}
+        positions = {} if positions is None else {"position_ids": positions[:, -1:]}
+        return {**stand_in, **positions, "cache": DynamicCache(config=self.model.config)}
 
     def _refuse_unsupported(self, kwargs: dict, cache: Cache | None) -> None:
         """What a compressed cache cannot honour is refused in words, never silently replaced or left empty."""
