@@ -34,7 +34,13 @@ def allocate(
     beta: Annotated[
         float | None, typer.Option(help="headkv: pool share M = N / beta (default 1.2); pyramid: slope (default 20).")
     ] = None,
-    temp: Annotated[float, typer.Option(help="headkv: score temperature.")] = 1.0,
+    temp: Annotated[float, typer.Option(help="headkv, headkv-floor, mix: score temperature.")] = 1.0,
+    top: Annotated[int, typer.Option(help="duo: heads that keep the long context (the best-scored).")] = 8,
+    sinks: Annotated[int, typer.Option(help="duo: entries the other heads keep beyond the window.")] = 4,
+    layer_floor: Annotated[
+        float, typer.Option(help="headkv-floor: share of HeadKV's pool split evenly over the layers.")
+    ] = 0.5,
+    mix: Annotated[float, typer.Option(help="mix: weight of the retrieval score against r2 (both normalised).")] = 0.5,
     window: Annotated[int, typer.Option(help="Observation window kept in every head.")] = 32,
     gqa: Annotated[
         Gqa, choice(Gqa, GQA_MESSAGE, "kv: per KV head (memory-honest); query: per query head (HeadKV paper).")
@@ -69,7 +75,8 @@ def allocate(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Turn head scores into per-head KV budgets (HeadKV S·M·N pool, uniform/SnapKV, PyramidKV)."""
+    """Turn head scores into per-head KV budgets (HeadKV S·M·N pool, uniform/SnapKV, PyramidKV, a DuoAttention-style
+    split, HeadKV with a per-layer floor, HeadKV on mixed retrieval and r2 scores); see METHOD.md §3."""
     from headprof import workspace
     from headprof.allocation import AllocConfig, allocate_artifact, summarize_budgets
     from headprof.artifacts import load_scores, save_alloc
@@ -82,7 +89,9 @@ def allocate(
         import torch
 
         bytes_per_value = 2 if torch.cuda.is_available() else 4
-    config = AllocConfig(budget, policy.value, window, beta, temp, gqa.value, rounding.value)
+    config = AllocConfig(
+        budget, policy.value, window, beta, temp, gqa.value, rounding.value, top, sinks, layer_floor, mix
+    )
     config.validate()
     source = scores or common.default_input(model, workspace.scores_file(model), "scores")
     target = out_file or workspace.alloc_file(source, budget, policy.value, gqa.value, model)

@@ -1,0 +1,99 @@
+"""Allocation policies at equal bytes: every policy's budgets sum to exactly uniform B's, and the runtime keeps
+exactly uniform B's bytes once heads capped at the prompt hand their excess on (`spill`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headprof.allocation import POLICIES, AllocConfig, allocate, allocate_artifact, spill
+from headprof.allocation.policies import duo, headkv_floor, mixed_scores
+from headprof.artifacts import load_scores
+from headprof.errors import HeadprofError
+from headprof.probes import build_probes, encode_probe, load_needles
+from headprof.runtime import compressed
+
+from helpers import NEEDLES, REFERENCE
+
+EXACT = [p for p in POLICIES if p != "pyramid"]  # PyramidKV's integer schedule is KVCache-Factory's, a bit above
+
+
+@pytest.fixture(scope="module")
+def scores_artifact():
+    return load_scores(REFERENCE / "scores.safetensors")
+
+
+@pytest.mark.parametrize("policy", EXACT)
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+@pytest.mark.parametrize("budget, window", [(32, 8), (64, 32), (128, 32)])
+def test_every_policy_spends_exactly_uniform_bytes(scores_artifact, policy, gqa, budget, window):
+    config = AllocConfig(budget, policy, window, gqa=gqa, top=4)
+    art = allocate_artifact(scores_artifact, config, "r2", REFERENCE / "scores.safetensors")
+    assert int(art.budgets.sum()) == budget * art.budgets.numel()
+    assert int(art.budgets.min()) >= window
+    assert art.meta["policy"] == policy and art.meta["parameters"] == config.parameters()
+
+
+def test_duo_gives_the_top_heads_what_the_others_leave():
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
+    budgets = duo(scores, AllocConfig(20, "duo", window=8, top=2, sinks=2))
+    # 4 streaming heads keep 8 + 2; the top two (0.9, 0.5) share 20 * 6 - 40 = 80
+    assert budgets.tolist() == [[10, 40, 10], [40, 10, 10]]
+    with pytest.raises(HeadprofError, match="below the number"):
+        duo(scores, AllocConfig(20, "duo", window=8, top=6))
+
+
+def test_layer_floor_interpolates_between_headkv_and_per_layer_pools():
+    scores = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    global_pool = headkv_floor(scores, AllocConfig(40, "headkv-floor", window=32, beta=2, layer_floor=0.0))
+    # N = 8, M = 4, pool 16: all of it to the one scored head, as HeadKV
+    assert global_pool.tolist() == [[52, 36], [36, 36]]
+    per_layer = headkv_floor(scores, AllocConfig(40, "headkv-floor", window=32, beta=2, layer_floor=1.0))
+    # each layer gets 8 of the pool: layer 0 by its scores, layer 1 (no score) evenly
+    assert per_layer.tolist() == [[44, 36], [40, 40]]
+
+
+def test_mix_weighs_normalised_scores():
+    retrieval, r2 = torch.tensor([[3.0, 1.0]]), torch.tensor([[0.0, 0.5]])
+    assert mixed_scores(retrieval, r2, 1.0).tolist() == [[0.75, 0.25]]
+    assert mixed_scores(retrieval, r2, 0.5).tolist() == [[0.375, 0.625]]
+
+
+def test_spill_hands_the_excess_of_capped_heads_on():
+    budgets = torch.tensor([[300, 40, 20], [0, 0, 0], [30, 10, 0]])
+    spilled = spill(budgets, 100)
+    live = budgets > 0
+    assert int(spilled.sum()) == 400 and int(spilled.max()) == 100
+    assert torch.equal(spilled[~live], budgets[~live]) and bool((spilled[live] >= budgets[live].clamp(max=100)).all())
+    assert torch.equal(spill(budgets, 1000), budgets)  # nothing above the cap: unchanged
+    assert int(spill(torch.tensor([[900, 10]]), 100).sum()) == 200  # more than every head can hold: all capped
+
+
+@pytest.fixture(scope="module")
+def prompt(tokenizer):
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[0]
+    probe = build_probes([needle], tokenizer, lengths=(300,), depths=(50,))[0]
+    return torch.tensor([encode_probe(tokenizer, probe).prompt_ids])
+
+
+def _kv_bytes(model, press, ids):
+    with press, torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+    return cache.kv_bytes()["kv_bytes"]
+
+
+@pytest.mark.parametrize("policy", ["headkv", "duo"])
+def test_headkv_with_spill_keeps_exactly_uniform_bytes(loaded, prompt, scores_artifact, policy):
+    budget = 128  # some heads' budgets exceed the ~300-token prompt
+    art = allocate_artifact(scores_artifact, AllocConfig(budget, policy, gqa="kv"), "r2", REFERENCE)
+    assert int(art.budgets.max()) > prompt.shape[1]
+    uniform = _kv_bytes(loaded.model, compressed(loaded.model, "snapkv", budget), prompt)
+    reference = _kv_bytes(loaded.model, compressed(loaded.model, "headkv", allocation=art), prompt)
+    equal = _kv_bytes(loaded.model, compressed(loaded.model, "headkv", allocation=art, spill=True), prompt)
+    assert equal == uniform and reference < uniform
+
+
+def test_allocate_refuses_out_of_range_knobs():
+    for bad in ({"layer_floor": 1.5}, {"mix": -0.1}, {"top": 0}, {"sinks": -1}):
+        with pytest.raises(HeadprofError):
+            allocate(torch.ones(2, 2), AllocConfig(40, "headkv", window=8, **bad))
