@@ -476,20 +476,21 @@ def build_probes(
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     depths: Sequence[float] = DEFAULT_DEPTHS,
     seed: int = DEFAULT_SEED,
-    haystack: str = "builtin",
+    haystack: str | Sequence[str] = "builtin",
     max_context: int = 0,
     tokenizer_name: str = "",
     on_probe: Callable[[Probe], None] | None = None,
 ) -> list[Probe]:
-    """Every needle x length x depth (in that order), deterministic under `seed`; one haystack per length;
-    `on_probe` sees each probe as it is built."""
+    """Every needle x length x depth (in that order), deterministic under `seed`; one haystack per length
+    (`haystack`: a source for `load_haystack`, or the sentences themselves); `on_probe` sees each probe as it
+    is built."""
     needles = list(needles)
     if not needles:
         raise HeadprofError("no needles to build probes from")
     check_grid(lengths, depths, max_context)
     if len({n.id for n in needles}) != len(needles):
         raise HeadprofError("needle ids must be unique across the needle files")
-    sentences = load_haystack(haystack)
+    sentences = load_haystack(haystack) if isinstance(haystack, str) else list(haystack)
     sentence_tokens = [len(ids) for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
     built: dict[str, Probe] = {}
     for length in lengths:

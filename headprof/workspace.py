@@ -8,6 +8,7 @@ Outputs go to a workspace, never into the installed package: `--workdir DIR`, el
 else `./headprof-out`, with one folder per model (`<workspace>/<model-slug>/`) holding
 
     probes.jsonl, eval-probes.jsonl          probe sets (`probes build`, `probes build --eval`)
+    eval-probes-<split>.jsonl                generated evaluation probes (`probes build --generated`)
     scores.safetensors, scores-<mode>...     score artifacts (`score`, `import`, shards)
     alloc-b<B>-<policy>[-query].safetensors  allocations (`allocate`)
     eval-cache.jsonl                         evaluation results (`eval`)
@@ -73,6 +74,11 @@ def probe_file(model: str) -> Path:
 def eval_probe_file(model: str) -> Path:
     """The evaluation probe set (evaluation needles) built with `model`'s tokenizer."""
     return model_dir(model) / "eval-probes.jsonl"
+
+
+def generated_probe_file(model: str, split: str) -> Path:
+    """The evaluation probe set of generated needles of one split (`probes build --generated --split`)."""
+    return model_dir(model) / f"eval-probes-{split}.jsonl"
 
 
 def scores_file(model: str, mode: str = "teacher", shard: str | None = None) -> Path:

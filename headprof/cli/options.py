@@ -22,6 +22,13 @@ class Kind(str, Enum):
     both = "both"
 
 
+class Split(str, Enum):
+    """Which generated evaluation needles: the split to tune on or the one to report on (needlegen.SPLITS)."""
+
+    validation = "validation"
+    test = "test"
+
+
 class ScoreMethods(str, Enum):
     """Which head scores `score` computes (both come from the same captured rows)."""
 
