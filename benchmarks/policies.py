@@ -3,9 +3,10 @@
     headprof probes build --generated --split validation --count 40 --lengths 1536 --out probes-validation.jsonl
     headprof probes build --generated --split test --count 40 --lengths 1536 --out probes-test.jsonl
     python benchmarks/policies.py --validation probes-validation.jsonl --test probes-test.jsonl \
-        [--validation-needles 20] [--budgets 32,64,128] [--out policies.json]
+        [--validation-needles 10] [--test-needles 20] [--budgets 32,64,128] [--out policies.json]
 
-The embedded model with its packaged r2 scores. `headprof.tune` ranks every candidate (policy x parameters
+The embedded model with its packaged r2 scores; the first 10 validation and 20 test needles (x 2 depths) by
+default, which fits in well under an hour on a shared 2-core machine. `headprof.tune` ranks every candidate (policy x parameters
 x window, `tune.grid`) on the validation probes, then answers the test probes under the full cache, HeadKV's
 pool as published (beta 1.2, window 32; 8 below B=64) and each policy's best candidate on validation, all run by
 HeadKV's selection with spill, so each column holds exactly uniform B's bytes. Prints per budget: test accuracy
@@ -43,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--validation", required=True)
     parser.add_argument("--test", required=True)
-    parser.add_argument("--validation-needles", type=int, default=20)
+    parser.add_argument("--validation-needles", type=int, default=10)
+    parser.add_argument("--test-needles", type=int, default=20)
     parser.add_argument("--budgets", default="32,64,128")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--out")
@@ -51,7 +53,7 @@ def main() -> None:
     started = time.perf_counter()
     loaded = load_model(MODEL, device="cpu")
     validation = split(loaded, args.validation, args.validation_needles)
-    test = split(loaded, args.test, None)
+    test = split(loaded, args.test, args.test_needles)
     config = tune.TuneConfig(tuple(int(b) for b in args.budgets.split(",")), args.max_new_tokens)
     config.validate()
 

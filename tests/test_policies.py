@@ -97,3 +97,21 @@ def test_allocate_refuses_out_of_range_knobs():
     for bad in ({"layer_floor": 1.5}, {"mix": -0.1}, {"top": 0}, {"sinks": -1}):
         with pytest.raises(HeadprofError):
             allocate(torch.ones(2, 2), AllocConfig(40, "headkv", window=8, **bad))
+
+
+def test_kvzip_question_counts_against_its_budget_with_reserve(loaded, tokenizer):
+    from headprof.evaluation import items_from_probes
+    from headprof.runtime.generation import generate_answer
+
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[0]
+    item = items_from_probes(tokenizer, build_probes([needle], tokenizer, lengths=(300,), depths=(50,)))[0]
+    question = len(item.prompt_ids) - item.context_tokens
+
+    def kv_bytes(method, **options):
+        press = compressed(loaded.model, method, 64, tokenizer=tokenizer, **options)
+        return generate_answer(loaded, press, item.prompt_ids, item.context_tokens, 1).kv_bytes
+
+    uniform = kv_bytes("snapkv")
+    per_token = 2 * loaded.info.head_dim * 4 * loaded.info.n_layers * loaded.info.n_kv_heads  # fp32 on CPU
+    assert kv_bytes("kvzip", cutoff="topk") == uniform + question * per_token  # the authors': the question on top
+    assert kv_bytes("kvzip", cutoff="topk", reserve=question) == uniform
