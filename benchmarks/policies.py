@@ -6,12 +6,14 @@
         [--validation-needles 10] [--test-needles 20] [--budgets 32,64,128] [--out policies.json]
 
 The embedded model with its packaged r2 scores; the first 10 validation and 20 test needles (x 2 depths) by
-default, which fits in well under an hour on a shared 2-core machine. `headprof.tune` ranks every candidate (policy x parameters
-x window, `tune.grid`) on the validation probes, then answers the test probes under the full cache, HeadKV's
-pool as published (beta 1.2, window 32; 8 below B=64) and each policy's best candidate on validation, all run by
-HeadKV's selection with spill, so each column holds exactly uniform B's bytes. Prints per budget: test accuracy
-with its 95% needle-cluster bootstrap interval, the paired difference against published HeadKV (interval over
-needles), the share of the full cache's accuracy, and the mean KV bytes; `--out` keeps the whole payload.
+default, which fits in about an hour on a shared 2-core machine. `headprof.tune` ranks every candidate
+(policy x parameters x window, `tune.grid`) on the validation probes, then answers the test probes under the
+full cache, HeadKV's pool as published (beta 1.2, window 32; 8 below B=64) and each policy's best candidate on
+validation, all run by HeadKV's selection with spill, so each column holds exactly uniform B's bytes. Prints
+per budget: test accuracy with its 95% needle-cluster bootstrap interval, the share of the full cache's
+accuracy, the paired difference against published HeadKV (interval over needles) and the mean KV bytes at
+the end of the answer (the answer's own tokens included, so columns differ by their answers' lengths);
+`--out` keeps the whole payload.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headprof import validation
-from headprof.artifacts import ScoreArtifact
+from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.intervals import wilson_interval
 from headprof.metrics import exact_match, token_f1
@@ -85,10 +85,16 @@ class EvalConfig:
     batch_decode: bool = (
         False  # decode an item's compressed caches as one batch (faster; floats differ in the last bits)
     )
+    # every column at uniform B's bytes: HeadKV's heads capped at the prompt hand their budget on (`spill`),
+    # KVzip's question counts against its budget (`reserve`); False: each as its reference code spends
+    equal_bytes: bool = True
 
-    def method(self, name: str) -> Method:
-        """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family)."""
-        return build_method(name, kernel=self.kernel, pooling=self.pooling)
+    def method(self, name: str, question: int = 0) -> Method:
+        """The method `name` with this run's settings (`--kernel`, `--pooling` for the SnapKV family; with
+        `equal_bytes`, HeadKV's spill and KVzip's reserve of the item's `question` tokens)."""
+        if not self.equal_bytes:
+            return build_method(name, kernel=self.kernel, pooling=self.pooling)
+        return build_method(name, kernel=self.kernel, pooling=self.pooling, spill=True, reserve=question)
 
     def validate(self) -> None:
         """Fail on bad input before any model is loaded."""
@@ -333,6 +339,16 @@ class ResultCache:
                 fh.write(line.encode("utf-8"))
 
 
+def alloc_label(art: AllocArtifact, taken: Sequence[str] = ()) -> str:
+    """An allocation artifact's column name: its policy (`tuned-<policy>` for a `tune` pick), numbered when
+    another column has it already."""
+    base = ("tuned-" if "tuned_on" in art.meta else "") + str(art.meta.get("policy", "alloc"))
+    label, n = base, 2
+    while label in taken or label in METHODS:
+        label, n = f"{base}-{n}", n + 1
+    return label
+
+
 def evaluate(
     loaded: LoadedModel,
     items: Sequence[EvalItem],
@@ -340,40 +356,52 @@ def evaluate(
     scores: ScoreArtifact | None = None,
     cache_path: str | Path | None = None,
     on_result: Callable[[EvalRecord], None] | None = None,
+    allocations: Sequence[tuple[str, AllocArtifact]] = (),
 ) -> list[EvalRecord]:
-    """Answer every item under every method x budget, reusing cached results; records in method x budget x item
-    order. With `config.sweep` (the default) each item's missing configurations share one prefill
-    (`runtime.sweep`); otherwise each configuration runs alone. Both give the same answers."""
+    """Answer every item under every method x budget, and under each `(label, allocation)` (HeadKV's selection
+    on its budgets, a column of its own at its budget), reusing cached results; records in method x budget x
+    item order, then the allocations'. With `config.sweep` (the default) each item's missing configurations
+    share one prefill (`runtime.sweep`); otherwise each configuration runs alone. Both give the same answers."""
     cache = ResultCache.open(cache_path)
     scores_id = scores.meta.get("sha256", "") if scores else ""
-    configs = [
-        (method, budget, config.method(method))
+    configs: list[tuple[str, int | None, AllocArtifact | None]] = [
+        (method, budget, None)
         for method in config.methods
         for budget in ((None,) if method == "full" else config.budgets)
     ]
-    presses: dict[int, Press] = {}
+    configs += [(label, int(art.meta.get("budget", 0)) or None, art) for label, art in allocations]
+    presses: dict[tuple[int, int], Press] = {}
 
-    def press(c: int) -> Press:
-        if c not in presses:
-            method, budget, compressor = configs[c]
+    def question(c: int, item: EvalItem) -> int:  # what follows the context: KVzip's reserve at equal bytes
+        return len(item.prompt_ids) - item.context_tokens if configs[c][0] == "kvzip" else 0
+
+    def compressor(c: int, item: EvalItem) -> Method:
+        return config.method("headkv" if configs[c][2] is not None else configs[c][0], question(c, item))
+
+    def press(c: int, item: EvalItem) -> Press:
+        if (c, question(c, item)) not in presses:
+            _, budget, art = configs[c]
+            method = compressor(c, item)
             plan = plan_budgets(
-                compressor, loaded.info, budget or 0, scores=scores, gqa=config.gqa, window=config.window
+                method, loaded.info, budget or 0, allocation=art, scores=scores, gqa=config.gqa, window=config.window
             )
-            presses[c] = Press(loaded.model, compressor, plan, tokenizer=loaded.tokenizer)
-        return presses[c]
+            presses[(c, question(c, item))] = Press(loaded.model, method, plan, tokenizer=loaded.tokenizer)
+        return presses[(c, question(c, item))]
 
     def key(c: int, item: EvalItem) -> str:
-        method, budget, compressor = configs[c]
+        method, budget, art = configs[c]
         batched = ("batch-decode",) if config.batch_decode else ()  # its answers may differ: cached apart
+        allocation = (_key(art.budgets.tolist(), art.meta.get("window"), art.gqa),) if art is not None else ()
         return _key(
             *batched,
+            *allocation,
             RESULTS_REVISION,
             loaded.info.fingerprint,
             method,
             budget,
             config.gqa,
             config.window,
-            asdict(compressor.options),
+            asdict(compressor(c, item).options),
             scores_id if method == "headkv" else "",
             item.max_new_tokens or config.max_new_tokens,
             item.key,
@@ -389,10 +417,12 @@ def evaluate(
             continue
         limit = item.max_new_tokens or config.max_new_tokens
         if config.sweep:
-            chosen = [press(c) for c in missing]
+            chosen = [press(c, item) for c in missing]
             answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.batch_decode)
         else:
-            answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
+            answers = [
+                generate_answer(loaded, press(c, item), item.prompt_ids, item.context_tokens, limit) for c in missing
+            ]
         for c, result in zip(missing, answers):
             record = _record(configs[c][0], configs[c][1], item, result)
             cache.add(key(c, item), record)

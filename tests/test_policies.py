@@ -3,6 +3,8 @@ exactly uniform B's bytes once heads capped at the prompt hand their excess on (
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,24 @@ def test_kvzip_question_counts_against_its_budget_with_reserve(loaded, tokenizer
     per_token = 2 * loaded.info.head_dim * 4 * loaded.info.n_layers * loaded.info.n_kv_heads  # fp32 on CPU
     assert kv_bytes("kvzip", cutoff="topk") == uniform + question * per_token  # the authors': the question on top
     assert kv_bytes("kvzip", cutoff="topk", reserve=question) == uniform
+
+
+def test_eval_compares_allocations_and_methods_at_equal_bytes(cli, tmp_path, tokenizer):
+    from headprof.probes import write_probes
+
+    needle = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[0]
+    write_probes(tmp_path / "p.jsonl", build_probes([needle], tokenizer, lengths=(300,), depths=(50,)))
+    scores = REFERENCE / "scores.safetensors"
+    for policy in ("duo", "headkv-floor"):
+        args = ("allocate", "--scores", scores, "--budget", "128", "--policy", policy, "--out", f"{policy}.st")
+        assert cli(*args, cwd=tmp_path).code == 0
+    args = ("eval", "--probes", "p.jsonl", "--methods", "snapkv,headkv,kvzip", "--budgets", "128", "--scores", scores)
+    result = cli(
+        *args, "--alloc", "duo.st", "--alloc", "headkv-floor.st", "--max-new-tokens", "1", "--json", cwd=tmp_path
+    )
+    assert result.code == 0, result.stderr
+    rows = {(r["method"], r["budget"]): r["kv_bytes"] for r in json.loads(result.stdout)["results"]}
+    assert set(rows) == {(m, 128) for m in ("snapkv", "headkv", "kvzip", "duo", "headkv-floor")}
+    assert len(set(rows.values())) == 1  # every column holds uniform B's bytes
+    twice = cli(*args, "--alloc", "duo.st", "--alloc", "duo.st", cwd=tmp_path)
+    assert twice.code == 1 and "--alloc" in twice.stderr and twice.stderr.count("\n") == 1

@@ -64,6 +64,22 @@ def eval_(
         int | None, typer.Option(help="Task files: prompt + answer limit in tokens (default: the model's window).")
     ] = None,
     scores: Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")] = None,
+    alloc: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="<path>",
+            help="Allocation artifact (repeatable): a column of its own at its budget, run by HeadKV's selection, "
+            "named by its policy.",
+        ),
+    ] = None,
+    reference_bytes: Annotated[
+        bool,
+        typer.Option(
+            "--reference-bytes",
+            help="Spend bytes as each method's reference code does (HeadKV's budgets above the prompt unspent, "
+            "KVzip's question on top of its budget); default: every column at exactly uniform B's bytes.",
+        ),
+    ] = False,
     gqa: Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")] = Gqa.kv,
     window: Annotated[
         int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
@@ -103,7 +119,7 @@ def eval_(
     tasks are also scored with their own metric (RULER string match, each LongBench dataset's metric)."""
     from headprof import evaluation as E
     from headprof import workspace
-    from headprof.artifacts import load_scores
+    from headprof.artifacts import load_alloc, load_scores
     from headprof.errors import HeadprofError
     from headprof.fileio import exclusive, write_text_atomic
     from headprof.tasks import RulerConfig, TaskSource
@@ -123,6 +139,7 @@ def eval_(
         pooling.value,
         sweep=not per_config,
         batch_decode=batch_decode,
+        equal_bytes=not reference_bytes,
     )
     config.validate()
     if max_length is not None and max_length < 1:
@@ -140,14 +157,21 @@ def eval_(
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     cache_path = cache_file or workspace.eval_cache_file(model)
     needles_png = E.needles_png_path(png) if png else None
+    alloc_files = list(alloc or [])
+    no_duplicates([str(Path(f).resolve()) for f in alloc_files], "--alloc")
     check_outputs(
         [("--cache", cache_path), ("--report", report), ("--png", png), ("the needle heatmap", needles_png)],
-        [*probe_files, *(source.inputs if source else ()), scores],
+        [*probe_files, *(source.inputs if source else ()), scores, *alloc_files],
     )
+    allocations: list = []  # (label, AllocArtifact)
+    for path in alloc_files:
+        art = load_alloc(path)
+        allocations.append((E.alloc_label(art, [label for label, _ in allocations]), art))
     scores_art = load_scores(scores) if scores else None
     if scores_art is not None:
         E.check_disjoint(probe_list, scores_art)  # before the model loads
-    common.check_before_loading(model, budget_list, [("score artifact", scores_art)])
+    checked = [("score artifact", scores_art)] + [(f"allocation {p}", a) for p, (_, a) in zip(alloc_files, allocations)]
+    common.check_before_loading(model, budget_list, checked)
     E.ResultCache.open(cache_path)  # an edited results cache is refused now, not after the model loads
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
@@ -157,14 +181,16 @@ def eval_(
         for message in notices:
             render.notice(message)
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list)
+    n_configs = sum(1 if m == "full" else len(budget_list) for m in method_list) + len(allocations)
     total = len(items) * n_configs
     render.notice(
         f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "
         "ones are skipped); the time per item shows after the first (fewer: --methods, --budgets, --probes)"
     )
     with exclusive(cache_path, "the results cache"), render.progress("evaluating", total) as advance:
-        records = E.evaluate(loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance())
+        records = E.evaluate(
+            loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance(), allocations=allocations
+        )
     results = E.summarize(records)
     payload = {"model": loaded.info.model_id, "n_items": len(items), "results": results}
     if png:
@@ -176,10 +202,10 @@ def eval_(
     if as_json:
         render.emit(payload)
         return
-    cells = E.result_cells(
-        results, method_list, budget_list, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}"
-    )
-    render.accuracy_table(len(items), budget_list, cells)
+    rows = [*method_list, *(label for label, _ in allocations)]
+    columns = sorted({*budget_list, *(int(a.meta.get("budget", 0)) for _, a in allocations)} - {0})
+    cells = E.result_cells(results, rows, columns, lambda r: f"{r['accuracy']:.2f} / {r['kv_bytes'] / 2**20:.2f}")
+    render.accuracy_table(len(items), columns, cells)
     if any("tasks" in r for r in results):
         header, task_rows = E.task_cells(results, method_list, budget_list)
         render.task_table(header, task_rows)
