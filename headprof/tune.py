@@ -120,10 +120,14 @@ def answer_columns(
             kv_bytes[c] += result.kv_bytes / len(items)
         if on_item:
             on_item()
-    return [Column(name, art and _config_of(art), correct[c], kv_bytes[c]) for c, (name, art) in enumerate(columns)]
+    return [
+        Column(name, None if art is None else _config_of(art), correct[c], kv_bytes[c])
+        for c, (name, art) in enumerate(columns)
+    ]
 
 
 def _config_of(art: AllocArtifact) -> AllocConfig:
+    """The configuration an artifact of `allocate_artifact` was made with (from its metadata)."""
     meta = art.meta
     return AllocConfig(int(meta["budget"]), meta["policy"], int(meta["window"]), gqa=art.gqa, **meta["parameters"])
 
