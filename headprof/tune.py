@@ -60,7 +60,9 @@ def grid(budget: int, gqa: str = "kv") -> list[AllocConfig]:
     """The candidates at `budget`: HeadKV's pool (beta 1.2 as published, 1.01: nearly all pooled), the
     DuoAttention-style split (4 or 16 long-context heads), HeadKV with a per-layer floor (half the pool), and
     HeadKV on mixed retrieval and r2 scores (weights 0.5, 1), each at windows of 8 and 16 (and 32 where
-    B >= 64). The published HeadKV configuration is first, so it wins ties."""
+    B >= 64); and the duo split with 4, 8 or 16 top heads whose other heads keep only their last 8 tokens
+    under a 32-token window, at every B (the window then reaches back to the question even at B = 32). The
+    published HeadKV configuration is first, so it wins ties."""
     windows = [w for w in (8, 16, 32) if w < budget and (w < 32 or budget >= 64)]
     out = [published(budget, gqa)]
     for window in windows:
@@ -68,6 +70,8 @@ def grid(budget: int, gqa: str = "kv") -> list[AllocConfig]:
         out += [AllocConfig(budget, "duo", window, gqa=gqa, top=top) for top in (4, 16)]
         out.append(AllocConfig(budget, "headkv-floor", window, 1.01, gqa=gqa, layer_floor=0.5))
         out += [AllocConfig(budget, "mix", window, 1.01, gqa=gqa, mix=weight) for weight in (0.5, 1.0)]
+    # streaming heads below the window: votes from a 32-token window (it reaches back to the question) at any B
+    out += [AllocConfig(budget, "duo", 32, gqa=gqa, top=top, stream=8) for top in (4, 8, 16)]
     unique: dict[str, AllocConfig] = {}
     for config in out:
         unique.setdefault(label(config), config)

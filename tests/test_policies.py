@@ -45,6 +45,18 @@ def test_duo_gives_the_top_heads_what_the_others_leave():
         duo(scores, AllocConfig(20, "duo", window=8, top=6))
 
 
+def test_heads_below_the_window_keep_their_last_entries_only():
+    from headprof.runtime.methods.headkv import HeadKV
+
+    scores = torch.rand(1, 3, 10, generator=torch.Generator().manual_seed(0))
+    chosen = HeadKV().select(scores, torch.tensor([2, 6, 5]), 4)
+    assert chosen.lengths.tolist() == [2, 6, 5]
+    assert chosen.positions[:2].tolist() == [8, 9]  # its own window of 2
+    assert set(chosen.positions[2:8].tolist()) >= {6, 7, 8, 9}  # the others: the whole window and their best
+    budgets = duo(torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]]), AllocConfig(20, "duo", 32, top=2, stream=8))
+    assert budgets.tolist() == [[8, 44, 8], [44, 8, 8]]  # (20 * 6 - 8 * 4) / 2
+
+
 def test_layer_floor_interpolates_between_headkv_and_per_layer_pools():
     scores = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
     global_pool = headkv_floor(scores, AllocConfig(40, "headkv-floor", window=32, beta=2, layer_floor=0.0))
@@ -84,10 +96,11 @@ def _kv_bytes(model, press, ids):
     return cache.kv_bytes()["kv_bytes"]
 
 
-@pytest.mark.parametrize("policy", ["headkv", "duo"])
-def test_headkv_with_spill_keeps_exactly_uniform_bytes(loaded, prompt, scores_artifact, policy):
-    budget = 128  # some heads' budgets exceed the ~300-token prompt
-    art = allocate_artifact(scores_artifact, AllocConfig(budget, policy, gqa="kv"), "r2", REFERENCE)
+@pytest.mark.parametrize("policy, stream", [("headkv", 0), ("duo", 0), ("duo", 8)])
+def test_headkv_with_spill_keeps_exactly_uniform_bytes(loaded, prompt, scores_artifact, policy, stream):
+    budget = 128  # some heads' budgets exceed the ~300-token prompt; stream 8: heads below the window
+    config = AllocConfig(budget, policy, gqa="kv", stream=stream)
+    art = allocate_artifact(scores_artifact, config, "r2", REFERENCE)
     assert int(art.budgets.max()) > prompt.shape[1]
     uniform = _kv_bytes(loaded.model, compressed(loaded.model, "snapkv", budget), prompt)
     reference = _kv_bytes(loaded.model, compressed(loaded.model, "headkv", allocation=art), prompt)

@@ -44,7 +44,7 @@ PARAMETERS = {
     "headkv": ("beta", "temp"),
     "uniform": (),
     "pyramid": ("beta",),
-    "duo": ("top", "sinks"),
+    "duo": ("top", "sinks", "stream"),
     "headkv-floor": ("beta", "temp", "layer_floor"),
     "mix": ("beta", "temp", "mix"),
 }
@@ -55,8 +55,9 @@ class AllocConfig:
     """Parameters of one allocation: mean budget `B`, policy, window `w`, policy knobs, GQA layout.
 
     Knobs of the newer policies: `top` (duo: heads that keep the long context), `sinks` (duo: entries the
-    other heads keep beyond the window), `layer_floor` (headkv-floor: share of the pool split evenly over
-    layers), `mix` (mix: weight of the retrieval score against r2).
+    other heads keep beyond the window), `stream` (duo: the other heads' budget instead, may be below the
+    window), `layer_floor` (headkv-floor: share of the pool split evenly over layers), `mix` (mix: weight of
+    the retrieval score against r2).
     """
 
     budget: int
@@ -70,6 +71,7 @@ class AllocConfig:
     sinks: int = 4
     layer_floor: float = 0.5
     mix: float = 0.5
+    stream: int = 0
 
     @property
     def beta_value(self) -> float:
@@ -82,7 +84,8 @@ class AllocConfig:
             raise HeadprofError(f"unknown rounding '{self.rounding}' ({', '.join(ROUNDINGS)})")
         if self.gqa not in GQA_LAYOUTS:
             raise HeadprofError(f"unknown gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
-        validation.budget_and_window(self.budget, self.window)
+        # duo's streaming heads may sit below the window (`stream`): then the mean need only exceed theirs
+        validation.budget_and_window(self.budget, self.stream if self.policy == "duo" and self.stream else self.window)
         if max_context and self.budget > max_context:
             raise HeadprofError(f"budget {self.budget} is larger than any context the model takes ({max_context})")
         validation.finite(self.temp, "temp")
@@ -92,8 +95,8 @@ class AllocConfig:
             raise HeadprofError(f"beta must be >= 1, got {self.beta_value}")
         if self.temp <= 0:
             raise HeadprofError(f"temp must be positive, got {self.temp}")
-        if self.top < 1 or self.sinks < 0:
-            raise HeadprofError(f"top must be >= 1 and sinks >= 0, got {self.top} and {self.sinks}")
+        if self.top < 1 or self.sinks < 0 or self.stream < 0:
+            raise HeadprofError(f"top must be >= 1, sinks and stream >= 0, got {self.top}, {self.sinks}, {self.stream}")
         for name in ("layer_floor", "mix"):
             value = getattr(self, name)
             validation.finite(value, name.replace("_", "-"))
@@ -102,7 +105,13 @@ class AllocConfig:
 
     def parameters(self) -> dict[str, float | int]:
         """The knobs this policy uses, by name (what an artifact records next to the policy)."""
-        values = {"beta": self.beta_value, "temp": self.temp, "top": self.top, "sinks": self.sinks}
+        values = {
+            "beta": self.beta_value,
+            "temp": self.temp,
+            "top": self.top,
+            "sinks": self.sinks,
+            "stream": self.stream,
+        }
         values |= {"layer_floor": self.layer_floor, "mix": self.mix}
         return {name: values[name] for name in PARAMETERS[self.policy]}
 
@@ -139,7 +148,7 @@ def floor_of(config: AllocConfig, n_layers: int) -> int:
     if config.policy in ("headkv", "headkv-floor", "mix"):
         return n_free - math.floor(n_free / config.beta_value) + config.window
     if config.policy == "duo":
-        return config.window + config.sinks
+        return config.stream or config.window + config.sinks
     if config.policy == "pyramid":
         return int(pyramid((n_layers, 1), config).min())
     return config.budget

@@ -99,15 +99,17 @@ def headkv_floor(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
 def duo(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
     """A DuoAttention-style split (Xiao et al. 2024): the `top` best-scored heads share what the others leave;
     every other head keeps the window plus `sinks` entries (streaming heads: the recent window and a few
-    entries the method's votes pick, usually the attention sinks). The split comes from the scores (DuoAttention
+    entries the method's votes pick, usually the attention sinks), or `stream` entries when given: below the
+    window, such a head keeps only its last `stream` tokens (a window of its own, small where the budget is
+    small) while the top heads' votes still come from the whole window. The split comes from the scores (DuoAttention
     learns it); the total is `B x heads`, so on a prompt shorter than a top head's share that head keeps its
     whole context (the runtime hands the rest on, `integers.spill`)."""
     n = scores.numel()
-    streaming = config.window + config.sinks
+    streaming = config.stream or config.window + config.sinks
     if config.top >= n:
         raise HeadprofError(f"duo: --top {config.top} must be below the number of budgeted heads ({n})")
     if streaming > config.budget:
-        raise HeadprofError(f"duo: window + sinks ({streaming}) exceeds the budget {config.budget}")
+        raise HeadprofError(f"duo: the other heads' budget ({streaming}) exceeds the budget {config.budget}")
     score_weights(scores, 1.0)  # the same finite-score check as HeadKV
     order = torch.sort(-scores.double().flatten(), stable=True).indices  # ties: lower head index first
     raw = torch.full((n,), float(streaming), dtype=torch.float64)

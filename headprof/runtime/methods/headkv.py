@@ -43,5 +43,19 @@ class HeadKV(SnapKV):
         return spill(budgets, prompt_tokens)
 
     def select(self, scores: torch.Tensor, budgets: torch.Tensor, window: int) -> Selection:
-        """A sorted prefix per head (`torch.sort`, as the reference)."""
-        return sorted_prefix_with_window(scores, budgets, window)
+        """A sorted prefix per head (`torch.sort`, as the reference); a head whose budget is below the window
+        (the duo policy's streaming heads with `stream < w`) keeps its last `b_i` positions only: a window of
+        its own size, while the votes of the others still come from the whole window."""
+        short = budgets.to(scores.device).long() < window
+        if not bool(short.any()):
+            return sorted_prefix_with_window(scores, budgets, window)
+        chosen = sorted_prefix_with_window(scores, budgets.clamp(min=window), window)
+        batch, n_stored, total = scores.shape
+        rows = torch.repeat_interleave(torch.arange(batch * n_stored, device=scores.device), chosen.lengths)
+        keep = torch.zeros(batch * n_stored, total, dtype=torch.bool, device=scores.device)
+        keep[rows, chosen.positions] = True
+        own = budgets.to(scores.device).long().clamp(max=total).repeat(batch)
+        recent = torch.arange(total, device=scores.device)[None, :] >= total - own[:, None]
+        short_rows = short.repeat(batch)
+        keep[short_rows] = recent[short_rows]
+        return Selection.from_mask(keep)
