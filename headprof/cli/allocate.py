@@ -37,6 +37,13 @@ def allocate(
     temp: Annotated[float, typer.Option(help="headkv, headkv-floor, mix: score temperature.")] = 1.0,
     top: Annotated[int, typer.Option(help="duo: heads that keep the long context (the best-scored).")] = 8,
     sinks: Annotated[int, typer.Option(help="duo: entries the other heads keep beyond the window.")] = 4,
+    stream: Annotated[
+        int,
+        typer.Option(
+            help="duo: the other heads' budget instead of window + sinks; below the window they keep their "
+            "last STREAM tokens only (0: window + sinks)."
+        ),
+    ] = 0,
     layer_floor: Annotated[
         float, typer.Option(help="headkv-floor: share of HeadKV's pool split evenly over the layers.")
     ] = 0.5,
@@ -90,7 +97,7 @@ def allocate(
 
         bytes_per_value = 2 if torch.cuda.is_available() else 4
     config = AllocConfig(
-        budget, policy.value, window, beta, temp, gqa.value, rounding.value, top, sinks, layer_floor, mix
+        budget, policy.value, window, beta, temp, gqa.value, rounding.value, top, sinks, layer_floor, mix, stream
     )
     config.validate()
     source = scores or common.default_input(model, workspace.scores_file(model), "scores")
