@@ -48,7 +48,11 @@ def test_help_names_what_every_option_takes(cli, args):
 
 def test_help_lists_the_choices(cli):
     allocate = cli("allocate", "--help").stdout
-    for option in ("--policy <headkv|uniform|pyramid>", "--gqa <kv|query>", "--score-method <retrieval|r2>"):
+    for option in (
+        "--policy <headkv|uniform|pyramid|duo|headkv-floor|mix>",
+        "--gqa <kv|query>",
+        "--score-method <retrieval|r2>",
+    ):
         assert option in allocate
     run = cli("run", "--help").stdout
     assert "--method <adakv|full|h2o|headkv|kvzip|pyramidkv|snapkv|streamingllm>" in run

@@ -36,7 +36,7 @@ LAYERS: list[list[str]] = [
     # what a model or scores give
     ["capture", "probe_scores", "scoring", "score_job", "allocation", "reliability", "distributed", "tasks"],
     ["runtime"],  # generation with a compressed cache
-    ["evaluation", "ablation", "check", "testing"],  # experiments over the runtime and the scores
+    ["evaluation", "ablation", "check", "testing", "tune"],  # experiments over the runtime and the scores
     ["cli", "__main__"],  # the command line on top
 ]
 

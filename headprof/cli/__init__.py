@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from headprof import workspace
-from headprof.cli import allocate, check, evaluate, interop, probes, render, run, score, show, tasks
+from headprof.cli import allocate, check, evaluate, interop, probes, render, run, score, show, tasks, tune
 from headprof.errors import HeadprofError, HeadprofWarning
 from headprof.workspace import DEFAULT_ROOT, ROOT_ENV
 
@@ -84,6 +84,7 @@ app.command(short_help="Top heads and a heatmap of a score or allocation artifac
 app.command(short_help="Re-score a sample of a reference's probes; exit 1 if head scores drifted.")(check.check)
 app.command(short_help="Answer a question about a long context with a compressed KV cache.")(run.run)
 app.command("eval", short_help="Accuracy against KV bytes, every method x budget.")(evaluate.eval_)
+app.command(short_help="Pick a policy per budget on validation probes, report it on test probes.")(tune.tune)
 app.command(short_help="Mask the top heads (and matched random ones) and compare retrieval.")(evaluate.ablate)
 app.command(short_help="Join score shards into one artifact.")(interop.merge)
 app.command("import", short_help="Read a published head-score JSON into a score artifact.")(interop.import_)

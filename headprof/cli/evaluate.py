@@ -31,7 +31,7 @@ from headprof.cli.options import (
 from headprof.runtime.methods import METHODS
 
 if TYPE_CHECKING:
-    from headprof.artifacts import ScoreArtifact
+    from headprof.artifacts import AllocArtifact, ScoreArtifact
     from headprof.evaluation.run import EvalConfig
     from headprof.models.loading import LoadedModel
     from headprof.probes import Probe
@@ -68,6 +68,22 @@ MaxLengthOpt = Annotated[
     int | None, typer.Option(help="Task files: prompt + answer limit in tokens (default: the model's window).")
 ]
 EvalScoresOpt = Annotated[Path | None, typer.Option(help="Score artifact for headkv; default: the model's scores.")]
+EvalAllocOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        metavar="<path>",
+        help="Allocation artifact (repeatable): a column of its own at its budget, run by HeadKV's selection, "
+        "named by its policy.",
+    ),
+]
+ReferenceBytesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reference-bytes",
+        help="Spend bytes as each method's reference code does (HeadKV's budgets above the prompt unspent, "
+        "KVzip's question on top of its budget); default: every column at exactly uniform B's bytes.",
+    ),
+]
 GqaOpt = Annotated[Gqa, choice(Gqa, GQA_MESSAGE, "Cache layout.")]
 WindowOpt = Annotated[
     int, typer.Option(help="Observation window, kept in every head; it must reach back to the question.")
@@ -113,6 +129,8 @@ def eval_(
     haystack: HaystackOpt = "builtin",
     max_length: MaxLengthOpt = None,
     scores: EvalScoresOpt = None,
+    alloc: EvalAllocOpt = None,
+    reference_bytes: ReferenceBytesOpt = False,
     gqa: GqaOpt = Gqa.kv,
     window: WindowOpt = 32,
     kernel: KernelOpt = 7,
@@ -135,7 +153,6 @@ def eval_(
     from headprof import workspace
     from headprof.errors import HeadprofError, UsageError
     from headprof.fileio import exclusive, write_text_atomic
-    from headprof.tasks import RulerConfig, TaskSource
     from headprof.validation import no_duplicates
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -150,35 +167,44 @@ def eval_(
         sweep=not per_config,
         decode_together=not (decode_alone or per_config),
         method_options=tuple(method_option or ()),
+        equal_bytes=not reference_bytes,
     )
     config.validate()
     if max_length is not None and max_length < 1:
         raise HeadprofError("--max-length must be a positive number of tokens")
-    ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
-    source = TaskSource.parse(task, ruler) if task else None
+    source = _task_source(task, lengths, samples, seed, haystack) if task else None
     cache_path = cache_file or workspace.eval_cache_file(model)
-    probe_list, scores_art = _eval_inputs(model, config, source, probes, scores, cache_path, report, png)
+    outputs = (cache_path, report, png)
+    probe_list, scores_art, allocations = _eval_inputs(model, config, source, probes, scores, alloc or [], outputs)
     loaded = common.load(model, dtype.value, device)
     common.warn_foreign_probes(probe_list, loaded.spec.name)
     rows = _task_rows(source, loaded) if source else []
     items = E.collect_items(loaded, probe_list, rows, scores_art, max_new_tokens, max_length)
-    n_configs = len(config.configurations())
-    total = len(items) * n_configs
+    total = len(items) * (len(config.configurations()) + len(allocations))
     render.notice(
-        f"{total} answers to compute ({len(items)} items x {n_configs} method-budget configurations; cached "
-        "ones are skipped); the time per item shows after the first (fewer: --methods, --budgets, --probes)"
+        f"{total} answers to compute ({len(items)} items x {total // max(len(items), 1)} method-budget configurations; "
+        "cached ones are skipped); the time per item shows after the first (fewer: --methods, --budgets, --probes)"
     )
     with exclusive(cache_path, "the results cache"), progress.bar("evaluating", total) as advance:
-        records = E.evaluate(loaded, items, config, scores_art, cache_path, on_result=lambda _r: advance())
+        records = E.evaluate(loaded, items, config, scores_art, cache_path, lambda _r: advance(), allocations)
     payload = render.finite(E.eval_report(loaded.info.model_id, records, len(items), png))  # strict JSON too
     if report:
         write_text_atomic(report, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     if as_json:
         render.emit(payload)
         return
-    render_eval.eval_tables(payload, method_list, budget_list)
+    budgets_shown = sorted({*budget_list, *(int(a.meta.get("budget", 0)) for _, a in allocations)} - {0})
+    render_eval.eval_tables(payload, [*method_list, *(label for label, _ in allocations)], budgets_shown)
     for written in [*payload.get("png", []), *([str(report)] if report else [])]:
         render.line(f"wrote {written}")
+
+
+def _task_source(task: str, lengths: str, samples: int, seed: int, haystack: str) -> TaskSource:
+    """What `--task` names, with the RULER options (used only when it names RULER tasks)."""
+    from headprof.tasks import RulerConfig, TaskSource
+
+    ruler = RulerConfig(lengths=tuple(numbers(lengths, "--lengths")), samples=samples, seed=seed, haystack=haystack)
+    return TaskSource.parse(task, ruler)
 
 
 def _task_rows(source: TaskSource, loaded: LoadedModel) -> list[TaskRow]:
@@ -195,18 +221,19 @@ def _eval_inputs(
     source: TaskSource | None,
     probes: list[Path] | None,
     scores: Path | None,
-    cache_path: Path,
-    report: Path | None,
-    png: Path | None,
-) -> tuple[list[Probe], ScoreArtifact | None]:
+    alloc_files: list[Path],
+    outputs: tuple[Path, Path | None, Path | None],
+) -> tuple[list[Probe], ScoreArtifact | None, list[tuple[str, AllocArtifact]]]:
     """Everything `eval` can refuse before the model loads: RULER lengths beyond its window, the probes (and
-    their needles against the scores'), the outputs, the budgets, an edited results cache; the probes and
-    the score artifact (default: the model's, when headkv needs it or it exists)."""
+    their needles against the scores'), the outputs (`outputs`: results cache, report, figure), the budgets and
+    allocation artifacts, an edited results cache; the probes, the score artifact (default: the model's, when a
+    method needs scores or it exists) and each allocation with its column label."""
     from headprof import evaluation as E
     from headprof import workspace
-    from headprof.artifacts import load_scores
-    from headprof.validation import check_outputs
+    from headprof.artifacts import load_alloc, load_scores
+    from headprof.validation import check_outputs, no_duplicates
 
+    cache_path, report, png = outputs
     if source and source.ruler:
         from headprof.models.loading import model_info
 
@@ -218,16 +245,22 @@ def _eval_inputs(
     if not scores and (needs_scores or default_scores.is_file()):  # also checks needle overlap
         scores = common.default_input(model, workspace.scores_file(model), "scores")
     needles_png = E.needles_png_path(png) if png else None
+    no_duplicates([str(Path(f).resolve()) for f in alloc_files], "--alloc")
     check_outputs(
         [("--cache", cache_path), ("--report", report), ("--png", png), ("the needle heatmap", needles_png)],
-        [*probe_files, *(source.inputs if source else ()), scores],
+        [*probe_files, *(source.inputs if source else ()), scores, *alloc_files],
     )
+    allocations: list[tuple[str, AllocArtifact]] = []
+    for path in alloc_files:
+        art = load_alloc(path)
+        allocations.append((E.alloc_label(art, [label for label, _ in allocations]), art))
     scores_art = load_scores(scores) if scores else None
     if scores_art is not None:
         E.check_disjoint(probe_list, scores_art)
-    common.check_before_loading(model, config.budgets, [("score artifact", scores_art)])
+    checked = [("score artifact", scores_art), *((f"allocation {p}", a) for p, (_, a) in zip(alloc_files, allocations))]
+    common.check_before_loading(model, config.budgets, checked)
     E.ResultCache.open(cache_path)
-    return probe_list, scores_art
+    return probe_list, scores_art, allocations
 
 
 # ablate's options.

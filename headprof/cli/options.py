@@ -81,6 +81,9 @@ class Policy(str, Enum):
     headkv = "headkv"
     uniform = "uniform"
     pyramid = "pyramid"
+    duo = "duo"
+    headkv_floor = "headkv-floor"
+    mix = "mix"
 
 
 class Rounding(str, Enum):

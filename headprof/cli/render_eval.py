@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from headprof.cli.render import notice, out, printable, titled_table
+from headprof.cli.render import line, mib, notice, out, printable, titled_table
 from headprof.runtime.methods import METHODS
 
 if TYPE_CHECKING:
@@ -189,3 +189,28 @@ def check_report(report: CheckReport, junit: Path | None) -> None:
         out.print(f"wrote {junit}")
     verdict = Text("scores stable", style="green") if report.passed else Text("scores drifted", style="red")
     out.print(Text.assemble(verdict, f" ({report.seconds:.1f} s)"))
+
+
+def tune_report(payload: dict[str, Any]) -> None:
+    """`tune`: per budget, the pick on validation, then the test columns with needle-cluster intervals and the
+    paired difference against HeadKV as published."""
+    for budget, block in payload["budgets"].items():
+        title = (
+            f"B={budget}: test accuracy; pick on validation: {block['pick']} ({block['pick_validation_accuracy']:.3f})"
+        )
+        table = Table(title=title)
+        for column in ("allocation", "accuracy [95% CI]", "vs HeadKV [95% CI]", "KV MiB"):
+            table.add_column(column, justify="left" if column == "allocation" else "right")
+        for row in block["test"]:
+            low, high = row["interval"]
+            diff = "-"
+            if "vs_headkv" in row:
+                d_low, d_high = row["vs_headkv_interval"]
+                diff = f"{row['vs_headkv']:+.3f} [{d_low:+.3f}, {d_high:+.3f}]"
+            name = (
+                row["name"] + (" (pick)" if row["pick"] else "") + (" (published HeadKV)" if row["published"] else "")
+            )
+            table.add_row(printable(name), f"{row['accuracy']:.3f} [{low:.3f}, {high:.3f}]", diff, mib(row["kv_bytes"]))
+        out.print(table)
+    for budget, path in payload["artifacts"].items():
+        line(f"wrote {path} (B={budget})")

@@ -26,7 +26,7 @@ _EXPORTS = {
         "headprof.evaluation.items",
     ),
     **dict.fromkeys(("EvalRecord", "ResultCache"), "headprof.evaluation.records"),
-    **dict.fromkeys(("EvalConfig", "RESULTS_REVISION", "evaluate"), "headprof.evaluation.run"),
+    **dict.fromkeys(("Column", "EvalConfig", "RESULTS_REVISION", "alloc_label", "evaluate"), "headprof.evaluation.run"),
     **dict.fromkeys(
         (
             "accuracy_points",

@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from headprof.artifacts import ScoreArtifact
+from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.evaluation.items import EvalItem, content_key
 from headprof.evaluation.records import EvalRecord, ResultCache
 from headprof.metrics import exact_match, token_f1
 from headprof.models.loading import LoadedModel
-from headprof.runtime import METHODS, BudgetSource, Method, Press, build_method, build_press
+from headprof.runtime import METHODS, BudgetSource, Method, Press, build_method, build_press, default_method
 from headprof.runtime.generation import RunResult, generate_answer
 from headprof.runtime.methods import parse_options
 from headprof.runtime.sweep import sweep_answers
@@ -43,17 +43,21 @@ class EvalConfig:
     decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch (floats differ in
     # the last bits from a run alone: a greedy answer can differ at a rounding-level tie; False: each alone)
     method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
+    # every column at uniform B's bytes: HeadKV's heads capped at the prompt hand their budget on (`spill`),
+    # KVzip's question counts against its budget (`reserve`); False: each as its reference code spends
+    equal_bytes: bool = True
 
     @property
     def together(self) -> bool:
         """Whether an item's caches are decoded as one batch (only a sweep has them all at once)."""
         return self.sweep and self.decode_together
 
-    def method(self, name: str) -> Method:
-        """The method `name` with this run's settings (`kernel`, `pooling` for the SnapKV family, then
-        `method_options`)."""
-        options = parse_options(self.method_options, self.methods)[name]
-        return build_method(name, **{"kernel": self.kernel, "pooling": self.pooling, **options})
+    def method(self, name: str, question: int = 0) -> Method:
+        """The method `name` with this run's settings: `kernel`, `pooling` for the SnapKV family; with
+        `equal_bytes`, HeadKV's spill and KVzip's reserve of the item's `question` tokens; then `method_options`."""
+        options = parse_options(self.method_options, tuple(dict.fromkeys((*self.methods, name))))[name]
+        equal = {"spill": True, "reserve": question} if self.equal_bytes else {}
+        return build_method(name, **{"kernel": self.kernel, "pooling": self.pooling, **equal, **options})
 
     def configurations(self) -> list[tuple[str, int | None]]:
         """Every (method, budget) this run answers, in report order; the full cache has one, budget None."""
@@ -80,6 +84,27 @@ class EvalConfig:
             raise HeadprofError("`max_new_tokens` must be at least 1")
 
 
+@dataclass(frozen=True)
+class Column:
+    """One configuration an evaluation answers: a method at a budget, or an allocation artifact (`label` from
+    `alloc_label`) run by the method that reads per-head budgets (HeadKV's selection) at its budget."""
+
+    label: str
+    budget: int | None
+    method: str
+    allocation: AllocArtifact | None = None
+
+
+def alloc_label(art: AllocArtifact, taken: Sequence[str] = ()) -> str:
+    """An allocation artifact's column name: its policy (`tuned-<policy>` for a `tune` pick), numbered when
+    another column, or a method, has it already."""
+    base = ("tuned-" if "tuned_on" in art.meta else "") + str(art.meta.get("policy", "alloc"))
+    label, n = base, 2
+    while label in taken or label in METHODS:
+        label, n = f"{base}-{n}", n + 1
+    return label
+
+
 def evaluate(
     loaded: LoadedModel,
     items: Sequence[EvalItem],
@@ -87,31 +112,44 @@ def evaluate(
     scores: ScoreArtifact | None = None,
     cache_path: str | Path | None = None,
     on_result: Callable[[EvalRecord], None] | None = None,
+    allocations: Sequence[tuple[str, AllocArtifact]] = (),
 ) -> list[EvalRecord]:
-    """Answer every item under every method x budget, reusing cached results; records in method x budget x item
-    order. With `config.sweep` (the default) each item's missing configurations share one prefill
-    (`runtime.sweep`); otherwise each configuration runs alone. Both give the same answers."""
+    """Answer every item under every method x budget, and under each `(label, allocation)` (a column of its own
+    at its budget), reusing cached results; records in method x budget x item order, then the allocations'.
+    With `config.sweep` (the default) each item's missing configurations share one prefill (`runtime.sweep`);
+    otherwise each configuration runs alone. Both give the same answers."""
     cache = ResultCache.open(cache_path)
     scores_id = scores.meta.get("sha256", "") if scores else ""
-    configs = [(method, budget, config.method(method)) for method, budget in config.configurations()]
-    presses: dict[int, Press] = {}
+    columns = [Column(method, budget, method) for method, budget in config.configurations()]
+    columns += [
+        Column(label, int(art.meta.get("budget", 0)) or None, default_method(True), art) for label, art in allocations
+    ]
+    presses: dict[tuple[int, int], Press] = {}
 
-    def press(c: int) -> Press:
-        if c not in presses:
-            method, budget, compressor = configs[c]
-            source = BudgetSource(budget or 0, scores=scores, gqa=config.gqa, window=config.window)
-            presses[c] = build_press(loaded.model, compressor, source, tokenizer=loaded.tokenizer, info=loaded.info)
-        return presses[c]
+    def question(c: int, item: EvalItem) -> int:  # what follows the context: a query-agnostic method's reserve
+        return len(item.prompt_ids) - item.context_tokens if METHODS[columns[c].method].query_agnostic else 0
+
+    def press(c: int, item: EvalItem) -> Press:
+        at = (c, question(c, item))
+        if at not in presses:
+            column = columns[c]
+            source = BudgetSource(column.budget or 0, column.allocation, scores, gqa=config.gqa, window=config.window)
+            method = config.method(column.method, at[1])
+            presses[at] = build_press(loaded.model, method, source, tokenizer=loaded.tokenizer, info=loaded.info)
+        return presses[at]
 
     def key(c: int, item: EvalItem) -> str:
-        method, budget, compressor = configs[c]
+        column, compressor = columns[c], config.method(columns[c].method, question(c, item))
         batched = ("batch-decode",) if config.together else ()  # its answers may differ: cached apart
+        art = column.allocation
+        allocation = (content_key(art.budgets.tolist(), art.meta.get("window"), art.gqa),) if art is not None else ()
         return content_key(
             *batched,
+            *allocation,
             RESULTS_REVISION,
             loaded.info.fingerprint,
-            method,
-            budget,
+            column.label,
+            column.budget,
             config.gqa,
             config.window,
             asdict(compressor.options),
@@ -121,25 +159,27 @@ def evaluate(
         )
 
     for item in items:
-        missing = [c for c in range(len(configs)) if key(c, item) not in cache.rows]
+        missing = [c for c in range(len(columns)) if key(c, item) not in cache.rows]
         if on_result:
-            for c in range(len(configs)):
+            for c in range(len(columns)):
                 if c not in missing:
                     on_result(EvalRecord(**cache.rows[key(c, item)]))
         if not missing:
             continue
         limit = item.max_new_tokens or config.max_new_tokens
         if config.sweep:
-            chosen = [press(c) for c in missing]
+            chosen = [press(c, item) for c in missing]
             answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.together)
         else:
-            answers = [generate_answer(loaded, press(c), item.prompt_ids, item.context_tokens, limit) for c in missing]
+            answers = [
+                generate_answer(loaded, press(c, item), item.prompt_ids, item.context_tokens, limit) for c in missing
+            ]
         for c, result in zip(missing, answers):
-            record = _record(configs[c][0], configs[c][1], item, result)
+            record = _record(columns[c].label, columns[c].budget, item, result)
             cache.add(key(c, item), record)
             if on_result:
                 on_result(record)
-    return [EvalRecord(**cache.rows[key(c, item)]) for c in range(len(configs)) for item in items]
+    return [EvalRecord(**cache.rows[key(c, item)]) for c in range(len(columns)) for item in items]
 
 
 def _record(method: str, budget: int | None, item: EvalItem, result: RunResult) -> EvalRecord:

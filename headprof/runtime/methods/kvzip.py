@@ -63,7 +63,10 @@ class KVzipOptions:
     keep the last w prompt tokens in every head, inside the budget (the authors keep none); `block`: pass
     queries per scoring step (memory `[B, Hq, block, prefix + chunk + pass]`; a pass of at most `block` tokens
     is one matmul, as the authors compute it, more blocks agree up to float rounding); `first_prompt` /
-    `next_prompt`: the repeat instructions."""
+    `next_prompt`: the repeat instructions; `reserve`: entries per head held back from the budget for the tokens
+    that follow the compressed context (its question), so that once they are in, the cache holds the budget (the
+    bytes of uniform B, as a query-aware method compressing the whole prompt); 0, the authors', budgets the
+    context alone and the question comes on top."""
 
     chunk_size: int = 2000
     hint_tokens: int = 8
@@ -75,10 +78,11 @@ class KVzipOptions:
     block: int = 256
     first_prompt: str = FIRST_PROMPT
     next_prompt: str = NEXT_PROMPT
+    reserve: int = 0
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1 or self.hint_tokens < 0 or self.block < 1:
-            raise HeadprofError("kvzip chunk_size and block must be >= 1, hint_tokens >= 0")
+        if self.chunk_size < 1 or self.hint_tokens < 0 or self.block < 1 or self.reserve < 0:
+            raise HeadprofError("kvzip chunk_size and block must be >= 1, hint_tokens and reserve >= 0")
         if self.selection not in SELECTIONS:
             raise HeadprofError(f"unknown kvzip selection '{self.selection}' ({', '.join(SELECTIONS)})")
         if self.cutoff not in CUTOFFS:
@@ -192,8 +196,9 @@ class KVzip(Method):
 
     def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
         """Keep the unscored prefix, optionally the last w positions, and the best context entries: of
-        `sum_i min(b_i, N)` minus what is protected, across all layers and heads (`global`: by `cutoff`), or
-        per head (`uniform`: `torch.topk`, as the authors' `_threshold_uniform`)."""
+        `sum_i max(min(b_i, N) - reserve, 0)` minus what is protected (the template prefix counts against the
+        budget), across all layers and heads (`global`: by `cutoff`), or per head (`uniform`: `torch.topk`, as
+        the authors' `_threshold_uniform`)."""
         batch, n_stored, total = scores[0].shape
         stacked = torch.stack(scores, dim=1)  # [B, L, S, N]
         scored = (~torch.isinf(stacked[0, 0, 0])).nonzero().squeeze(1)
@@ -202,7 +207,7 @@ class KVzip(Method):
         keep = torch.ones_like(stacked, dtype=torch.bool)
         keep[..., start:stop] = False
         candidates = stacked[..., start:stop]
-        limits = budgets.to(stacked.device).long().clamp(max=total)  # [L, S]
+        limits = (budgets.to(stacked.device).long().clamp(max=total) - self.options.reserve).clamp(min=0)  # [L, S]
         if self.options.selection == "global":
             free = int(limits.sum()) - keep[0].sum().item()
             if self.options.cutoff == "threshold":

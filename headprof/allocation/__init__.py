@@ -5,6 +5,8 @@ integers; HeadKV's formula gives fractions, rounded with the largest-remainder m
 lower head index), so its total is exactly `B * number_of_heads`; `rounding="round"` rounds each head on
 its own (half to even) as the HeadKV code does, within one entry of it per head, the total a few off.
 PyramidKV follows KVCache-Factory's integer schedule, whose total is slightly above that (its integer step).
+The policies live in `policies.py` (one function each, `POLICY_FUNCTIONS`), their parameters in `config.py`
+(`AllocConfig`), the integer arithmetic they share in `integers.py`.
 """
 
 from __future__ import annotations
@@ -16,119 +18,13 @@ from typing import Any
 
 import torch
 
-from headprof import validation
+from headprof.allocation.config import POLICIES, ROUNDING, AllocConfig
+from headprof.allocation.integers import largest_remainder, spill
+from headprof.allocation.policies import POLICY_FUNCTIONS, headkv, mixed_scores, pyramid, uniform
 from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.heads import kv_view
 from headprof.models.spec import ModelInfo
-
-POLICIES = ("headkv", "uniform", "pyramid")
-ROUNDINGS = ("largest-remainder", "round")
-DEFAULT_BETA = {"headkv": 1.2, "pyramid": 20.0, "uniform": 1.0}
-GQA_LAYOUTS = ("query", "kv")
-ROUNDING = {
-    "headkv": "largest remainder, ties to lower head index",
-    "headkv-round": "torch.round per head (half to even), as FYYFU/HeadKV",
-    "uniform": "none",
-    "pyramid": "KVCache-Factory integer schedule (prompts longer than the bottom layer's budget)",
-}
-
-
-@dataclass(frozen=True)
-class AllocConfig:
-    """Parameters of one allocation: mean budget `B`, policy, window `w`, policy knobs, GQA layout."""
-
-    budget: int
-    policy: str = "headkv"
-    window: int = 32
-    beta: float | None = None
-    temp: float = 1.0
-    gqa: str = "query"
-    rounding: str = "largest-remainder"
-
-    @property
-    def beta_value(self) -> float:
-        return DEFAULT_BETA[self.policy] if self.beta is None else self.beta
-
-    def validate(self, max_context: int = 0) -> None:
-        if self.policy not in POLICIES:
-            raise HeadprofError(f"unknown policy '{self.policy}' ({', '.join(POLICIES)})")
-        if self.rounding not in ROUNDINGS:
-            raise HeadprofError(f"unknown rounding '{self.rounding}' ({', '.join(ROUNDINGS)})")
-        if self.gqa not in GQA_LAYOUTS:
-            raise HeadprofError(f"unknown gqa layout '{self.gqa}' ({', '.join(GQA_LAYOUTS)})")
-        validation.budget_and_window(self.budget, self.window)
-        if max_context and self.budget > max_context:
-            raise HeadprofError(f"budget {self.budget} is larger than any context the model takes ({max_context})")
-        validation.finite(self.temp, "temp")
-        if self.beta is not None:
-            validation.finite(self.beta, "beta")
-        if self.beta_value < 1:
-            raise HeadprofError(f"beta must be >= 1, got {self.beta_value}")
-        if self.temp <= 0:
-            raise HeadprofError(f"temp must be positive, got {self.temp}")
-
-
-def largest_remainder(raw: torch.Tensor, total: int) -> torch.Tensor:
-    """Round non-negative reals to integers summing to `total`: floor, then +1 to the largest fractions."""
-    raw = raw.double()
-    base = torch.floor(raw)
-    short = total - int(base.sum().item())
-    if short < 0 or short > raw.numel():
-        raise HeadprofError(f"cannot round budgets summing to {float(raw.sum()):.1f} to a total of {total}")
-    frac = (raw - base).flatten()
-    # Stable sort on -frac: equal fractions keep head order, so the result is deterministic.
-    order = torch.sort(-frac, stable=True).indices[:short]
-    flat = base.flatten().long()
-    flat[order] += 1
-    return flat.view_as(raw)
-
-
-def uniform(shape: tuple[int, int], config: AllocConfig) -> torch.Tensor:
-    """SnapKV's budgets: every head keeps `B`."""
-    return torch.full(shape, config.budget, dtype=torch.long)
-
-
-def pyramid(shape: tuple[int, int], config: AllocConfig, context: int | None = None) -> torch.Tensor:
-    """PyramidKV's schedule as KVCache-Factory computes it (`PyramidKVCluster.update_kv`), in integers.
-
-    With B' = B - w: the top layer keeps `min = B' // beta` candidates, the bottom `max = 2 B' - min`,
-    layer l keeps `max - l * ((max - min) // (L - 1))`, each plus the window. The integer step makes the
-    total slightly above L * B (the reference's rule, kept as it is). With a prompt length T (`context`):
-    no compression when T < B (every head gets B > T); plain uniform B when T < 2 B'; `max` capped at
-    T - w (and `min` raised to keep their sum) when `max >= T - w`. Without it: the schedule of any
-    prompt longer than `max + w`, which does not depend on T.
-    """
-    n_layers, n_heads = shape
-    free = config.budget - config.window
-    if context is not None and context < config.budget:
-        return torch.full(shape, config.budget, dtype=torch.long)
-    if n_layers == 1 or (context is not None and context < 2 * free):
-        return torch.full(shape, config.budget, dtype=torch.long)
-    low = int(free // config.beta_value)
-    high = 2 * free - low
-    if context is not None and high >= context - config.window:
-        high = context - config.window
-        low = 2 * free - high
-    step = (high - low) // (n_layers - 1)
-    per_layer = high - step * torch.arange(n_layers, dtype=torch.long)
-    return (per_layer[:, None] + config.window).expand(n_layers, n_heads).clone()
-
-
-def headkv(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
-    """HeadKV S·M·N: each head keeps N - M, gives M = floor(N / beta) to a pool shared by score share S_i."""
-    n_free = config.budget - config.window
-    pooled = math.floor(n_free / config.beta_value)
-    if not bool(scores.isfinite().all()):
-        raise HeadprofError("head scores hold NaN or inf: HeadKV would silently fall back to uniform budgets")
-    weights = scores.double().clamp(min=0) ** config.temp
-    if not bool(weights.isfinite().all()) or (weights.sum() == 0 and bool((scores > 0).any())):
-        raise HeadprofError(f"temp {config.temp} overflows or underflows the score weights s^temp; use a smaller temp")
-    share = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / weights.numel())
-    if config.rounding == "round":  # FYYFU/HeadKV: round(S_i * M * L * H + N - M) candidates, then the window
-        return torch.round(share * (pooled * scores.numel()) + (n_free - pooled)).long() + config.window
-    raw = (n_free - pooled) + share * pooled * scores.numel() + config.window
-    return largest_remainder(raw, config.budget * scores.numel())
 
 
 def allocate(
@@ -154,19 +50,16 @@ def allocate(
 
 
 def _policy(scores: torch.Tensor, config: AllocConfig) -> torch.Tensor:
-    shape = (scores.shape[0], scores.shape[1])
-    if config.policy == "uniform":
-        return uniform(shape, config)
-    if config.policy == "pyramid":
-        return pyramid(shape, config)
-    return headkv(scores, config)
+    return POLICY_FUNCTIONS[config.policy](scores, config)
 
 
 def floor_of(config: AllocConfig, n_layers: int) -> int:
     """The smallest budget the policy can give a head."""
     n_free = config.budget - config.window
-    if config.policy == "headkv":
+    if config.policy in ("headkv", "headkv-floor", "mix"):
         return n_free - math.floor(n_free / config.beta_value) + config.window
+    if config.policy == "duo":
+        return config.stream or config.window + config.sinks
     if config.policy == "pyramid":
         return int(pyramid((n_layers, 1), config).min())
     return config.budget
@@ -196,14 +89,19 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
     """Budgets for a score artifact, with the metadata that ties them to it (source hash, parameters, rounding)."""
     config.validate(scores.model.max_context)
     model = scores.model
-    if config.policy == "headkv" and not bool(scores.counted.any()):
+    if config.policy not in ("uniform", "pyramid") and not bool(scores.counted.any()):
         raise HeadprofError(
             f"the score artifact {source} has no counted probe (of {len(scores.probe_ids)}): its head scores are "
             "all zero, and HeadKV budgets from them would be uniform; score more probes or use --policy uniform"
         )
     if not model.global_layers:
         raise HeadprofError(f"every layer of {model.model_id} is a sliding-window layer: there is nothing to budget")
-    budgets = allocate(scores.scores(score_method), config, model.n_kv_heads, model.global_layers)
+    if config.policy == "mix":  # HeadKV's pool on both scores at once
+        score_method = "mix"
+        head_scores = mixed_scores(scores.scores("retrieval"), scores.scores("r2"), config.mix)
+    else:
+        head_scores = scores.scores(score_method)
+    budgets = allocate(head_scores, config, model.n_kv_heads, model.global_layers)
     if model.max_context and int(budgets.max()) > model.max_context:
         raise HeadprofError(
             f"{config.policy} budgets at {config.budget} give a head {int(budgets.max())} entries, beyond the "
@@ -217,6 +115,7 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
         "beta": config.beta_value,
         "temp": config.temp,
         "gqa": config.gqa,
+        "parameters": config.parameters(),
         "score_method": score_method,
         "source_scores": str(source),
         "source_scores_sha256": scores.meta["sha256"],
@@ -306,3 +205,22 @@ def summarize_budgets(
         layers=[(int(row.min()), int(row.median()), int(row.max())) for row in budgets],
         sliding_layers=model.window_layers,
     )
+
+
+__all__ = [
+    "POLICIES",
+    "AllocConfig",
+    "BudgetSummary",
+    "allocate",
+    "allocate_artifact",
+    "floor_of",
+    "full_kv_bytes",
+    "headkv",
+    "kv_bytes",
+    "largest_remainder",
+    "pyramid",
+    "spill",
+    "summarize_budgets",
+    "uniform",
+    "window_kv_bytes",
+]
