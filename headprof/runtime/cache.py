@@ -273,6 +273,12 @@ class CompressedCache(Cache):
             )
         return stacked
 
+    def fold_recent(self) -> None:
+        """The tokens after the compressed prompt become kept entries of every layer (`KeptEntries.fold_recent`):
+        the cache can then be stacked with caches that compressed a longer prompt of the same length in tokens."""
+        for layer in self.budgeted:
+            layer.fold_recent()
+
     def kv_bytes_after(self, tokens: int) -> int:
         """The `kv_bytes` this compressed single-element cache will report once `tokens` more tokens have run
         through it: what a sweep that decodes caches stacked reports for each of them."""
