@@ -6,24 +6,33 @@ from (window votes, accumulated attention) are the same for every method and bud
 keeps the dense cache (`CompressedCache.defer`) and hands each layer's queries to every method's `score`
 (`CompressedCache.observe`) therefore gives all of them. Each configuration's cache is then compressed
 from that dense prompt (`CompressedCache.adopt` + `compress_all`: the selection code of a single run),
-and decoded on its own from the shared first token; the full cache is transformers' `DynamicCache`
+and decoded from the shared first token (alone, or in one batch: below); the full cache is transformers' `DynamicCache`
 filled with the same dense K/V. The answers are those of running each configuration alone
 (`tests/test_sweep.py` checks it token for token).
 
-A query-agnostic method (KVzip) compresses the context alone. Prefilling the context alone and the whole
-prompt give the context's K/V equal only up to float rounding, so the context gets its own dense prefill,
-and its reconstruction passes run once for all budgets (their scores do not depend on the budget); each
-budget's cache is selected from those scores and the question is fed on top, as in a single run.
+A query-agnostic method (KVzip) compresses the context alone; its reconstruction passes run once for all
+budgets (their scores do not depend on the budget); each budget's cache is selected from those scores and the
+question is fed on top, as in a single run. Prefilling the context alone and the whole prompt give the
+context's K/V equal only up to float rounding (the products run in other shapes), so with
+`decode_together=False` the context gets its own dense prefill, as a single run does.
 
-Memory bound: one prompt's dense K/V at a time (two with KVzip: the prompt's and the context's), each
-method's `[S, T]` scores per layer, and one compressed cache at a time while it decodes.
+`decode_together` (the default) trades token-for-token equality for time, where rounding is all that differs:
+- KVzip's context is the first tokens of the whole prompt's dense prefill (`CompressedCache.adopt`): no prefill
+  of its own;
+- the compressed caches of one prompt are decoded as one batch (`CompressedCache.stack`): KVzip's caches get their
+  question together (one batch), then the question becomes kept entries (`CompressedCache.fold_recent`), so they
+  hold the whole prompt, as the query-aware caches do, and join the same batch, each row from its own first token;
+- a row leaves the batch at its stop token (`generate` stops when any row stops, `CompressedCache.keep_rows`
+  drops the row, the others go on), so a step costs only the rows still running.
+A batch of several rows runs the model's matrix products in other shapes than a single row does, so its floats
+differ in the last bits from a run alone, and a greedy answer can differ where two tokens tie within that
+rounding (`benchmarks/sweep.py` counts them; none on the embedded model's probes, `tests/test_sweep.py`). The
+full cache (transformers' `DynamicCache`) and a method that evicts while decoding (H2O's `decode="evict"`) decode
+alone. `decode_together=False` decodes each alone, token for token a single run.
 
-`decode_together` (the default) decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`):
-a decode step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
-runs the model's matrix products in other shapes than a single row does, so its floats differ in the last bits
-from a run alone, and a greedy answer can differ where two tokens tie within that rounding (none did on the
-embedded model's probes, `tests/test_sweep.py`); `decode_together=False` decodes each alone, token for token a
-single run. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
+Memory bound: one prompt's dense K/V (KVzip decoded alone: its context's too) and KVzip's passes on top of its
+context, each method's `[S, T]` scores per layer, and the compressed caches: one at a time decoded alone, all of
+an item's at once decoded together.
 """
 
 from __future__ import annotations
