@@ -51,8 +51,9 @@ from headprof.runtime.generation import RunResult, check_length, generate_answer
 from headprof.runtime.press import Press, PressStats, cache_bytes, prompt_stats
 
 # a configuration's cache, ready to decode, its prompt's cost, and the answer's first token when the prompt's own
-# pass gave it (None: the cache holds the context alone, the question is still to be fed)
-Prepared = tuple[int, Press, Cache, PressStats, torch.Tensor | None]
+# pass gave it (None: the cache holds the context alone, the question is still to be fed); no cache and no stats:
+# the full cache with no compressing press to share a prefill with (it runs as a single run)
+Prepared = tuple[int, Press, Cache | None, PressStats | None, torch.Tensor | None]
 
 
 @torch.no_grad()
@@ -83,7 +84,7 @@ def sweep_answers(
     shared = dense if decode_together else None
     for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
         prepared += _query_agnostic(loaded, group, ids, context_tokens, shared)
-    del dense, shared  # every cache holds its own copy now
+    del dense, shared  # freed while decoding (the full cache holds its own views of the K/V)
     if decode_together:
         results = _decode_together(loaded, prepared, ids, max_new_tokens)
     else:
