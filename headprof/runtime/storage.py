@@ -191,6 +191,49 @@ class KeptEntries(BaseLayer):
         self._shared = False
         self.phase = "compressed"
 
+    def fold_recent(self) -> None:
+        """Make the tokens after the prompt kept entries of every stored row (after the row's own, at their
+        positions), so that the layer holds no recent part. Caches whose prompts differ in what came after their
+        compressed part can then be stacked (a sweep's KVzip caches, their question fed on top, beside caches of
+        the whole prompt); attention reads the same entries either way. Not for a method that evicts while
+        decoding (its entries carry scores)."""
+        n = self.n_recent
+        if n == 0:
+            return
+        rows, device = len(self.lengths), self.offsets.device
+        lengths = self.offsets.diff()
+        step = torch.arange(rows + 1, device=device) * n
+        offsets = self.offsets + step
+        row = torch.repeat_interleave(torch.arange(rows, device=device), lengths, output_size=self.positions.numel())
+        kept = torch.arange(row.numel(), device=device) + step[row]  # where each kept entry moves
+        tail = (offsets[:-1, None] + lengths[:, None] + torch.arange(n, device=device)[None, :]).reshape(-1)
+        positions = torch.arange(self.seen - n, self.seen, device=device, dtype=self.positions.dtype).repeat(rows)
+        parts = []
+        for flat, recent in ((self.flat_keys, self.recent_keys), (self.flat_values, self.recent_values)):
+            folded = flat.new_empty(flat.shape[0] + rows * n, flat.shape[-1])
+            folded[kept] = flat
+            folded[tail] = self.per_stored(recent).reshape(-1, flat.shape[-1])
+            parts.append(folded)
+        folded_positions = self.positions.new_empty(parts[0].shape[0])
+        folded_positions[kept] = self.positions
+        folded_positions[tail] = positions
+        self.store(*parts, folded_positions, offsets, lengths=[length + n for length in self.lengths])
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep batch elements `index` (sorted, on the layer's device) and drop the others: a batch whose rows
+        end at different steps (a sweep's answers) goes on without those that ended. The tokens after the
+        prompt become kept entries first (`fold_recent`)."""
+        self.fold_recent()
+        device = self.offsets.device
+        rows = (index[:, None] * self.n_stored + torch.arange(self.n_stored, device=device)[None, :]).reshape(-1)
+        lengths = [self.lengths[row] for row in rows.tolist()]
+        counts = self.offsets.diff()[rows]
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        total = sum(lengths)
+        row = torch.repeat_interleave(torch.arange(rows.numel(), device=device), counts, output_size=total)
+        gather = self.offsets[rows][row] + torch.arange(total, device=device) - offsets[row]
+        self.store(self.flat_keys[gather], self.flat_values[gather], self.positions[gather], offsets, lengths=lengths)
+
     def per_stored(self, states: torch.Tensor) -> torch.Tensor:
         """`[B, Hkv, n, d]` (how the recent part is stored) -> `[B, S, n, d]` (one copy per stored head)."""
         return states.repeat_interleave(self.n_stored // self.n_kv, dim=1)

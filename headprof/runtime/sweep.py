@@ -6,24 +6,33 @@ from (window votes, accumulated attention) are the same for every method and bud
 keeps the dense cache (`CompressedCache.defer`) and hands each layer's queries to every method's `score`
 (`CompressedCache.observe`) therefore gives all of them. Each configuration's cache is then compressed
 from that dense prompt (`CompressedCache.adopt` + `compress_all`: the selection code of a single run),
-and decoded on its own from the shared first token; the full cache is transformers' `DynamicCache`
+and decoded from the shared first token (alone, or in one batch: below); the full cache is transformers' `DynamicCache`
 filled with the same dense K/V. The answers are those of running each configuration alone
 (`tests/test_sweep.py` checks it token for token).
 
-A query-agnostic method (KVzip) compresses the context alone. Prefilling the context alone and the whole
-prompt give the context's K/V equal only up to float rounding, so the context gets its own dense prefill,
-and its reconstruction passes run once for all budgets (their scores do not depend on the budget); each
-budget's cache is selected from those scores and the question is fed on top, as in a single run.
+A query-agnostic method (KVzip) compresses the context alone; its reconstruction passes run once for all
+budgets (their scores do not depend on the budget); each budget's cache is selected from those scores and the
+question is fed on top, as in a single run. Prefilling the context alone and the whole prompt give the
+context's K/V equal only up to float rounding (the products run in other shapes), so with
+`decode_together=False` the context gets its own dense prefill, as a single run does.
 
-Memory bound: one prompt's dense K/V at a time (two with KVzip: the prompt's and the context's), each
-method's `[S, T]` scores per layer, and one compressed cache at a time while it decodes.
+`decode_together` (the default) trades token-for-token equality for time, where rounding is all that differs:
+- KVzip's context is the first tokens of the whole prompt's dense prefill (`CompressedCache.adopt`): no prefill
+  of its own;
+- the compressed caches of one prompt are decoded as one batch (`CompressedCache.stack`): KVzip's caches get their
+  question together (one batch), then the question becomes kept entries (`CompressedCache.fold_recent`), so they
+  hold the whole prompt, as the query-aware caches do, and join the same batch, each row from its own first token;
+- a row leaves the batch at its stop token (`generate` stops when any row stops, `CompressedCache.keep_rows`
+  drops the row, the others go on), so a step costs only the rows still running.
+A batch of several rows runs the model's matrix products in other shapes than a single row does, so its floats
+differ in the last bits from a run alone, and a greedy answer can differ where two tokens tie within that
+rounding (`benchmarks/sweep.py` counts them; none on the embedded model's probes, `tests/test_sweep.py`). The
+full cache (transformers' `DynamicCache`) and a method that evicts while decoding (H2O's `decode="evict"`) decode
+alone. `decode_together=False` decodes each alone, token for token a single run.
 
-`decode_together` (the default) decodes the compressed caches of one prompt as one batch (`CompressedCache.stack`):
-a decode step then costs about one step for all of them, where decoding dominates a sweep. A batch of several rows
-runs the model's matrix products in other shapes than a single row does, so its floats differ in the last bits
-from a run alone, and a greedy answer can differ where two tokens tie within that rounding (none did on the
-embedded model's probes, `tests/test_sweep.py`); `decode_together=False` decodes each alone, token for token a
-single run. Memory: all of an item's compressed caches at once, each padded to the longest while decoding.
+Memory bound: one prompt's dense K/V (KVzip decoded alone: its context's too) and KVzip's passes on top of its
+context, each method's `[S, T]` scores per layer, and the compressed caches: one at a time decoded alone, all of
+an item's at once decoded together.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicCache
 
 from headprof.models.loading import LoadedModel
@@ -40,7 +50,10 @@ from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache
 from headprof.runtime.generation import RunResult, check_length, generate_answer, greedy, run_result
 from headprof.runtime.press import Press, PressStats, cache_bytes, prompt_stats
 
-Prepared = tuple[int, Press, Cache, PressStats]  # a configuration's cache, ready to decode, and its prompt's cost
+# a configuration's cache, ready to decode, its prompt's cost, and the answer's first token when the prompt's own
+# pass gave it (None: the cache holds the context alone, the question is still to be fed); no cache and no stats:
+# the full cache with no compressing press to share a prefill with (it runs as a single run)
+Prepared = tuple[int, Press, Cache | None, PressStats | None, torch.Tensor | None]
 
 
 @torch.no_grad()
@@ -54,21 +67,28 @@ def sweep_answers(
 ) -> list[RunResult]:
     """Greedy answers to one prompt under every press (one per method x budget), in the order given, equal to
     `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `decode_together`: decode
-    the compressed caches as one batch (see the module's docstring)."""
+    the compressed caches as one batch, and take KVzip's context from the shared prefill (see the module's
+    docstring)."""
     check_length(loaded, len(prompt_ids), max_new_tokens)
     ids = torch.tensor([prompt_ids], device=loaded.device)
-    results: dict[int, RunResult] = {}
+    if not any(p.method.compresses for p in presses):  # only the full cache: nothing to share
+        return [generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for p in presses]
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
+    prepared: list[Prepared] = []
+    dense = None
     if any(p.method.compresses for _, p in aware):
-        prepared, first = _query_aware(loaded, aware, ids)
-        results.update(
-            _decode(loaded, prepared, torch.cat([ids, first], dim=1), max_new_tokens - 1, first, decode_together)
-        )
-    else:  # only the full cache: nothing to share
-        results.update({i: generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for i, p in aware})
+        dense, entries = _query_aware(loaded, aware, ids)
+        prepared += entries
+    else:
+        prepared += [(i, p, None, None, None) for i, p in aware]  # the full cache alone
+    shared = dense if decode_together else None
     for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
-        prepared = _query_agnostic(loaded, group, ids, context_tokens)
-        results.update(_decode(loaded, prepared, ids, max_new_tokens, None, decode_together))
+        prepared += _query_agnostic(loaded, group, ids, context_tokens, shared)
+    del dense, shared  # freed while decoding (the full cache holds its own views of the K/V)
+    if decode_together:
+        results = _decode_together(loaded, prepared, ids, max_new_tokens)
+    else:
+        results = {entry[0]: _decode_alone(loaded, entry, ids, max_new_tokens) for entry in prepared}
     return [results[i] for i in range(len(presses))]
 
 
@@ -82,9 +102,9 @@ def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
 
 def _query_aware(
     loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor
-) -> tuple[list[Prepared], torch.Tensor]:
-    """One prefill of the whole prompt and every method's scores from its queries: each configuration's cache,
-    and the first answer token `[1, 1]`, the same for all."""
+) -> tuple[CompressedCache, list[Prepared]]:
+    """One prefill of the whole prompt and every method's scores from its queries: the dense prompt, and each
+    configuration's cache with the first answer token `[1]`, the same for all."""
     compressing = [(i, p) for i, p in indexed if p.method.compresses]
     dense = compressing[0][1].new_cache()
     dense.defer()
@@ -105,75 +125,170 @@ def _query_aware(
     prepared: list[Prepared] = []
     for i, press in indexed:
         if press.method.compresses:
-            prepared.append((i, press, *press.compress_from(dense, total, scores[press.scoring], prefill_s)))
+            prepared.append((i, press, *press.compress_from(dense, total, scores[press.scoring], prefill_s), first[0]))
         else:
-            prepared.append((i, press, _full_cache(loaded, dense), prompt_stats(None, total, prefill_s)))
-    return prepared, first
+            prepared.append((i, press, _full_cache(loaded, dense), prompt_stats(None, total, prefill_s), first[0]))
+    return dense, prepared
 
 
 def _query_agnostic(
-    loaded: LoadedModel, indexed: list[tuple[int, Press]], ids: torch.Tensor, context_tokens: int
+    loaded: LoadedModel,
+    indexed: list[tuple[int, Press]],
+    ids: torch.Tensor,
+    context_tokens: int,
+    shared: CompressedCache | None,
 ) -> list[Prepared]:
-    """One dense prefill of the context and one set of extra passes for every budget of a query-agnostic method:
-    each budget's compressed context."""
+    """One dense context and one set of extra passes for every budget of a query-agnostic method: each budget's
+    compressed context. The context is prefilled alone (as a single run does), or taken from `shared`, the whole
+    prompt's dense prefill (equal up to float rounding: a prefix's K/V do not depend on what follows it)."""
     scorer = indexed[0][1]
     context = ids[:, :context_tokens]
     dense = scorer.new_cache()
     passes = scorer.begin_prompt(dense, context, context_tokens)
     dense.defer()  # also without passes: every budget is compressed from this prompt
     started = time.perf_counter()
-    with attention_switched(loaded.model, ATTENTION_IMPL):
-        loaded.model(input_ids=context, cache=dense, use_cache=True, logits_to_keep=1)
+    if shared is None:
+        with attention_switched(loaded.model, ATTENTION_IMPL):
+            loaded.model(input_ids=context, cache=dense, use_cache=True, logits_to_keep=1)
+    else:
+        dense.adopt(shared, context_tokens)
     scores = scorer.pass_scores(dense, passes or [])
     prefill_s = time.perf_counter() - started
-    return [(i, press, *press.compress_from(dense, context_tokens, scores, prefill_s)) for i, press in indexed]
+    return [(i, press, *press.compress_from(dense, context_tokens, scores, prefill_s), None) for i, press in indexed]
 
 
-def _decode(
-    loaded: LoadedModel,
-    prepared: list[Prepared],
-    ids: torch.Tensor,
-    max_new_tokens: int,
-    first: torch.Tensor | None,
-    decode_together: bool,
+def _decode_alone(loaded: LoadedModel, entry: Prepared, ids: torch.Tensor, max_new_tokens: int) -> RunResult:
+    """A prepared cache decoded as a single run decodes it: token for token its answer."""
+    i, press, cache, stats, first = entry
+    if cache is None:  # the full cache, with no compressing press to share a prefill with
+        return generate_answer(loaded, press, ids[0].tolist(), 0, max_new_tokens)
+    prompt_tokens = ids.shape[1]
+    if first is not None and (int(first) in _stop_ids(loaded) or max_new_tokens == 1):
+        return run_result(loaded, stats, prompt_tokens, first, cache_bytes(cache), prompt_tokens, 0.0)
+    fed = ids if first is None else torch.cat([ids, first[None]], dim=1)
+    with press:
+        new, cache, decode_s = greedy(loaded, fed, cache, max_new_tokens - (first is not None))
+    new = new[0] if first is None else torch.cat([first, new[0]])
+    return run_result(loaded, stats, prompt_tokens, new, cache_bytes(cache), cache.get_seq_length(), decode_s)
+
+
+def _decode_together(
+    loaded: LoadedModel, prepared: list[Prepared], ids: torch.Tensor, max_new_tokens: int
 ) -> dict[int, RunResult]:
-    """Greedy answers from prepared caches; `ids` holds the prompt (and `first`, the answer's first token when
-    the prompt's own pass gave it). Alone, each cache as a single run decodes it; together, the compressed
-    caches of one layout as one batch."""
-    prompt_tokens = ids.shape[1] - (first is not None)
-    results = {}
-    if first is not None and (int(first) in _stop_ids(loaded) or max_new_tokens < 1):
-        for i, _, cache, stats in prepared:  # the answer ended at its first token
-            results[i] = run_result(loaded, stats, prompt_tokens, first[0], cache_bytes(cache), prompt_tokens, 0.0)
-        return results
-    batches: dict[object, list[Prepared]] = {}
-    for entry in prepared:
-        cache, method = entry[2], entry[1].method
-        stackable = decode_together and isinstance(cache, CompressedCache) and not method.evicts
-        layout = cache.budgeted[0].n_stored if stackable and cache.budgeted else 0
-        batches.setdefault(("stack", layout) if stackable else ("alone", entry[0]), []).append(entry)
-    for batch in batches.values():
-        if len(batch) == 1:
-            i, press, cache, stats = batch[0]
-            with press:
-                new, cache, decode_s = greedy(loaded, ids, cache, max_new_tokens)
-            new = new[0] if first is None else torch.cat([first[0], new[0]])
-            sizes, tokens = cache_bytes(cache), cache.get_seq_length()
-            results[i] = run_result(loaded, stats, prompt_tokens, new, sizes, tokens, decode_s)
-            continue
-        stacked = CompressedCache.stack([entry[2] for entry in batch])
-        with batch[0][1]:
-            rows, _, decode_s = greedy(loaded, ids.expand(len(batch), -1), stacked, max_new_tokens)
-        for (i, _, cache, stats), row in zip(batch, rows):
-            new = _until_stop(loaded, row if first is None else torch.cat([first[0], row]))
-            generated = new.numel() - (first is not None)  # the last one never runs through the cache
-            fed = ids.shape[1] - cache.get_seq_length() + generated - 1
-            # the batch ran on to its longest answer: this cache's bytes as after its own `fed` tokens
-            sizes = {"kv_bytes": cache.kv_bytes_after(fed), "padding_bytes": 0}
-            sizes["index_bytes"] = cache.kv_bytes()["index_bytes"]
-            tokens = cache.get_seq_length() + fed
-            results[i] = run_result(loaded, stats, prompt_tokens, new, sizes, tokens, decode_s)
+    """Every compressed cache of one layout decoded as one batch from its own first token: a query-agnostic
+    method's caches first get their question (together, `_question_fed`), folded into their kept entries
+    (`CompressedCache.fold_recent`), so that all hold the whole prompt. The full cache and a method that evicts
+    while decoding run alone."""
+    results = {e[0]: _decode_alone(loaded, e, ids, max_new_tokens) for e in prepared if not _stackable(e)}
+    parts: list[Part] = [([e], e[2], e[4]) for e in prepared if _stackable(e) and e[4] is not None]
+    for batch in _by_layout([([e], e[2], None) for e in prepared if _stackable(e) and e[4] is None]):
+        parts.append(_question_fed(loaded, [part[0][0] for part in batch], ids))
+    stop = _stop_ids(loaded)
+    for batch in _by_layout(parts):
+        entries = [entry for part in batch for entry in part[0]]
+        firsts = torch.cat([part[2] for part in batch])
+        rows, decode_s = [firsts.new_empty(0)] * len(entries), 0.0
+        if max_new_tokens > 1 and any(int(token) not in stop for token in firsts):
+            stacked = CompressedCache.stack([part[1] for part in batch])
+            with entries[0][1]:
+                fed = torch.cat([ids.expand(len(entries), -1), firsts[:, None]], dim=1)
+                rows, decode_s = _greedy_rows(loaded, fed, stacked, max_new_tokens - 1, stop)
+        for entry, first, row in zip(entries, firsts, rows):
+            new = _until_stop(loaded, torch.cat([first[None], row]))
+            results[entry[0]] = _batch_result(loaded, entry, ids, new, decode_s)
     return results
+
+
+Part = tuple[list[Prepared], CompressedCache, torch.Tensor | None]  # rows of a batch: entries, their cache, firsts
+
+
+def _greedy_rows(
+    loaded: LoadedModel, ids: torch.Tensor, cache: CompressedCache, max_new_tokens: int, stop: set[int]
+) -> tuple[list[torch.Tensor], float]:
+    """Greedy tokens of every row of `ids` `[B, n]` (the tokens `cache` holds are not fed again), each row up to
+    its first stop token: `generate` (as `greedy` calls it) runs until some row stops, that row leaves the batch
+    (`CompressedCache.keep_rows`) and the others go on, so that a batch step costs what the rows still running
+    need. Returns each row's tokens and the seconds."""
+    started = time.perf_counter()
+    done = [ids.new_empty(0)] * ids.shape[0]
+    live = list(range(ids.shape[0]))
+    tokens = ids.new_empty(ids.shape[0], 0)
+    criteria = StoppingCriteriaList([_AnyStops(stop)])
+    while True:
+        out = loaded.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            cache=cache,
+            max_new_tokens=max_new_tokens - tokens.shape[1],
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=loaded.tokenizer.eos_token_id,
+            stopping_criteria=criteria,
+            return_dict_in_generate=True,
+        )
+        new, cache = out.sequences[:, ids.shape[1] :], out.cache
+        tokens = torch.cat([tokens, new], dim=1)
+        ended = [any(int(t) in stop for t in row) for row in new.tolist()] if stop else [False] * len(live)
+        if tokens.shape[1] >= max_new_tokens or all(ended):
+            ended = [True] * len(live)
+        for row, finished in enumerate(ended):
+            if finished:
+                done[live[row]] = tokens[row]
+        going = [row for row, finished in enumerate(ended) if not finished]
+        if not going:
+            return done, time.perf_counter() - started
+        index = torch.tensor(going, device=ids.device)
+        cache.keep_rows(index)
+        ids, tokens = out.sequences[index], tokens[index]
+        live = [live[row] for row in going]
+
+
+class _AnyStops(StoppingCriteria):
+    """Ends `generate` for every row at the step where any row emits a stop token (it then leaves the batch)."""
+
+    def __init__(self, stop: set[int]):
+        self.stop = torch.tensor(sorted(stop), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
+        hit = torch.isin(input_ids[:, -1], self.stop.to(input_ids.device)).any()
+        return hit.expand(input_ids.shape[0])
+
+
+def _stackable(entry: Prepared) -> bool:
+    """Whether a prepared cache can join a batch (a compressed one whose method does not evict while decoding)."""
+    return isinstance(entry[2], CompressedCache) and not entry[1].method.evicts
+
+
+def _by_layout(parts: list[Part]) -> list[list[Part]]:
+    """Parts grouped by their cache's layout (stored rows per layer), in first-seen order."""
+    groups: dict[int, list[Part]] = {}
+    for part in parts:
+        cache = part[1]
+        groups.setdefault(cache.budgeted[0].n_stored if cache.budgeted else 0, []).append(part)
+    return list(groups.values())
+
+
+def _question_fed(loaded: LoadedModel, batch: list[Prepared], ids: torch.Tensor) -> Part:
+    """Compressed contexts of one layout with the question fed on top as one batch: their cache, the question
+    folded into its kept entries, and each one's first answer token."""
+    stacked = CompressedCache.stack([entry[2] for entry in batch])
+    with batch[0][1]:
+        first, stacked, _ = greedy(loaded, ids.expand(len(batch), -1), stacked, 1)
+    stacked.fold_recent()
+    return batch, stacked, first[:, 0]
+
+
+def _batch_result(
+    loaded: LoadedModel, entry: Prepared, ids: torch.Tensor, new: torch.Tensor, decode_s: float
+) -> RunResult:
+    """A batch row's result, with the bytes its own cache reports once the tokens of its answer have run through
+    it (all but the last), as in a single run."""
+    _, _, cache, stats, _ = entry
+    fed = ids.shape[1] - cache.get_seq_length() + new.numel() - 1
+    sizes = {"kv_bytes": cache.kv_bytes_after(fed), "padding_bytes": 0, "index_bytes": cache.kv_bytes()["index_bytes"]}
+    return run_result(loaded, stats, ids.shape[1], new, sizes, cache.get_seq_length() + fed, decode_s)
 
 
 def _until_stop(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:

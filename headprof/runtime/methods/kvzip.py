@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headprof.attention import attention_rows
+from headprof.attention import grouped_logits
 from headprof.errors import HeadprofError
 from headprof.runtime.methods.base import SCALES, ExtraPass, Method, logit_scale
 from headprof.runtime.selection import Selection, above_threshold, global_top_k, reduce_groups
@@ -187,10 +187,16 @@ class KVzip(Method):
         best = None
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
-            rows = attention_rows(
+            logits = grouped_logits(
                 query[:, :, start:stop], sub[:, :, : context + stop], scaling, model_dtype_logits=True
             )
-            top = rows[..., extra.prefix : context].amax(dim=2)
+            # every query sees the whole context; only the pass's own tokens are causal: masked there alone
+            causal = (
+                torch.arange(stop, device=query.device)[None, :]
+                <= torch.arange(start, stop, device=query.device)[:, None]
+            )
+            logits[..., context:].masked_fill_(~causal, float("-inf"))
+            top = logits.softmax(dim=-1)[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
         return reduce_groups(best.to(keys.dtype), n_stored, "max")
 
