@@ -7,9 +7,9 @@ The first `--probes` evaluation probes of the embedded model (1024 tokens), gree
 - the full cache alone (one prefill and one decode per probe: the unit);
 - the sweep of every method x budget (one prefill per probe, plus KVzip's context prefill and reconstruction),
   each configuration decoded alone (`eval --decode-alone`: the same answers as running it alone);
-- the same sweep with an item's compressed caches decoded as one batch, KVzip's among them, each row leaving it at
-  its stop token, and KVzip's context taken from the shared prefill (`eval`'s default), and how many of its
-  records equal the exact sweep's (a difference is a rounding-level tie); and that sweep without KVzip;
+- the same sweep with an item's compressed caches decoded as one batch, KVzip's among them, and KVzip's context
+  taken from the shared prefill (`eval`'s default), and how many of its records equal the exact sweep's (a
+  difference is a rounding-level tie); and that sweep without KVzip;
 - with `--per-config`, every configuration alone (the path the sweep replaces), and whether the records match.
 The multiples are printed with and without the model load (the issue's figure counted it in both).
 """

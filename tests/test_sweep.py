@@ -4,14 +4,12 @@ and the KV bytes of running each configuration alone (`headprof.runtime.sweep`).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from headprof import evaluation as E
 from headprof.artifacts import load_scores
 from headprof.models import LoadedModel, info_from_config
 from headprof.probes import build_probes, load_needles
 from headprof.runtime import BudgetSource, build_method, build_press
-from headprof.runtime.cache import CompressedCache
 from headprof.runtime.generation import generate_answer
 from headprof.runtime.sweep import sweep_answers
 
@@ -101,37 +99,3 @@ def test_sweep_on_sliding_window_soft_capped_and_sink_families(name, tokenizer):
     assert [r.kv_bytes for r in together] == [r.kv_bytes for r in alone]
     assert [r.kv_bytes_full for r in together] == [r.kv_bytes_full for r in alone]
     assert sum(a.answer == t.answer for a, t in zip(alone, together)) >= 0.8 * len(alone)
-
-
-@pytest.mark.parametrize("gqa", ["kv", "query"])
-def test_rows_leave_a_stacked_cache_and_the_others_go_on(loaded, gqa):
-    """`keep_rows` (after `fold_recent`: the tokens after the prompt become kept entries) leaves a row of a stacked
-    cache holding what it held, at the same positions, and its next step gives the logits it gives in the batch."""
-    ids = token_ids(40)
-    presses = [
-        build_press(loaded.model, "snapkv", BudgetSource(16, window=8, gqa=gqa)),
-        build_press(loaded.model, "streamingllm", BudgetSource(24, window=8, gqa=gqa)),
-    ]
-    caches = [press.prefill(ids) for press in presses]
-    after = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    batch, alone = CompressedCache.stack(caches), CompressedCache.stack(caches)
-    with presses[0]:
-        for cache in (batch, alone):
-            loaded.model(input_ids=after, cache=cache, use_cache=True)
-        layer = batch.layers[3]
-        rows = len(layer.lengths)
-        recent = layer.per_stored(layer.recent_keys).reshape(rows, 3, -1)
-        bounds = zip(layer.offsets[:-1].tolist(), layer.offsets[1:].tolist())
-        expected = [torch.cat([layer.flat_keys[a:b], recent[r]]) for r, (a, b) in enumerate(bounds)]
-        alone.keep_rows(torch.tensor([1]))
-        kept = alone.layers[3]
-        assert kept.n_recent == 0 and len(kept.lengths) == rows // 2
-        for r in range(rows // 2):
-            a, b = kept.offsets[r : r + 2].tolist()
-            assert torch.equal(kept.flat_keys[a:b], expected[rows // 2 + r])
-            assert kept.positions[b - 3 : b].tolist() == [40, 41, 42]
-        step = torch.tensor([[11], [12]])
-        in_batch = loaded.model(input_ids=step, cache=batch, use_cache=True).logits[1, -1]
-        left = loaded.model(input_ids=step[1:], cache=alone, use_cache=True).logits[0, -1]
-    # one row and a batch of two round the linear layers differently (last bits of logits of magnitude ~10)
-    torch.testing.assert_close(left, in_batch, rtol=1e-5, atol=1e-4)

@@ -40,8 +40,8 @@ class EvalConfig:
     kernel: int = 7
     pooling: str = "max"
     sweep: bool = True  # one prefill per item for every method x budget (`runtime.sweep`); False: each alone
-    decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch, each row leaving
-    # it at its stop token, KVzip's context taken from the shared prefill (floats differ in the last bits from a run
+    decode_together: bool = True  # with `sweep`: an item's compressed caches decoded as one batch,
+    # KVzip's context taken from the shared prefill (floats differ in the last bits from a run
     # alone: a greedy answer can differ at a rounding-level tie; False: each alone, token for token a single run)
     method_options: tuple[str, ...] = ()  # `[method.]key=value` texts (`runtime.methods.parse_options`)
     # every column at uniform B's bytes: HeadKV's heads capped at the prompt hand their budget on (`spill`),

@@ -302,14 +302,6 @@ class CompressedCache(Cache):
         for layer in self.budgeted:
             layer.fold_recent()
 
-    def keep_rows(self, index: torch.Tensor) -> None:
-        """Keep the batch elements `index` (sorted) of every layer, drop the others (`KeptEntries.keep_rows`)."""
-        for layer in self.layers:
-            if isinstance(layer, WindowLayer):
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
-            else:
-                layer.keep_rows(index)
-
     def kv_bytes_after(self, tokens: int) -> int:
         """The `kv_bytes` this compressed single-element cache will report once `tokens` more tokens have run
         through it: what a sweep that decodes caches stacked reports for each of them."""

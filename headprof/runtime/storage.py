@@ -219,21 +219,6 @@ class KeptEntries(BaseLayer):
         folded_positions[tail] = positions
         self.store(*parts, folded_positions, offsets, lengths=[length + n for length in self.lengths])
 
-    def keep_rows(self, index: torch.Tensor) -> None:
-        """Keep batch elements `index` (sorted, on the layer's device) and drop the others: a batch whose rows
-        end at different steps (a sweep's answers) goes on without those that ended. The tokens after the
-        prompt become kept entries first (`fold_recent`)."""
-        self.fold_recent()
-        device = self.offsets.device
-        rows = (index[:, None] * self.n_stored + torch.arange(self.n_stored, device=device)[None, :]).reshape(-1)
-        lengths = [self.lengths[row] for row in rows.tolist()]
-        counts = self.offsets.diff()[rows]
-        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        total = sum(lengths)
-        row = torch.repeat_interleave(torch.arange(rows.numel(), device=device), counts, output_size=total)
-        gather = self.offsets[rows][row] + torch.arange(total, device=device) - offsets[row]
-        self.store(self.flat_keys[gather], self.flat_values[gather], self.positions[gather], offsets, lengths=lengths)
-
     def per_stored(self, states: torch.Tensor) -> torch.Tensor:
         """`[B, Hkv, n, d]` (how the recent part is stored) -> `[B, S, n, d]` (one copy per stored head)."""
         return states.repeat_interleave(self.n_stored // self.n_kv, dim=1)

@@ -22,8 +22,6 @@ context's K/V equal only up to float rounding (the products run in other shapes)
 - the compressed caches of one prompt are decoded as one batch (`CompressedCache.stack`): KVzip's caches get their
   question together (one batch), then the question becomes kept entries (`CompressedCache.fold_recent`), so they
   hold the whole prompt, as the query-aware caches do, and join the same batch, each row from its own first token;
-- a row leaves the batch at its stop token (`generate` stops when any row stops, `CompressedCache.keep_rows`
-  drops the row, the others go on), so a step costs only the rows still running.
 A batch of several rows runs the model's matrix products in other shapes than a single row does, so its floats
 differ in the last bits from a run alone, and a greedy answer can differ where two tokens tie within that
 rounding (`benchmarks/sweep.py` counts them; none on the embedded model's probes, `tests/test_sweep.py`). The
@@ -41,7 +39,6 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import Cache, DynamicCache
 
 from headprof.models.loading import LoadedModel
@@ -192,7 +189,7 @@ def _decode_together(
             stacked = CompressedCache.stack([part[1] for part in batch])
             with entries[0][1]:
                 fed = torch.cat([ids.expand(len(entries), -1), firsts[:, None]], dim=1)
-                rows, decode_s = _greedy_rows(loaded, fed, stacked, max_new_tokens - 1, stop)
+                rows, _, decode_s = greedy(loaded, fed, stacked, max_new_tokens - 1)
         for entry, first, row in zip(entries, firsts, rows):
             new = _until_stop(loaded, torch.cat([first[None], row]))
             results[entry[0]] = _batch_result(loaded, entry, ids, new, decode_s)
@@ -200,60 +197,6 @@ def _decode_together(
 
 
 Part = tuple[list[Prepared], CompressedCache, torch.Tensor | None]  # rows of a batch: entries, their cache, firsts
-
-
-def _greedy_rows(
-    loaded: LoadedModel, ids: torch.Tensor, cache: CompressedCache, max_new_tokens: int, stop: set[int]
-) -> tuple[list[torch.Tensor], float]:
-    """Greedy tokens of every row of `ids` `[B, n]` (the tokens `cache` holds are not fed again), each row up to
-    its first stop token: `generate` (as `greedy` calls it) runs until some row stops, that row leaves the batch
-    (`CompressedCache.keep_rows`) and the others go on, so that a batch step costs what the rows still running
-    need. Returns each row's tokens and the seconds."""
-    started = time.perf_counter()
-    done = [ids.new_empty(0)] * ids.shape[0]
-    live = list(range(ids.shape[0]))
-    tokens = ids.new_empty(ids.shape[0], 0)
-    criteria = StoppingCriteriaList([_AnyStops(stop)])
-    while True:
-        out = loaded.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            cache=cache,
-            max_new_tokens=max_new_tokens - tokens.shape[1],
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=loaded.tokenizer.eos_token_id,
-            stopping_criteria=criteria,
-            return_dict_in_generate=True,
-        )
-        new, cache = out.sequences[:, ids.shape[1] :], out.cache
-        tokens = torch.cat([tokens, new], dim=1)
-        ended = [any(int(t) in stop for t in row) for row in new.tolist()] if stop else [False] * len(live)
-        if tokens.shape[1] >= max_new_tokens or all(ended):
-            ended = [True] * len(live)
-        for row, finished in enumerate(ended):
-            if finished:
-                done[live[row]] = tokens[row]
-        going = [row for row, finished in enumerate(ended) if not finished]
-        if not going:
-            return done, time.perf_counter() - started
-        index = torch.tensor(going, device=ids.device)
-        cache.keep_rows(index)
-        ids, tokens = out.sequences[index], tokens[index]
-        live = [live[row] for row in going]
-
-
-class _AnyStops(StoppingCriteria):
-    """Ends `generate` for every row at the step where any row emits a stop token (it then leaves the batch)."""
-
-    def __init__(self, stop: set[int]):
-        self.stop = torch.tensor(sorted(stop), dtype=torch.long)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
-        hit = torch.isin(input_ids[:, -1], self.stop.to(input_ids.device)).any()
-        return hit.expand(input_ids.shape[0])
 
 
 def _stackable(entry: Prepared) -> bool:
