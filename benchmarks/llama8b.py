@@ -9,9 +9,9 @@ random head-score table (the bytes and the speed do not depend on which heads ar
 
 - decode: for FullKV and HeadKV B=`--budget`, at batch 1 and then doubling the batch (1, 2, 4, ...) until the
   device runs out of memory or `--max-batch`: prefill seconds, decode tokens/s per sequence and in aggregate,
-  KV MiB, peak GiB (`max_memory_allocated`, weights included). Every row of a batch is a different random
-  prompt of `--length` tokens, prefilled together (equal lengths: no padding); the largest batch that ran is
-  each method's capacity on this device.
+  KV MiB, peak GiB (`max_memory_allocated`, weights included). Row i of a batch is a different random prompt
+  of `--length - i` tokens, left-padded: HeadKV prefills and compresses each row alone, the full cache the
+  padded batch at once; the largest batch that ran is each method's capacity on this device.
 - targets (issue 20): HeadKV's tokens/s at batch 1 against FullKV's (>= 1x), and its best aggregate
   throughput against FullKV's best (>= 4x).
 - capture: the scoring capture (`AttentionCapture`, 8 answer rows) on one `--length` prompt against a plain
@@ -148,7 +148,12 @@ def decode_row(model: Any, method: str, batch: int, args: argparse.Namespace) ->
 
     info = info_from_config(model.config, "random/llama-3.1-8b-shape")
     generator = torch.Generator().manual_seed(batch)
-    ids = torch.randint(3, model.config.vocab_size, (batch, args.length), generator=generator).to(args.device)
+    ids = torch.randint(3, model.config.vocab_size, (batch, args.length), generator=generator)
+    # row i is a different prompt i tokens shorter, left-padded: under a compressing press each row is then
+    # prefilled and compressed on its own (runtime.press, padded batches), so the batch is bounded by the kept
+    # bytes, not by a batched prefill's activations; the full cache prefills the padded batch at once.
+    mask = (torch.arange(args.length)[None, :] >= torch.arange(batch)[:, None]).long()
+    ids, mask = (ids * mask).to(args.device), mask.to(args.device)
     press = compressed(model, method, args.budget, scores=random_scores(info), info=info)
     clock = Clock(args.device)
     reset_peak(args.device)
@@ -156,7 +161,7 @@ def decode_row(model: Any, method: str, batch: int, args: argparse.Namespace) ->
     with press, torch.no_grad():
         out = model.generate(
             ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             max_new_tokens=args.new_tokens,
             do_sample=False,
             pad_token_id=0,
