@@ -22,7 +22,6 @@ from headprof.allocation import AllocConfig, allocate_artifact
 from headprof.artifacts import AllocArtifact, ScoreArtifact
 from headprof.errors import HeadprofError
 from headprof.evaluation import EvalItem
-from headprof.metrics import exact_match
 from headprof.models.loading import LoadedModel
 from headprof.probes import Probe
 from headprof.scoring import needle_hashes
@@ -105,28 +104,32 @@ def answer_columns(
     max_new_tokens: int,
     on_item: Callable[[], None] | None = None,
 ) -> list[Column]:
-    """Every item answered under every column (an allocation run by HeadKV with spill, or None: the full cache),
-    one prefill per item shared by all of them, their caches decoded as one batch."""
-    from headprof.runtime import BudgetSource, build_method, build_press, default_method
-    from headprof.runtime.sweep import sweep_answers
+    """Every item answered under every column (an allocation run by the method that reads per-head budgets, at
+    exactly its bytes, or None: the full cache) by `evaluation.evaluate`: one prefill per item shared by all of
+    them, their caches decoded as one batch."""
+    from headprof.evaluation import EvalConfig, evaluate
 
-    presses = []
-    for _, art in columns:  # an allocation runs by the method that reads per-head budgets, at exactly its bytes
-        method = build_method("full") if art is None else build_method(default_method(True), spill=True)
-        presses.append(build_press(loaded.model, method, BudgetSource(allocation=art), info=loaded.info))
-    correct: list[dict[str, int]] = [{} for _ in columns]
-    kv_bytes = [0.0 for _ in columns]
-    for item in items:
-        limit = item.max_new_tokens or max_new_tokens
-        results = sweep_answers(loaded, presses, item.prompt_ids, item.context_tokens, limit, True)
-        for c, result in enumerate(results):
-            correct[c][item.id] = int(any(exact_match(result.answer, gold) for gold in item.answers))
-            kv_bytes[c] += result.kv_bytes / len(items)
-        if on_item:
+    full = [name for name, art in columns if art is None]
+    config = EvalConfig(("full",) if full else (), (), max_new_tokens=max_new_tokens)
+    allocations = [(name, art) for name, art in columns if art is not None]
+    seen = [0]
+
+    def count(_record: object) -> None:  # evaluate reports every column of an item, then the next item
+        seen[0] += 1
+        if on_item and seen[0] % len(columns) == 0:
             on_item()
+
+    by_column: dict[str, list] = defaultdict(list)
+    for record in evaluate(loaded, items, config, on_result=count, allocations=allocations):
+        by_column[full[0] if record.method == "full" and full else record.method].append(record)
     return [
-        Column(name, None if art is None else _config_of(art), correct[c], kv_bytes[c])
-        for c, (name, art) in enumerate(columns)
+        Column(
+            name,
+            None if art is None else _config_of(art),
+            {r.item: int(r.exact) for r in by_column[name]},
+            sum(r.kv_bytes for r in by_column[name]) / max(len(by_column[name]), 1),
+        )
+        for name, art in columns
     ]
 
 
