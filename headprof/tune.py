@@ -59,16 +59,18 @@ def grid(budget: int, gqa: str = "kv") -> list[AllocConfig]:
     """The candidates at `budget`: HeadKV's pool (beta 1.2 as published, 1.01: nearly all pooled), the
     DuoAttention-style split (4 or 16 long-context heads), HeadKV with a per-layer floor (half the pool), and
     HeadKV on mixed retrieval and r2 scores (weights 0.5, 1), each at windows of 8 and 16 (and 32 where
-    B >= 64); and the duo split with 4, 8 or 16 top heads whose other heads keep only their last 8 tokens
-    under a 32-token window, at every B (the window then reaches back to the question even at B = 32). The
-    published HeadKV configuration is first, so it wins ties."""
+    B >= 64), a window below 32 voted both by its own queries and by the last 32 (`votes`: a short window is
+    the chat template's tail, the last 32 reach the question); and the duo split with 4, 8 or 16 top heads
+    whose other heads keep only their last 8 tokens under a 32-token window, at every B. The published
+    HeadKV configuration is first, so it wins ties."""
     windows = [w for w in (8, 16, 32) if w < budget and (w < 32 or budget >= 64)]
     out = [published(budget, gqa)]
-    for window in windows:
-        out += [AllocConfig(budget, "headkv", window, beta, gqa=gqa) for beta in (1.2, 1.01)]
-        out += [AllocConfig(budget, "duo", window, gqa=gqa, top=top) for top in (4, 16)]
-        out.append(AllocConfig(budget, "headkv-floor", window, 1.01, gqa=gqa, layer_floor=0.5))
-        out += [AllocConfig(budget, "mix", window, 1.01, gqa=gqa, mix=weight) for weight in (0.5, 1.0)]
+    for window, votes in [(w, v) for w in windows for v in ((0, 32) if w < 32 else (0,))]:
+        at = {"window": window, "gqa": gqa, "votes": votes}
+        out += [AllocConfig(budget, "headkv", beta=beta, **at) for beta in (1.2, 1.01)]
+        out += [AllocConfig(budget, "duo", top=top, **at) for top in (4, 16)]
+        out.append(AllocConfig(budget, "headkv-floor", beta=1.01, layer_floor=0.5, **at))
+        out += [AllocConfig(budget, "mix", beta=1.01, mix=weight, **at) for weight in (0.5, 1.0)]
     # streaming heads below the window: votes from a 32-token window (it reaches back to the question) at any B
     out += [AllocConfig(budget, "duo", 32, gqa=gqa, top=top, stream=8) for top in (4, 8, 16)]
     unique: dict[str, AllocConfig] = {}
@@ -80,7 +82,8 @@ def grid(budget: int, gqa: str = "kv") -> list[AllocConfig]:
 def label(config: AllocConfig) -> str:
     """A short name of a candidate: policy, its parameters, the window."""
     knobs = " ".join(f"{k}={v:g}" for k, v in config.parameters().items())
-    return f"{config.policy} {knobs} w={config.window}".replace("  ", " ")
+    votes = f" votes={config.votes}" if config.votes else ""
+    return f"{config.policy} {knobs} w={config.window}{votes}".replace("  ", " ")
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,10 @@ def answer_columns(
 def _config_of(art: AllocArtifact) -> AllocConfig:
     """The configuration an artifact of `allocate_artifact` was made with (from its metadata)."""
     meta = art.meta
-    return AllocConfig(int(meta["budget"]), meta["policy"], int(meta["window"]), gqa=art.gqa, **meta["parameters"])
+    votes = int(meta.get("votes", 0))
+    return AllocConfig(
+        int(meta["budget"]), meta["policy"], int(meta["window"]), gqa=art.gqa, votes=votes, **meta["parameters"]
+    )
 
 
 def clusters(probes: Sequence[Probe]) -> dict[str, str]:

@@ -123,6 +123,8 @@ def allocate_artifact(scores: ScoreArtifact, config: AllocConfig, score_method: 
         "floor": floor_of(config, len(model.global_layers)),
         "sliding_layers": model.window_layers,
     }
+    if config.votes:  # only when set: artifacts of the references' rule stay as they were
+        meta["votes"] = config.votes
     return AllocArtifact(scores.model, budgets, meta)
 
 

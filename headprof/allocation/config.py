@@ -40,7 +40,10 @@ class AllocConfig:
     Knobs of the newer policies: `top` (duo: heads that keep the long context), `sinks` (duo: entries the
     other heads keep beyond the window), `stream` (duo: the other heads' budget instead, may be below the
     window), `layer_floor` (headkv-floor: share of the pool split evenly over layers), `mix` (mix: weight of
-    the retrieval score against r2).
+    the retrieval score against r2). `votes` (every policy): how many of the last prompt queries vote for the
+    kept entries when more than the window (0: the window's own, every reference); recorded in the artifact
+    and used by the runtime (`SnapKVOptions.votes`): at small budgets the window is the chat template's tail,
+    and a longer voting span lets the question choose what a short window cannot.
 
     `gqa` defaults to "query" here, the HeadKV paper's layout, because this pure config carries no model: a
     "kv" allocation needs the model's KV head count (`allocate(..., n_kv_heads)`). Every entry point that has a
@@ -60,6 +63,7 @@ class AllocConfig:
     layer_floor: float = 0.5
     mix: float = 0.5
     stream: int = 0
+    votes: int = 0
 
     @property
     def beta_value(self) -> float:
@@ -85,6 +89,8 @@ class AllocConfig:
             raise HeadprofError(f"temp must be positive, got {self.temp}")
         if self.top < 1 or self.sinks < 0 or self.stream < 0:
             raise HeadprofError(f"top must be >= 1, sinks and stream >= 0, got {self.top}, {self.sinks}, {self.stream}")
+        if self.votes < 0 or 0 < self.votes <= self.window:
+            raise HeadprofError(f"votes must be 0 or above the window {self.window}, got {self.votes}")
         for name in ("layer_floor", "mix"):
             value = getattr(self, name)
             validation.finite(value, name.replace("_", "-"))

@@ -44,6 +44,13 @@ LayerFloorOpt = Annotated[
 ]
 MixOpt = Annotated[float, typer.Option(help="mix: weight of the retrieval score against r2 (both normalised).")]
 AllocWindowOpt = Annotated[int, typer.Option(help="Observation window kept in every head.")]
+VotesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Last prompt queries that vote for the kept entries, when more than the window (0: the window's, as "
+        "every reference); recorded in the artifact, used by run and eval."
+    ),
+]
 AllocGqaOpt = Annotated[
     Gqa, choice(Gqa, GQA_MESSAGE, "kv: per KV head (memory-honest); query: per query head (HeadKV paper).")
 ]
@@ -88,6 +95,7 @@ def allocate(
     layer_floor: LayerFloorOpt = 0.5,
     mix: MixOpt = 0.5,
     window: AllocWindowOpt = 32,
+    votes: VotesOpt = 0,
     gqa: AllocGqaOpt = Gqa.kv,
     score_method: ScoreMethodOpt = ScoreMethod.r2,
     rounding: RoundingOpt = Rounding.largest_remainder,
@@ -111,7 +119,7 @@ def allocate(
 
         bytes_per_value = 2 if torch.cuda.is_available() else 4
     config = AllocConfig(
-        budget, policy.value, window, beta, temp, gqa.value, rounding.value, top, sinks, layer_floor, mix, stream
+        budget, policy.value, window, beta, temp, gqa.value, rounding.value, top, sinks, layer_floor, mix, stream, votes
     )
     config.validate()
     source = scores or common.default_input(model, workspace.scores_file(model), "scores")

@@ -143,7 +143,11 @@ def evaluate(
         column, compressor = columns[c], config.method(columns[c].method, question(c, item))
         batched = ("batch-decode",) if config.together else ()  # its answers may differ: cached apart
         art = column.allocation
-        allocation = (content_key(art.budgets.tolist(), art.meta.get("window"), art.gqa),) if art is not None else ()
+        allocation = (
+            (content_key(art.budgets.tolist(), art.meta.get("window"), art.gqa, art.meta.get("votes", 0)),)
+            if art is not None
+            else ()
+        )
         return content_key(
             *batched,
             *allocation,

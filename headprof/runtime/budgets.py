@@ -4,7 +4,7 @@ artifact or a score artifact, and the policy's parameters) made into a `BudgetPl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from headprof.models.spec import ModelInfo
 from headprof.runtime.methods.base import Method
 from headprof.runtime.plan import BudgetPlan
 
-__all__ = ["BudgetPlan", "BudgetSource", "default_method", "plan_budgets", "ratio_budget"]
+__all__ = ["BudgetPlan", "BudgetSource", "default_method", "plan_budgets", "ratio_budget", "with_votes"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class BudgetSource:
             budgets = self.allocation.budgets.long()
             nominal = int(self.allocation.meta.get("budget", round(float(budgets.float().mean()))))
             window = int(self.allocation.meta.get("window", self.window))
-            return BudgetPlan(budgets, window, self.allocation.gqa, nominal)
+            votes = int(self.allocation.meta.get("votes", 0))
+            return BudgetPlan(budgets, window, self.allocation.gqa, nominal, votes=votes)
         budget = self.window + 1 if self.compression_ratio is not None else self.budget
         config = AllocConfig(budget, method.policy, self.window, self.beta, self.temp, self.gqa, self.rounding)
         config.validate()
@@ -84,6 +85,18 @@ class BudgetSource:
 def plan_budgets(method: Method, info: ModelInfo, budget: int = 128, **source: Any) -> BudgetPlan:
     """Budgets for `method` on the model `info` describes: `BudgetSource(budget, **source).plan(...)`."""
     return BudgetSource(budget, **source).plan(method, info)
+
+
+def with_votes(method: Method, votes: int) -> Method:
+    """The method voting over the span an allocation artifact was made for (`BudgetPlan.votes`), unless its own
+    options already set one; a method without votes (no window votes to widen) refuses such an artifact."""
+    if not votes:
+        return method
+    if "votes" not in {field.name for field in fields(method.Options)}:
+        raise HeadprofError(f"the allocation was made for votes={votes}, which {method.name} does not take")
+    if method.options.votes:
+        return method
+    return type(method)(replace(method.options, votes=votes))
 
 
 def default_method(has_budgets: bool) -> str:

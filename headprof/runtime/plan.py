@@ -21,6 +21,7 @@ class BudgetPlan:
     those layers keep their rolling window and are not budgeted. `budget` is the nominal per-head budget B
     the budgets were made for (the references compare it with the prompt length); `config` is the policy
     that made them when they came from the method's own policy (PyramidKV recomputes its schedule per prompt).
+    `votes`: the voting span an allocation artifact was made for (`AllocConfig.votes`; 0: the window).
     """
 
     budgets: torch.Tensor | None
@@ -28,3 +29,4 @@ class BudgetPlan:
     gqa: str
     budget: int = 0
     config: AllocConfig | None = None
+    votes: int = 0

@@ -28,7 +28,7 @@ from headprof.errors import HeadprofError
 from headprof.models.fingerprint import weights_fingerprint
 from headprof.models.registry import model_name, switch_attention
 from headprof.models.spec import ModelInfo, check_supported, info_from_config
-from headprof.runtime.budgets import BudgetSource
+from headprof.runtime.budgets import BudgetSource, with_votes
 from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
 from headprof.runtime.methods import build_method
 from headprof.runtime.methods.base import ExtraPass, Method
@@ -361,7 +361,8 @@ def build_press(
     source = source or BudgetSource()
     info = info or info_from_config(model.config, model_name(model), weights_fingerprint(model))
     plan_for = source.plan_for(method, info)  # a compression ratio's range is checked before any budget
-    return Press(model, method, source.plan(method, info), tokenizer=tokenizer, plan_for=plan_for)
+    plan = source.plan(method, info)
+    return Press(model, with_votes(method, plan.votes), plan, tokenizer=tokenizer, plan_for=plan_for)
 
 
 def compressed(

@@ -49,15 +49,20 @@ class Selection:
 # ---------------------------------------------------------------- scores
 
 
-def window_votes(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, reduce: str) -> torch.Tensor:
+def window_votes(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, reduce: str, voters: int = 0
+) -> torch.Tensor:
     """SnapKV's votes: attention of the last `window` queries over the `T - window` candidates, summed
     (KVCache-Factory's SnapKV/PyramidKV) or averaged (AdaKV, HeadKV) over the window's rows.
 
+    `voters` > `window`: the last `voters` queries vote instead (each over the candidates it sees, causally),
+    so that a small kept window still votes from the whole question; 0 (every reference): the window votes.
     Softmax in float32, then cast to the model dtype before the reduction, as the references do (in bf16
     this rounds the votes and makes ties). query `[B, Hq, T, d]`, key `[B, Hkv, T, d]` -> `[B, Hq, T - w]`.
     """
     total = key.shape[2]
-    rows = attention_rows(query[:, :, -window:], key, scaling, model_dtype_logits=True)
+    voters = min(max(voters, window), total)
+    rows = attention_rows(query[:, :, -voters:], key, scaling, model_dtype_logits=True)
     rows = rows[..., : total - window].to(key.dtype)
     return rows.sum(dim=2) if reduce == "sum" else rows.mean(dim=2)
 
@@ -97,6 +102,7 @@ def snapkv_scores(
     pooling: str = "max",
     reduce: str = "sum",
     order: str = "mean-pool",
+    voters: int = 0,
 ) -> torch.Tensor:
     """Pooled window votes per stored head `[B, S, T]`; the window's own columns are +inf (always kept).
 
@@ -109,7 +115,7 @@ def snapkv_scores(
     kept = torch.full((*query.shape[:1], n_stored, window), float("inf"), dtype=key.dtype, device=key.device)
     if total == window:
         return kept
-    votes = window_votes(query, key, scaling, window, reduce)
+    votes = window_votes(query, key, scaling, window, reduce, voters)
     if order == "mean-pool":
         candidates = pool(reduce_groups(votes, n_stored), kernel, pooling)
     else:

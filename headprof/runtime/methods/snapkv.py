@@ -19,12 +19,17 @@ class SnapKVOptions:
     """`kernel`: 1-D pooling width over positions (odd); `pooling`: max | avg; `gqa_order`: in the KV-head
     layout, average the group's window votes then pool (`mean-pool`, KVCache-Factory and AdaKV) or pool
     each query head then average (`pool-mean`, kvpress); `scale`: the logits' factor, the model's own
-    `scaling` (`model`) or the references' literal `1 / sqrt(head_dim)` (`head-dim`; see `logit_scale`)."""
+    `scaling` (`model`) or the references' literal `1 / sqrt(head_dim)` (`head-dim`; see `logit_scale`);
+    `votes`: how many of the last prompt queries vote, when more than the kept window `w` (0, every
+    reference: the window's own queries). At small budgets the kept window is short (8 at B=32) and its
+    queries are the chat template's closing tokens, not the question: `votes=32` lets the question vote while
+    only `w` recent entries are kept (`selection.window_votes`)."""
 
     kernel: int = 7
     pooling: str = "max"
     gqa_order: str = "mean-pool"
     scale: str = "model"
+    votes: int = 0
 
     def __post_init__(self) -> None:
         # an even kernel would shift the pooled scores by half a position
@@ -34,6 +39,8 @@ class SnapKVOptions:
             raise HeadprofError(f"unknown pooling '{self.pooling}' ({', '.join(POOLINGS)})")
         if self.gqa_order not in GQA_ORDERS:
             raise HeadprofError(f"unknown gqa_order '{self.gqa_order}' ({', '.join(GQA_ORDERS)})")
+        if self.votes < 0:
+            raise HeadprofError(f"votes must be >= 0 (0: the window votes), got {self.votes}")
         if self.scale not in SCALES:
             raise HeadprofError(f"unknown scale '{self.scale}' ({', '.join(SCALES)})")
 
@@ -54,5 +61,5 @@ class SnapKV(Method):
         o = self.options
         scaling = logit_scale(o.scale, scaling, query.shape[-1])
         return snapkv_scores(
-            query, keys, scaling, window, n_stored, o.kernel, o.pooling, self.window_reduce, o.gqa_order
+            query, keys, scaling, window, n_stored, o.kernel, o.pooling, self.window_reduce, o.gqa_order, o.votes
         )
