@@ -168,6 +168,11 @@ def _probe_scores(
     return out
 
 
+# Tokens of a probe's suffix (after its shared prefix) run per forward; the packaged reference's 1024-token probes
+# never reach it, so their scores are those of one forward.
+SUFFIX_CHUNK = 2048
+
+
 @dataclass
 class SharedPrefix:
     """The KV cache of the first `length` prompt tokens that several probes share (the haystack before the
@@ -200,14 +205,11 @@ def score_probe(
     if config.mode == "teacher":
         answer_ids = enc.target_ids
         inputs = torch.tensor([enc.prompt_ids + answer_ids[:-1]], device=device)
-        with AttentionCapture.rows(n_target, recorder):
-            if prefix is None:
+        if prefix is None:
+            with AttentionCapture.rows(n_target, recorder):
                 model(input_ids=inputs, use_cache=False, logits_to_keep=1)  # scores need attention, not logits
-            else:
-                try:
-                    model(input_ids=inputs[:, prefix.length :], cache=prefix.cache, use_cache=True, logits_to_keep=1)
-                finally:
-                    prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())  # back to the shared tokens
+        else:
+            _run_suffix(model, prefix, inputs[:, prefix.length :], n_target, recorder)
         answer_keys, right = enc.target_keys, True
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
     else:
@@ -240,6 +242,25 @@ def score_probe(
     else:  # the model ended its answer at once: no answer step to score
         scores = {m: torch.zeros(info.n_layers, info.n_heads) for m in config.methods}
     return ProbeResult(probe.id, probe.kind, right, scores, answer, needle_key(probe), probe.position)
+
+
+def _run_suffix(
+    model: torch.nn.Module, prefix: SharedPrefix, suffix: torch.Tensor, n_rows: int, recorder: _Recorder
+) -> None:
+    """A probe's tokens after its shared prefix, on top of the prefix's cache, at most `SUFFIX_CHUNK` tokens per
+    forward. A cached forward of n tokens over T keys makes transformers build an explicit `[n, T]` mask (at
+    n = T = 32k about 1 GB, and SDPA cannot take its flash kernel with one): chunks bound it to
+    `[SUFFIX_CHUNK, T]`, so scoring memory stays linear in T. Only the last piece (at least the `n_rows` rows
+    captured) runs under the capture; the cache is cut back to the shared tokens after, whatever happens."""
+    captured = suffix.shape[1] - min(max(SUFFIX_CHUNK, n_rows), suffix.shape[1])
+    try:
+        for start in range(0, captured, SUFFIX_CHUNK):
+            piece = suffix[:, start : min(start + SUFFIX_CHUNK, captured)]
+            model(input_ids=piece, cache=prefix.cache, use_cache=True, logits_to_keep=1)
+        with AttentionCapture.rows(n_rows, recorder):
+            model(input_ids=suffix[:, captured:], cache=prefix.cache, use_cache=True, logits_to_keep=1)
+    finally:
+        prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:

@@ -250,3 +250,19 @@ def test_shared_prefixes_give_the_per_probe_scores(loaded, tiny_probes):
     torch.testing.assert_close(together.per_probe["r2"].mean(0), alone.per_probe["r2"].mean(0), atol=1e-4, rtol=0)
     assert torch.equal(together.per_probe["retrieval"], alone.per_probe["retrieval"])
     assert together.probe_ids == alone.probe_ids
+
+
+def test_a_long_suffix_runs_in_chunks_with_the_same_scores(loaded, tiny_probes, monkeypatch):
+    """The suffix after a shared prefix runs `SUFFIX_CHUNK` tokens at a time (its mask `[chunk, T]`, not
+    `[suffix, T]`): with chunks of 16 tokens, every probe's suffix runs in several pieces, and the scores are
+    those of one forward up to float rounding (the same tie allowance as above)."""
+    from headprof import probe_scores
+    from headprof.scoring import score_probes
+
+    whole = score_probes(loaded, tiny_probes, ScoreConfig(), share_prefixes=True)
+    monkeypatch.setattr(probe_scores, "SUFFIX_CHUNK", 16)
+    chunked = score_probes(loaded, tiny_probes, ScoreConfig(), share_prefixes=True)
+    diff = (chunked.per_probe["r2"] - whole.per_probe["r2"]).abs()
+    assert (diff <= 1e-5).float().mean() >= 0.99 and diff.max() <= 1e-3
+    assert (chunked.per_probe["retrieval"] != whole.per_probe["retrieval"]).float().mean() <= 0.01
+    assert chunked.probe_ids == whole.probe_ids
