@@ -213,6 +213,7 @@ class TuneResult:
                     "interval": [round(x, 4) for x in self._interval(column.correct)],
                     "kv_bytes": round(column.kv_bytes),
                     "n": len(column.correct),
+                    "correct": column.correct,  # per item: the records a table of these rows recomputes from
                 }
                 if column.config is not None and column is not headkv:
                     row["vs_headkv"] = round(column.accuracy - headkv.accuracy, 4)
