@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headprof import ablation as A
 from headprof import evaluation as E
 from headprof import needlegen, plots, workspace
@@ -291,6 +293,52 @@ def _ablation_records(ablation: dict[str, Any]) -> list[dict[str, Any]]:
                 for i, h in zip(ablation["items"], hits)
             ]
     return rows
+
+
+def _share_of_full(correct: dict[str, int], full: dict[str, int], draws: int = DEFAULT_RESAMPLES) -> str:
+    """A column's accuracy over the full cache's on the same items, with a 95% interval that resamples whole
+    needles (the ratio of the resampled sums; seeded): the issue's targets are stated as this share."""
+    needles: dict[str, list[str]] = {}
+    for item in full:
+        needles.setdefault(needle_cluster(item), []).append(item)
+    sums = np.array([[sum(correct[i] for i in items), sum(full[i] for i in items)] for items in needles.values()])
+    picks = np.random.default_rng(0).integers(0, len(sums), size=(draws, len(sums)))
+    drawn = sums[picks].sum(axis=1)
+    ratios = drawn[:, 0] / np.maximum(drawn[:, 1], 1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return f"{sums[:, 0].sum() / max(sums[:, 1].sum(), 1):.0%} [{low:.0%}, {high:.0%}]"
+
+
+def _policies(path: Path) -> str:
+    """Issue 25's table from `benchmarks/policies.py --out` (test accuracy of the full cache, HeadKV as
+    published and each policy's best candidate on validation, per budget), or a line saying it is missing."""
+    if not path.is_file():
+        return f"No policy run: `{path.name}` is missing (`benchmarks/policies.py --out {path}` makes it)."
+    payload = json.loads(path.read_text())
+    blocks = []
+    for budget, block in sorted(payload["budgets"].items(), key=lambda kv: int(kv[0])):
+        full = block["test"][0]["accuracy"]
+        lines = [
+            f"B={budget}: {len(block['validation'])} candidates; picked on validation: `{block['pick']}` "
+            f"({block['pick_validation_accuracy']:.2f} there).",
+            "",
+            "| column | test accuracy [95% CI] | share of full [95% CI] | minus HeadKV published [95% CI] | KV MiB |",
+            "|---|---|---:|---|---:|",
+        ]
+        for row in block["test"]:
+            low, high = row["interval"]
+            diff = "-"
+            if "vs_headkv" in row:
+                d_low, d_high = row["vs_headkv_interval"]
+                diff = f"{row['vs_headkv']:+.2f} [{d_low:+.2f}, {d_high:+.2f}]"
+            tag = " **(pick)**" if row["pick"] else (" (published)" if row["published"] else "")
+            share = _share_of_full(row["correct"], block["test"][0]["correct"]) if full else "-"
+            lines.append(
+                f"| {row['name']}{tag} | {row['accuracy']:.2f} [{low:.2f}, {high:.2f}] | {share} | {diff} | "
+                f"{row['kv_bytes'] / 2**20:.2f} |"
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _title(n_items: int, n_needles: int, lengths: Sequence[int], window: int) -> str:
@@ -567,6 +615,18 @@ polarities stay together), and the top-10 overlap:
 {halves}
 
 {haystack_line}
+
+## Allocation policies at 2-5% of the cache
+
+Every policy from the same r2 scores at exactly uniform B's bytes (HeadKV's selection with `spill`), tuned on
+a validation split and reported on a disjoint test split by `headprof tune` (`benchmarks/policies.py`; METHOD.md
+§3): 20 generated needles x 2 depths of about 1.5k tokens per split (`probes build --generated --split
+validation|test --count 40 --lengths 1536`, the first 20 needles of each), 24 new tokens. Rows: the full
+cache, HeadKV's pool as published (beta 1.2, window 32; 8 below B=64), and each policy's best candidate on
+validation; the pick is the best of all on validation. Intervals resample whole needles (20 clusters);
+differences are paired on the same items. Per-item outcomes: `{paths.out.name}/policies.json` (`correct`).
+
+{_policies(paths.out / "policies.json")}
 
 ![r2 head scores]({paths.link("heads-r2.png")})
 ![split halves and bootstrap intervals]({paths.link("heads-r2-reliability.png")})
