@@ -99,3 +99,13 @@ def test_sweep_on_sliding_window_soft_capped_and_sink_families(name, tokenizer):
     assert [r.kv_bytes for r in together] == [r.kv_bytes for r in alone]
     assert [r.kv_bytes_full for r in together] == [r.kv_bytes_full for r in alone]
     assert sum(a.answer == t.answer for a, t in zip(alone, together)) >= 0.8 * len(alone)
+
+
+def test_methods_that_vote_alike_share_their_scores():
+    """The sweep computes window votes once per reduction and scoring options (`Method.score_key`): SnapKV and
+    PyramidKV sum the window's rows, AdaKV and HeadKV average them, whatever their floors, spill or budgets."""
+    key = {name: build_method(name).score_key for name in ("snapkv", "pyramidkv", "adakv", "headkv")}
+    assert key["snapkv"] == key["pyramidkv"] != key["adakv"] == key["headkv"]
+    assert build_method("adakv", floor=0.5).score_key == build_method("headkv", spill=True).score_key
+    assert build_method("snapkv", votes=32).score_key != key["snapkv"]
+    assert build_method("kvzip").score_key != build_method("kvzip", selection="uniform").score_key

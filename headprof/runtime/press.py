@@ -278,10 +278,10 @@ class Press:
         return self.method.score(query, keys, scaling, self.plan.window, int(self.plan.budgets.shape[1]))
 
     @property
-    def scoring(self) -> tuple[type, object, int, int]:
-        """Presses with equal keys score a prompt alike (method class, options, window, stored heads), whatever
+    def scoring(self) -> tuple[object, int, int]:
+        """Presses with equal keys score a prompt alike (`Method.score_key`, window, stored heads), whatever
         their budgets: one computation of the scores serves them all."""
-        return type(self.method), self.method.options, self.plan.window, int(self.plan.budgets.shape[1])
+        return self.method.score_key, self.plan.window, int(self.plan.budgets.shape[1])
 
     def compress_from(
         self, dense: CompressedCache, tokens: int, scores: dict[int, torch.Tensor], prefill_seconds: float

@@ -81,6 +81,12 @@ class Method:
         self.options = self.Options() if options is None else options
 
     @property
+    def score_key(self) -> object:
+        """What `score` depends on besides its inputs: methods with equal keys score a prompt alike, so a sweep
+        computes their scores once (default: the method's class and all its options)."""
+        return type(self), self.options
+
+    @property
     def evicts(self) -> bool:
         """Whether `evict` runs after every attention over a compressed layer (decode-time eviction)."""
         return False

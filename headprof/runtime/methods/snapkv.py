@@ -54,6 +54,13 @@ class SnapKV(Method):
     options: SnapKVOptions
     window_reduce: ClassVar[str] = "sum"  # KVCache-Factory sums the window's rows; AdaKV and HeadKV average them
 
+    @property
+    def score_key(self) -> object:
+        """Window votes depend on the reduction and the scoring options only: SnapKV and PyramidKV (sum), AdaKV
+        and HeadKV (mean) share theirs whatever their budgets, floors or spill."""
+        o = self.options
+        return "window-votes", self.window_reduce, o.kernel, o.pooling, o.gqa_order, o.scale, o.votes
+
     def score(
         self, query: torch.Tensor, keys: torch.Tensor, scaling: float, window: int, n_stored: int
     ) -> torch.Tensor:
