@@ -3,7 +3,8 @@
     python benchmarks/results.py               # the full run (about 90 minutes on 2 CPU cores); results are cached
     python benchmarks/results.py --quick       # a smoke test of every step in a few minutes, written to
                                                # headprof-out/results-quick/ (never over the committed results)
-    python benchmarks/results.py --plots-only  # redraw the accuracy figures from results.json, no model
+    python benchmarks/results.py --plots-only  # redraw the accuracy figures and RESULTS.md from results.json (and
+                                               # policies.json), no model
 
 1. evaluation probes from generated needles (`headprof.needlegen`, the `test` split: fact templates, names,
    values and haystack of no scoring needle), `--needles` needles x `--lengths` x depths 25/75;
@@ -295,6 +296,25 @@ def _ablation_records(ablation: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _supported(stats: dict[str, Any], budgets: Sequence[int], unit: str = "") -> str:
+    """What the paired intervals support, per budget: the methods HeadKV answers more than, fewer than, and
+    those it cannot be told apart from on these items (the interval holds 0)."""
+    lines = []
+    for budget in budgets:
+        pairs = [r for r in stats["paired"] if r["budget"] == budget and r["method"] != "full"]
+        above = [r["method"] for r in pairs if r["low"] > 0]
+        below = [r["method"] for r in pairs if r["high"] < 0]
+        tied = [r["method"] for r in pairs if r["low"] <= 0 <= r["high"]]
+        full = next((r for r in stats["paired"] if r["method"] == "full" and r["budget"] == budget), None)
+        parts = [f"above {', '.join(above)}" if above else "", f"below {', '.join(below)}" if below else ""]
+        parts.append(f"not told apart from {', '.join(tied)}" if tied else "")
+        if full is not None:
+            verdict = "above" if full["low"] > 0 else "below" if full["high"] < 0 else "not told apart from"
+            parts.append(f"{verdict} the full cache")
+        lines.append(f"- B={budget}{unit}: HeadKV is " + "; ".join(p for p in parts if p) + ".")
+    return "\n".join(lines)
+
+
 def _share_of_full(correct: dict[str, int], full: dict[str, int], draws: int = DEFAULT_RESAMPLES) -> str:
     """A column's accuracy over the full cache's on the same items, with a 95% interval that resamples whole
     needles (the ratio of the resampled sums; seeded): the issue's targets are stated as this share."""
@@ -346,13 +366,17 @@ def _title(n_items: int, n_needles: int, lengths: Sequence[int], window: int) ->
     return f"SmolLM2-135M, {n_items} probes of {n_needles} generated needles ({tokens} tokens), window {window}"
 
 
-def plots_only(paths: Paths) -> None:
-    """Redraw the accuracy figures from results.json and the needle records, without loading the model."""
+def plots_only(paths: Paths, args: argparse.Namespace) -> None:
+    """Redraw the accuracy figures and rewrite RESULTS.md from results.json, the needle records and
+    policies.json, without loading the model (a text or policy-table change needs no rerun)."""
     payload = json.loads(paths.results_json.read_text())
     _accuracy_figure(payload["needles"], paths.figure("accuracy.png"), payload["title"], payload["n_needles"])
     records = [E.EvalRecord(**json.loads(line)) for line in paths.records().read_text().splitlines() if line]
     _needle_figure(records, paths.figure("accuracy-needles.png"), payload["title"], payload["grid_budget"])
-    print(f"wrote {paths.figure('accuracy.png')} and {paths.figure('accuracy-needles.png')}")
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["sizes"].items()})
+    batched = payload.get("batched", not args.exact_decode)
+    write_text_atomic(paths.results_md, _markdown(payload, sizes, paths, args, batched))
+    print(f"wrote {paths.figure('accuracy.png')}, {paths.figure('accuracy-needles.png')} and {paths.results_md}")
 
 
 def _sizes(args: argparse.Namespace) -> Sizes:
@@ -387,7 +411,7 @@ def main() -> None:
     parser.add_argument("--haystack-check", action="store_true", default=None, help="r2 on another haystack too")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--haystack", default="/usr/share/common-licenses")
-    parser.add_argument("--plots-only", action="store_true", help="redraw the accuracy figures from results.json")
+    parser.add_argument("--plots-only", action="store_true", help="redraw figures and RESULTS.md, no model")
     parser.add_argument("--exact-decode", action="store_true", help="decode each configuration alone")
     args = parser.parse_args()
     default_out = Path("headprof-out/results-quick") if args.quick else Path("benchmarks")
@@ -395,7 +419,7 @@ def main() -> None:
     figures = args.figures or args.out or (default_out if args.quick else Path("docs"))
     paths = Paths(args.out or default_out, figures)
     if args.plots_only:
-        plots_only(paths)
+        plots_only(paths, args)
         return
     sizes = _sizes(args)
     paths.out.mkdir(parents=True, exist_ok=True)
@@ -484,6 +508,7 @@ def main() -> None:
         "split_half": {mode: {m: r["split_half"] for m, r in reports.items()} for mode, reports in reliability.items()},
         "haystack": haystack,
         "window": args.window,
+        "batched": batched,
         "n_items": len(items),
         "n_needles": sizes.needles,
         "minutes": round((time.time() - started) / 60, 1),
@@ -549,8 +574,10 @@ length and depth are one cluster: their outcomes are nearly all-or-none), {DEFAU
 (`headprof/needlegen.py`, split `test`: topics, names, values and haystack of no scoring needle), at
 {"/".join(map(str, sizes.lengths))} tokens, needle at {"/".join(f"{d:g}" for d in sizes.depths)}% depth. Exact
 match: the normalised gold answer occurs in the greedy answer (24 new tokens). Cells: accuracy [95% needle-cluster
-interval] (mean KV cache kept at the end of generation). Columns are budgets, not equal bytes: the last row gives
-the smallest over the largest mean kept bytes in each column; the figure puts bytes on the x-axis. Window
+interval] (mean KV cache kept at the end of generation). Each column spends uniform B's bytes (`eval`'s default:
+HeadKV's heads capped at the prompt hand their budget on, KVzip's question counts against its budget); the last
+row gives the smallest over the largest mean kept bytes in each column (they differ by the answers' own tokens);
+the figure puts bytes on the x-axis. Window
 {args.window}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV budgets from
 `{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
 
@@ -563,6 +590,10 @@ kept bytes over the other method's): an interval above 0 says HeadKV answers mor
 together with the byte ratio.
 
 {_paired_cells(needles, sizes.methods, sizes.budgets)}
+
+What these intervals support (an interval that holds 0 tells the two apart on nothing here):
+
+{_supported(needles, sizes.budgets)}
 
 {window8}
 
@@ -591,6 +622,8 @@ All lengths together, and HeadKV minus each method on the same rows:
 {_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets, scale=100)}
 
 {_paired_cells(ruler["overall"], sizes.ruler_methods, sizes.ruler_budgets, scale=100)}
+
+{_supported(ruler["overall"], sizes.ruler_budgets, " (RULER)")}
 
 ## Do the scores mean anything?
 
