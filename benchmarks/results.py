@@ -578,8 +578,8 @@ interval] (mean KV cache kept at the end of generation). Each column spends unif
 HeadKV's heads capped at the prompt hand their budget on, KVzip's question counts against its budget); the last
 row gives the smallest over the largest mean kept bytes in each column (they differ by the answers' own tokens);
 the figure puts bytes on the x-axis. Window
-{args.window}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV budgets from
-`{os.path.relpath(REFERENCE)}` (r2, beta 1.2).
+{payload["window"]}, KV-head layout (`--gqa kv`), kernel 7 max pooling; HeadKV budgets from
+`headprof/data/reference/{MODEL}/scores.safetensors` (r2, beta 1.2).
 
 {_cells(needles, sizes.methods, sizes.budgets)}
 
