@@ -30,15 +30,19 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from headprof import ablation as A
 from headprof import evaluation as E
 from headprof import needlegen, plots, workspace
 from headprof.artifacts import load_scores
 from headprof.fileio import write_text_atomic
 from headprof.heads import rank_agreement
-from headprof.intervals import DEFAULT_RESAMPLES, method_estimates, needle_cluster, paired_against
+from headprof.intervals import (
+    DEFAULT_RESAMPLES,
+    cluster_bootstrap,
+    method_estimates,
+    needle_cluster,
+    paired_against,
+)
 from headprof.models import load_model
 from headprof.probes import build_probes, load_needles
 from headprof.reliability import artifact_reliability
@@ -315,18 +319,14 @@ def _supported(stats: dict[str, Any], budgets: Sequence[int], unit: str = "") ->
     return "\n".join(lines)
 
 
-def _share_of_full(correct: dict[str, int], full: dict[str, int], draws: int = DEFAULT_RESAMPLES) -> str:
+def _share_of_full(correct: dict[str, int], full: dict[str, int]) -> str:
     """A column's accuracy over the full cache's on the same items, with a 95% interval that resamples whole
-    needles (the ratio of the resampled sums; seeded): the issue's targets are stated as this share."""
-    needles: dict[str, list[str]] = {}
-    for item in full:
-        needles.setdefault(needle_cluster(item), []).append(item)
-    sums = np.array([[sum(correct[i] for i in items), sum(full[i] for i in items)] for items in needles.values()])
-    picks = np.random.default_rng(0).integers(0, len(sums), size=(draws, len(sums)))
-    drawn = sums[picks].sum(axis=1)
-    ratios = drawn[:, 0] / np.maximum(drawn[:, 1], 1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return f"{sums[:, 0].sum() / max(sums[:, 1].sum(), 1):.0%} [{low:.0%}, {high:.0%}]"
+    needles (`cluster_bootstrap` of the ratio of totals): the issue's targets are stated as this share."""
+    items = list(full)
+    share = cluster_bootstrap(
+        [correct[i] for i in items], [needle_cluster(i) for i in items], weights=[full[i] for i in items]
+    )
+    return f"{share.value:.0%} [{share.low:.0%}, {share.high:.0%}]"
 
 
 def _policies(path: Path) -> str:

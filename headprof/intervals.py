@@ -89,17 +89,21 @@ def cluster_bootstrap(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = DEFAULT_LEVEL,
+    weights: Sequence[float] | None = None,
 ) -> Estimate:
     """Mean of `values` with a percentile interval that resamples whole clusters (scipy.stats.bootstrap on the
-    clusters' (sum, count) pairs, the statistic being sum over count of the resampled clusters).
+    clusters' (sum, count) pairs, the statistic being sum over count of the resampled clusters). With `weights`
+    each item counts its weight instead of 1: the statistic is a ratio of two totals over the same items (a
+    column's right answers over the full cache's, `weights` the full cache's outcomes).
 
     Items of one cluster are not independent (one needle at two lengths and two depths is four items with nearly
     one outcome), so resampling items would count each needle four times and give intervals about half as wide as
     the data support. With a single cluster, or clusters that all have the same mean, every resample returns the
     same value: the interval is that point (the caller reports the cluster count next to it).
     """
-    if len(values) != len(clusters):
-        raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels")
+    weights = [1.0] * len(values) if weights is None else weights
+    if len(values) != len(clusters) or len(weights) != len(values):
+        raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels and {len(weights)} weights")
     if not values:
         raise ValueError("no values to estimate from")
     if n_resamples < 1 or not 0 < level < 1:
@@ -108,11 +112,13 @@ def cluster_bootstrap(
     for cluster in clusters:
         index.setdefault(cluster, len(index))
     sums, counts = np.zeros(len(index)), np.zeros(len(index))
-    for value, cluster in zip(values, clusters):
+    for value, cluster, weight in zip(values, clusters, weights):
         sums[index[cluster]] += value
-        counts[index[cluster]] += 1
+        counts[index[cluster]] += weight
+    if counts.sum() <= 0:
+        raise ValueError("the weights sum to 0: no total to divide by")
     mean = float(sums.sum() / counts.sum())
-    if len(index) < 2 or np.allclose(sums / counts, mean, rtol=0, atol=1e-12):
+    if len(index) < 2 or np.allclose(sums, mean * counts, rtol=0, atol=1e-12):
         return Estimate(mean, mean, mean, len(values), len(index))
     from scipy.stats import bootstrap
 

@@ -252,13 +252,13 @@ def _run_suffix(
     n = T = 32k about 1 GB, and SDPA cannot take its flash kernel with one): chunks bound it to
     `[SUFFIX_CHUNK, T]`, so scoring memory stays linear in T. Only the last piece (at least the `n_rows` rows
     captured) runs under the capture; the cache is cut back to the shared tokens after, whatever happens."""
-    captured = suffix.shape[1] - min(max(SUFFIX_CHUNK, n_rows), suffix.shape[1])
+    last = max(suffix.shape[1] - max(SUFFIX_CHUNK, n_rows), 0)  # where the captured last piece starts
     try:
-        for start in range(0, captured, SUFFIX_CHUNK):
-            piece = suffix[:, start : min(start + SUFFIX_CHUNK, captured)]
+        for start in range(0, last, SUFFIX_CHUNK):
+            piece = suffix[:, start : min(start + SUFFIX_CHUNK, last)]
             model(input_ids=piece, cache=prefix.cache, use_cache=True, logits_to_keep=1)
         with AttentionCapture.rows(n_rows, recorder):
-            model(input_ids=suffix[:, captured:], cache=prefix.cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=suffix[:, last:], cache=prefix.cache, use_cache=True, logits_to_keep=1)
     finally:
         prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())
 

@@ -52,6 +52,19 @@ def test_many_independent_items_match_the_normal_interval():
     assert est.low == pytest.approx(0.3 - half, abs=0.005) and est.high == pytest.approx(0.3 + half, abs=0.005)
 
 
+def test_weights_make_the_estimate_a_ratio_of_cluster_totals():
+    """`weights` (a column's share of the full cache's right answers): the value is the ratio of the totals, the
+    resampling that of the clusters; weights of one are the plain mean."""
+    outcomes = _needles(20)
+    clusters = [i // 2 for i in range(20)]
+    full = [1.0 if i % 3 else 0.0 for i in range(20)]
+    share = cluster_bootstrap(outcomes, clusters, weights=full)
+    assert share.value == pytest.approx(sum(outcomes) / sum(full)) and share.low < share.value < share.high
+    assert cluster_bootstrap(outcomes, clusters, weights=[1.0] * 20) == cluster_bootstrap(outcomes, clusters)
+    with pytest.raises(ValueError, match="weights sum to 0"):
+        cluster_bootstrap(outcomes, clusters, weights=[0.0] * 20)
+
+
 def test_unequal_cluster_sizes_weight_items_not_clusters():
     est = cluster_bootstrap([1.0, 1.0, 1.0, 0.0], ["a", "a", "a", "b"])
     assert est.value == 0.75 and est.clusters == 2
