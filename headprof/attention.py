@@ -66,7 +66,7 @@ def grouped_logits(
     n_kv, total = key.shape[1], key.shape[2]
     if model_dtype_logits:
         grouped = query.reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
-        logits = (torch.matmul(grouped, key.transpose(-1, -2)) / (1.0 / scaling)).float()
+        logits = torch.matmul(grouped, key.transpose(-1, -2)).div_(1.0 / scaling).float()
     else:
         grouped = (query.float() * scaling).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, dim)
         logits = torch.matmul(grouped, key.float().transpose(-1, -2))
@@ -125,7 +125,7 @@ def attention_rows(
     """
     logits = grouped_logits(query, key, scaling, extras.softcap, model_dtype_logits=model_dtype_logits)
     seen = visible(mask, query.shape[2], key.shape[2], key.device)
-    return softmax_with_sinks(logits.masked_fill(~seen, float("-inf")), extras.sinks)
+    return softmax_with_sinks(logits.masked_fill_(seen.logical_not(), float("-inf")), extras.sinks)
 
 
 def exact_attention(

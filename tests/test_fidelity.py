@@ -353,6 +353,32 @@ def test_kvzip_score_is_the_authors():
     assert torch.equal(per_query_head.view(1, 2, 2, -1).amax(2), mine)
 
 
+def test_kvzip_pass_gives_the_attention_output_where_its_softmax_is_the_models():
+    """A pass whose chunk holds the whole context scores from the softmax the model's attention takes: the output
+    comes along (SDPA's to rounding; the layer then skips its own attention call), with the same scores. Not where
+    the softmax leaves keys out (a later chunk), nor in bf16 (its logits are rounded to it)."""
+    from headprof.attention import visible
+    from headprof.runtime.methods.kvzip import ReconstructionPass
+
+    generator = torch.Generator().manual_seed(3)
+    prefix, context, n = 3, 13, 7
+    q = torch.randn(1, 4, n, 16, generator=generator)
+    k, v = torch.randn(2, 1, 2, context + n, 16, generator=generator)
+    whole = ReconstructionPass(torch.zeros(1, n, dtype=torch.long), prefix, context, prefix)
+    for block in (64, 3):
+        scores, output = KVzip(KVzipOptions(block=block)).pass_attention(whole, q, k, v, 16**-0.5, 2)
+        assert torch.equal(scores, KVzip(KVzipOptions(block=block)).score_pass(whole, q, k, 16**-0.5, 2))
+        mask = visible(None, n, context + n, q.device)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask, scale=16**-0.5
+        )
+        torch.testing.assert_close(output, sdpa.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    later = ReconstructionPass(torch.zeros(1, n, dtype=torch.long), 5, 9, prefix)
+    assert KVzip().pass_attention(later, q, k, v, 16**-0.5, 2)[1] is None
+    low = [t.bfloat16() for t in (q, k, v)]
+    assert KVzip().pass_attention(whole, *low, 16**-0.5, 2)[1] is None
+
+
 def _selected(selections: list[Selection], total: int) -> torch.Tensor:
     """Keep-masks `[L, S, total]` of per-layer selections (batch of one)."""
     masks = []
@@ -415,9 +441,9 @@ def test_kvzip_on_the_model_keeps_what_the_authors_keep(loaded, tokenizer, dtype
     seen_lengths = []
 
     class Recording(KVzip):
-        def score_pass(self, extra, query, keys, scaling, n_stored):
+        def pass_attention(self, extra, query, keys, values, scaling, n_stored):
             seen_lengths.append(keys.shape[2] - query.shape[2])  # the cache is back to the prompt for every pass
-            return super().score_pass(extra, query, keys, scaling, n_stored)
+            return super().pass_attention(extra, query, keys, values, scaling, n_stored)
 
     method = Recording(KVzipOptions(chunk_size=size))
     mine, expected, _ = harness.kvzip_masks(model, tokenizer, ids, budget, method, SMOLLM2_PREFIX, CHATML_OPENER)

@@ -4,13 +4,17 @@ and the KV bytes of running each configuration alone (`headprof.runtime.sweep`).
 from __future__ import annotations
 
 import pytest
+import torch
+from transformers import DynamicCache
 
 from headprof import evaluation as E
 from headprof.artifacts import load_scores
 from headprof.models import LoadedModel, info_from_config
 from headprof.probes import build_probes, load_needles
 from headprof.runtime import BudgetSource, build_method, build_press
-from headprof.runtime.generation import generate_answer
+from headprof.runtime.cache import CompressedCache
+from headprof.runtime.generation import generate_answer, greedy
+from headprof.runtime.press import cache_bytes
 from headprof.runtime.sweep import sweep_answers
 
 from families import random_scores, tiny_model, token_ids
@@ -109,3 +113,38 @@ def test_methods_that_vote_alike_share_their_scores():
     assert build_method("adakv", floor=0.5).score_key == build_method("headkv", spill=True).score_key
     assert build_method("snapkv", votes=32).score_key != key["snapkv"]
     assert build_method("kvzip").score_key != build_method("kvzip", selection="uniform").score_key
+
+
+def test_the_full_cache_joins_the_batch_as_a_cache_that_keeps_every_entry(loaded, items):
+    """`CompressedCache.holding`: transformers' full cache as a compressed cache that keeps every entry (how the
+    full cache joins a sweep's batch): the same bytes, every position, and the same greedy tokens."""
+    ids = torch.tensor([items[0].prompt_ids])
+    full = DynamicCache(config=loaded.model.config)
+    with torch.no_grad():
+        first = loaded.model(input_ids=ids, cache=full, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+    press = build_press(loaded.model, "snapkv", BudgetSource(64, window=32))
+    held = CompressedCache.holding([layer.plan for layer in press.new_cache().layers], full)
+    assert cache_bytes(held)["kv_bytes"] == cache_bytes(full)["kv_bytes"]
+    assert all(torch.equal(p, torch.arange(ids.shape[1])) for p in held.kept_positions(5))
+    fed = torch.cat([ids, first[:, None]], dim=1)
+    with torch.no_grad(), press:
+        from_held = greedy(loaded, fed, held, 8)[0]
+    with torch.no_grad():
+        from_full = greedy(loaded, fed, full, 8)[0]
+    assert torch.equal(from_held, from_full)
+
+
+def test_items_of_different_lengths_decode_in_one_batch(loaded, tokenizer):
+    """Decoded together, the caches of several items (prompts of different lengths, left-padded as transformers
+    batches them) give the records of each configuration alone, in one batch or one batch per item."""
+    needles = load_needles(NEEDLES / "eval-needles-retrieval.jsonl")[:1]
+    probes = build_probes(needles, tokenizer, lengths=(200, 320), depths=(30,), tokenizer_name="smollm2-135m")
+    two = E.items_from_probes(tokenizer, probes)
+    assert len({len(item.prompt_ids) for item in two}) == 2
+    scores = load_scores(REFERENCE / "scores.safetensors")
+    methods = ("full", "snapkv", "headkv", "kvzip")
+    alone = E.evaluate(loaded, two, E.EvalConfig(methods, (64,), max_new_tokens=16, sweep=False), scores)
+    for decode_tokens in (8192, 1):  # both items in one batch; each item its own
+        config = E.EvalConfig(methods, (64,), max_new_tokens=16, decode_tokens=decode_tokens)
+        assert E.evaluate(loaded, two, config, scores) == alone
+    assert sum(r.exact for r in alone) >= 2, alone  # real answers

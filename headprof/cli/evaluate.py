@@ -108,8 +108,8 @@ DecodeAloneOpt = Annotated[
     typer.Option(
         "--decode-alone",
         help="Decode each method x budget's cache alone after the shared prefill: token for token a single run, "
-        "slower (default: an item's caches decoded as one batch; a greedy answer can differ from a run alone "
-        "at a rounding-level tie).",
+        "slower (default: the caches of several items decoded as one batch; a greedy answer can differ from a "
+        "run alone at a rounding-level tie).",
     ),
 ]
 BatchDecodeOpt = Annotated[

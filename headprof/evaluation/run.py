@@ -1,12 +1,13 @@
 """`evaluate`: every item under every method x budget, answers scored and cached per configuration and item.
 
-With `EvalConfig.sweep` an item's missing configurations share one prefill (`runtime.sweep`); otherwise each
-runs alone. Both give the same answers.
+With `EvalConfig.sweep` an item's missing configurations share one prefill (`runtime.sweep`), and decoded
+together (the default) the caches of several items decode as one batch (`EvalConfig.decode_tokens`); otherwise
+each runs alone. Both give the same answers (decoded together: up to rounding-level ties).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from headprof.models.loading import LoadedModel
 from headprof.runtime import METHODS, BudgetSource, Method, Press, build_method, build_press, default_method
 from headprof.runtime.generation import RunResult, generate_answer
 from headprof.runtime.methods import parse_options
-from headprof.runtime.sweep import sweep_answers
+from headprof.runtime.sweep import SweepPrompt, sweep_prompts
 from headprof.tasks.prompts import score_prediction
 
 # Part of every results-cache key: bump it when a change alters what a method keeps or answers,
@@ -47,6 +48,9 @@ class EvalConfig:
     # every column at uniform B's bytes: HeadKV's heads capped at the prompt hand their budget on (`spill`),
     # KVzip's question counts against its budget (`reserve`); False: each as its reference code spends
     equal_bytes: bool = True
+    # decoded together: items share one batch while their prompts add up to at most this many tokens (their caches
+    # are held until it decodes; at a few rows a decode step costs about the weights' reading, not the rows')
+    decode_tokens: int = 8192
 
     @property
     def together(self) -> bool:
@@ -83,6 +87,8 @@ class EvalConfig:
             raise HeadprofError(f"every budget must be larger than the window {self.window}: {list(self.budgets)}")
         if self.max_new_tokens < 1:
             raise HeadprofError("`max_new_tokens` must be at least 1")
+        if self.decode_tokens < 1:
+            raise HeadprofError("`decode_tokens` must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -142,15 +148,9 @@ def evaluate(
     def key(c: int, item: EvalItem) -> str:
         column, compressor = columns[c], config.method(columns[c].method, question(c, item))
         batched = ("batch-decode",) if config.together else ()  # its answers may differ: cached apart
-        art = column.allocation
-        allocation = (
-            (content_key(art.budgets.tolist(), art.meta.get("window"), art.gqa, art.meta.get("votes", 0)),)
-            if art is not None
-            else ()
-        )
         return content_key(
             *batched,
-            *allocation,
+            *_allocation_key(column.allocation),
             RESULTS_REVISION,
             loaded.info.fingerprint,
             column.label,
@@ -163,28 +163,71 @@ def evaluate(
             item.key,
         )
 
-    for item in items:
-        missing = [c for c in range(len(columns)) if key(c, item) not in cache.rows]
-        if on_result:
-            for c in range(len(columns)):
-                if c not in missing:
-                    on_result(EvalRecord(**cache.rows[key(c, item)]))
-        if not missing:
-            continue
-        limit = item.max_new_tokens or config.max_new_tokens
+    def answer(group: Group) -> None:
+        limit = group[0][0].max_new_tokens or config.max_new_tokens
         if config.sweep:
-            chosen = [press(c, item) for c in missing]
-            answers = sweep_answers(loaded, chosen, item.prompt_ids, item.context_tokens, limit, config.together)
-        else:
-            answers = [
-                generate_answer(loaded, press(c, item), item.prompt_ids, item.context_tokens, limit) for c in missing
+            prompts = [
+                SweepPrompt([press(c, it) for c in todo], it.prompt_ids, it.context_tokens) for it, todo in group
             ]
-        for c, result in zip(missing, answers):
-            record = _record(columns[c].label, columns[c].budget, item, result)
-            cache.add(key(c, item), record)
-            if on_result:
-                on_result(record)
+            answers = sweep_prompts(loaded, prompts, limit, config.together)
+        else:
+            it, todo = group[0]
+            answers = [[generate_answer(loaded, press(c, it), it.prompt_ids, it.context_tokens, limit) for c in todo]]
+        for (it, todo), results in zip(group, answers):
+            for c, result in zip(todo, results):
+                record = _record(columns[c].label, columns[c].budget, it, result)
+                cache.add(key(c, it), record)
+                if on_result:
+                    on_result(record)
+
+    def missing(item: EvalItem) -> list[int]:  # the columns still to answer (the cached ones reported now)
+        todo = [c for c in range(len(columns)) if key(c, item) not in cache.rows]
+        for c in range(len(columns)):
+            if on_result and c not in todo:
+                on_result(EvalRecord(**cache.rows[key(c, item)]))
+        return todo
+
+    for group in _batches(items, missing, config):
+        answer(group)
     return [EvalRecord(**cache.rows[key(c, item)]) for c in range(len(columns)) for item in items]
+
+
+def _allocation_key(art: AllocArtifact | None) -> tuple[str, ...]:
+    """What of an allocation column's artifact its results depend on (nothing for a method's own column)."""
+    if art is None:
+        return ()
+    return (content_key(art.budgets.tolist(), art.meta.get("window"), art.gqa, art.meta.get("votes", 0)),)
+
+
+Group = list[tuple[EvalItem, list[int]]]  # items answered together, each with its missing columns
+
+
+def _batches(
+    items: Sequence[EvalItem], missing: Callable[[EvalItem], list[int]], config: EvalConfig
+) -> Iterator[Group]:
+    """The items with missing columns, in order, grouped as they are decoded together (`_joins`)."""
+    group: Group = []
+    for item in items:
+        todo = missing(item)
+        if not todo:
+            continue
+        if group and not _joins(group, item, config):
+            yield group
+            group = []
+        group.append((item, todo))
+    if group:
+        yield group
+
+
+def _joins(group: Group, item: EvalItem, config: EvalConfig) -> bool:
+    """Whether `item` is decoded in one batch with `group`: items decoded together, with the same answer length,
+    while their prompts add up to at most `config.decode_tokens`."""
+    limit = item.max_new_tokens or config.max_new_tokens
+    first = group[0][0]
+    tokens = sum(len(it.prompt_ids) for it, _ in group) + len(item.prompt_ids)
+    return (
+        config.together and (first.max_new_tokens or config.max_new_tokens) == limit and tokens <= config.decode_tokens
+    )
 
 
 def _record(method: str, budget: int | None, item: EvalItem, result: RunResult) -> EvalRecord:

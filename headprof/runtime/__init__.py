@@ -21,7 +21,7 @@ _EXPORTS = {
     "Method": "headprof.runtime.methods.base",
     "Press": "headprof.runtime.press",
     "build_press": "headprof.runtime.press",
-    "cache_bytes": "headprof.runtime.press",
+    "cache_bytes": "headprof.runtime.cache",
     "compressed": "headprof.runtime.press",
 }
 

@@ -82,12 +82,16 @@ class CompressedLayer(KeptEntries):
             if self.plan.method.evicts:
                 self.plan.method.evict(self, query, scaling)
             return output
-        output = model_attention(module, query, self.keys, self.values, None, scaling, extras)
+        observed = None
         if self.observer is not None:
-            self.observer(self.index, query, self.keys, scaling)
+            observed = self.observer(self.index, query, self.keys, self.values, scaling)
         elif not self.deferred:
+            output = model_attention(module, query, self.keys, self.values, None, scaling, extras)
             self.compress(query, scaling)
-        return output
+            return output
+        if observed is None or not extras.plain:  # soft-capping or sinks: the observer's softmax is not the model's
+            observed = model_attention(module, query, self.keys, self.values, None, scaling, extras)
+        return observed
 
     def row_budgets(self, batch: int) -> torch.Tensor:
         """Budget of every stored row `[B * S]`, on the cache's device (copied there once, not every step)."""
@@ -274,6 +278,20 @@ class CompressedCache(Cache):
         return stacked
 
     @classmethod
+    def holding(cls, plans: list[LayerPlan], full: Cache) -> CompressedCache:
+        """Every entry of a full cache of one prompt (transformers' `DynamicCache`, no sliding-window layers) as a
+        compressed cache with these plans' layout (non-evicting ones): the full cache as a row of a batch of
+        compressed caches of the same prompt, which a sweep decodes together. Attention reads the same entries."""
+        cache = cls(plans)
+        for layer, source in zip(cache.layers, full.layers):
+            batch, _, total, _ = source.keys.shape
+            layer.adopt(source, total)
+            rows, device = batch * layer.n_stored, source.keys.device
+            offsets = torch.arange(rows + 1, device=device) * total
+            layer.compress(None, 1.0, selection=Selection(torch.arange(total, device=device).repeat(rows), offsets))
+        return cache
+
+    @classmethod
     def stack_prompts(cls, caches: list[CompressedCache], length: int) -> CompressedCache:
         """One cache whose batch element i is `caches[i]`: compressed caches of different prompts (one element
         each, the same budgets and layout), as the rows of a left-padded batch `length` tokens long decode them.
@@ -335,6 +353,22 @@ class CompressedCache(Cache):
             if isinstance(target, CompressedLayer):  # tokens appended later go to each one's own copy
                 source._shared = target._shared = True
         return twin
+
+
+def cache_bytes(cache: Cache) -> dict[str, int]:
+    """Stored KV bytes of any cache (ours, or transformers' DynamicCache for the full baseline)."""
+    if isinstance(cache, CompressedCache):
+        return cache.kv_bytes()
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
+    allocated = sum(t.untyped_storage().nbytes() for t in tensors)
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    return {
+        "kv_bytes": allocated,
+        "kv_bytes_needed": needed,
+        "padding_bytes": allocated - needed,
+        "index_bytes": 0,
+        "reserved_bytes": 0,
+    }
 
 
 def _headprof_attention(

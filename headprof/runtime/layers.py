@@ -15,8 +15,9 @@ from transformers.cache_utils import CacheLayerMixin
 from headprof.errors import HeadprofError
 from headprof.runtime.methods.base import Method
 
-# Receives (layer index, query, dense keys, scaling) of an extra pass's attention, instead of compressing.
-Observer = Callable[[int, torch.Tensor, torch.Tensor, float], None]
+# Receives (layer index, query, dense keys, dense values, scaling) of an extra pass's attention, instead of
+# compressing; returns the attention output `[B, n, Hq, d]` where it computed it on the way, else None.
+Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor | None]
 
 
 @dataclass
@@ -82,7 +83,7 @@ class BaseLayer(CacheLayerMixin):
     def adopt(self, source: BaseLayer, length: int) -> None:
         """Hold the first `length` tokens of `source`'s dense prompt (views, not copies; `source` is left as it
         is), deferred: the layer is then compressed by `CompressedCache.compress_all`."""
-        self.device, self.dtype, self.n_kv = source.device, source.dtype, source.keys.shape[1]
+        self.device, self.dtype, self.n_kv = source.keys.device, source.keys.dtype, source.keys.shape[1]
         self.keys, self.values = source.keys[:, :, :length], source.values[:, :, :length]
         self.seen, self.deferred, self.is_initialized = length, True, True
 

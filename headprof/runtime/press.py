@@ -5,7 +5,8 @@ without a cache (or with an empty one) gets a fresh `CompressedCache`: the promp
 exactly and compressed once at its end; decoding appends. A method with extra passes (KVzip's chunked
 reconstruction) keeps the prompt dense; the press runs each pass on the same cache (cut back to the prompt
 after each, so every pass starts at the prompt's length) with each layer handing its attention inputs to
-the method's `score_pass`, then the method selects across all layers. This goes through public hooks only
+the method's `pass_attention` (its scores, and the pass's attention output where it computed it on the way),
+then the method selects across all layers. This goes through public hooks only
 (AttentionInterface, the Cache API, `nn.Module` forward pre/post hooks); no modeling file is
 patched. Works through `generate` (greedy, sampling; a left-padded batch of different prompts: each prompt
 prefilled and compressed alone, then all decoded together) and through a manual forward loop.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache
 
 from headprof.errors import HeadprofError
@@ -29,7 +31,7 @@ from headprof.models.fingerprint import weights_fingerprint
 from headprof.models.registry import model_name, switch_attention
 from headprof.models.spec import ModelInfo, check_supported, info_from_config
 from headprof.runtime.budgets import BudgetSource, with_votes
-from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan
+from headprof.runtime.cache import ATTENTION_IMPL, CompressedCache, LayerPlan, cache_bytes
 from headprof.runtime.methods import build_method
 from headprof.runtime.methods.base import ExtraPass, Method
 from headprof.runtime.plan import BudgetPlan
@@ -310,10 +312,13 @@ class Press:
         }  # positions no pass scores stay +inf: always kept; sliding-window layers are not budgeted
         current: list[ExtraPass] = []
 
-        def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
+        def observe(index: int, query: Tensor, keys: Tensor, values: Tensor, scaling: float) -> Tensor | None:
             extra = current[0]
-            n_stored = cache.layers[index].n_stored
-            scores[index][..., extra.start : extra.end] = self.method.score_pass(extra, query, keys, scaling, n_stored)
+            scored, output = self.method.pass_attention(
+                extra, query, keys, values, scaling, cache.layers[index].n_stored
+            )
+            scores[index][..., extra.start : extra.end] = scored
+            return output
 
         cache.observe(observe)
         self._in_extra_pass = True
@@ -382,19 +387,3 @@ def compressed(
     source = BudgetSource(budget, **{key: value for key, value in settings.items() if key in fields})
     options = {key: value for key, value in settings.items() if key not in fields}
     return build_press(model, method, source, options=options, tokenizer=tokenizer, info=info)
-
-
-def cache_bytes(cache: Cache) -> dict[str, int]:
-    """Stored KV bytes of any cache (ours, or transformers' DynamicCache for the full baseline)."""
-    if isinstance(cache, CompressedCache):
-        return cache.kv_bytes()
-    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
-    allocated = sum(t.untyped_storage().nbytes() for t in tensors)
-    needed = sum(t.numel() * t.element_size() for t in tensors)
-    return {
-        "kv_bytes": allocated,
-        "kv_bytes_needed": needed,
-        "padding_bytes": allocated - needed,
-        "index_bytes": 0,
-        "reserved_bytes": 0,
-    }

@@ -6,8 +6,8 @@ from (window votes, accumulated attention) are the same for every method and bud
 keeps the dense cache (`CompressedCache.defer`) and hands each layer's queries to every method's `score`
 (`CompressedCache.observe`) therefore gives all of them. Each configuration's cache is then compressed
 from that dense prompt (`CompressedCache.adopt` + `compress_all`: the selection code of a single run),
-and decoded from the shared first token (alone, or in one batch: below); the full cache is transformers' `DynamicCache`
-filled with the same dense K/V. The answers are those of running each configuration alone
+and decoded from the shared first token (alone, or in one batch: below); the full cache is transformers'
+`DynamicCache` filled with the same dense K/V. The answers are those of running each configuration alone
 (`tests/test_sweep.py` checks it token for token).
 
 A query-agnostic method (KVzip) compresses the context alone; its reconstruction passes run once for all
@@ -22,23 +22,32 @@ context's K/V equal only up to float rounding (the products run in other shapes)
 - the compressed caches of one prompt are decoded as one batch (`CompressedCache.stack`): KVzip's caches get their
   question together (one batch), then the question becomes kept entries (`CompressedCache.fold_recent`), so they
   hold the whole prompt, as the query-aware caches do, and join the same batch, each row from its own first token;
+- `sweep_prompts` decodes the caches of several prompts as that one batch, rows of different prompts left-padded
+  as transformers batches prompts of different lengths (`CompressedCache.stack_prompts`: no padding inside kept
+  entries, each row's positions from the batch's mask). At a few dozen rows a decode step costs about what one
+  row's does (the weights are read once a step), so this is where most of the time goes away.
 A batch of several rows runs the model's matrix products in other shapes than a single row does, so its floats
 differ in the last bits from a run alone, and a greedy answer can differ where two tokens tie within that
 rounding (`benchmarks/sweep.py` counts them; none on the embedded model's probes, `tests/test_sweep.py`). The
-full cache (transformers' `DynamicCache`) and a method that evicts while decoding (H2O's `decode="evict"`) decode
-alone. `decode_together=False` decodes each alone, token for token a single run.
+full cache joins the batch as a cache that keeps every entry (`CompressedCache.holding`: the same entries and
+bytes; not on a model with sliding-window layers, where it stays transformers' `DynamicCache`, decoded alone). A
+method that evicts while decoding (H2O's `decode="evict"`) decodes alone. `decode_together=False` decodes each
+alone, token for token a single run.
 
 Memory bound: one prompt's dense K/V (KVzip decoded alone: its context's too) and KVzip's passes on top of its
-context, each method's `[S, T]` scores per layer, and the compressed caches: one at a time decoded alone, all of
-an item's at once decoded together.
+context, each method's `[S, T]` scores per layer, and the compressed caches: one at a time decoded alone; decoded
+together, all caches of the prompts in the batch (the full cache's dense K/V among them: `evaluate` bounds the
+prompts' tokens per batch, `EvalConfig.decode_tokens`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from headprof.models.loading import LoadedModel
@@ -66,10 +75,45 @@ def sweep_answers(
     `generate_answer` under each press alone; `prefill_s` is the shared prefill's time. `decode_together`: decode
     the compressed caches as one batch, and take KVzip's context from the shared prefill (see the module's
     docstring)."""
-    check_length(loaded, len(prompt_ids), max_new_tokens)
-    ids = torch.tensor([prompt_ids], device=loaded.device)
+    return sweep_prompts(loaded, [SweepPrompt(presses, prompt_ids, context_tokens)], max_new_tokens, decode_together)[0]
+
+
+class SweepPrompt(NamedTuple):
+    """One prompt of a sweep: its presses (one per method x budget), its tokens, and how many are the context."""
+
+    presses: Sequence[Press]
+    prompt_ids: list[int]
+    context_tokens: int
+
+
+@torch.no_grad()
+def sweep_prompts(
+    loaded: LoadedModel, prompts: Sequence[SweepPrompt], max_new_tokens: int, decode_together: bool = True
+) -> list[list[RunResult]]:
+    """`sweep_answers` of several prompts: with `decode_together` the caches of all of them are decoded as one
+    batch (rows of different prompts left-padded, as transformers batches prompts of different lengths:
+    `CompressedCache.stack_prompts`), which costs little more than one prompt's batch where a step's cost is the
+    weights' (a CPU's matrix products at a few rows, a GPU's decode)."""
+    prepared: list[list[Prepared]] = []
+    for prompt in prompts:
+        check_length(loaded, len(prompt.prompt_ids), max_new_tokens)
+        prepared.append(_prepare(loaded, prompt, decode_together))
+    ids = [torch.tensor([prompt.prompt_ids], device=loaded.device) for prompt in prompts]
+    if decode_together:
+        results = _decode_together(loaded, prepared, ids, max_new_tokens)
+    else:
+        results = [
+            {e[0]: _decode_alone(loaded, e, row, max_new_tokens) for e in ready} for ready, row in zip(prepared, ids)
+        ]
+    return [[found[i] for i in range(len(prompt.presses))] for found, prompt in zip(results, prompts)]
+
+
+def _prepare(loaded: LoadedModel, prompt: SweepPrompt, decode_together: bool) -> list[Prepared]:
+    """Every press's cache of one prompt, ready to decode (the full cache with no compressing press beside it
+    is left to run as a single run)."""
+    presses, ids = prompt.presses, torch.tensor([prompt.prompt_ids], device=loaded.device)
     if not any(p.method.compresses for p in presses):  # only the full cache: nothing to share
-        return [generate_answer(loaded, p, prompt_ids, 0, max_new_tokens) for p in presses]
+        return [(i, p, None, None, None) for i, p in enumerate(presses)]
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
     prepared: list[Prepared] = []
     dense = None
@@ -80,13 +124,8 @@ def sweep_answers(
         prepared += [(i, p, None, None, None) for i, p in aware]  # the full cache alone
     shared = dense if decode_together else None
     for group in _groups([(i, p) for i, p in enumerate(presses) if p.method.query_agnostic]):
-        prepared += _query_agnostic(loaded, group, ids, context_tokens, shared)
-    del dense, shared  # freed while decoding (the full cache holds its own views of the K/V)
-    if decode_together:
-        results = _decode_together(loaded, prepared, ids, max_new_tokens)
-    else:
-        results = {entry[0]: _decode_alone(loaded, entry, ids, max_new_tokens) for entry in prepared}
-    return [results[i] for i in range(len(presses))]
+        prepared += _query_agnostic(loaded, group, ids, prompt.context_tokens, shared)
+    return prepared  # the dense prompt is freed here (the full cache holds its own views of the K/V)
 
 
 def _groups(indexed: list[tuple[int, Press]]) -> list[list[tuple[int, Press]]]:
@@ -108,7 +147,7 @@ def _query_aware(
     scorers = {group[0][1].scoring: group[0][1] for group in _groups(compressing)}
     scores: dict[object, dict[int, torch.Tensor]] = {key: {} for key in scorers}
 
-    def observe(index: int, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
+    def observe(index: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> None:
         for key, press in scorers.items():
             scores[key][index] = press.score_prompt(query, keys, scaling)
 
@@ -170,33 +209,68 @@ def _decode_alone(loaded: LoadedModel, entry: Prepared, ids: torch.Tensor, max_n
 
 
 def _decode_together(
-    loaded: LoadedModel, prepared: list[Prepared], ids: torch.Tensor, max_new_tokens: int
-) -> dict[int, RunResult]:
-    """Every compressed cache of one layout decoded as one batch from its own first token: a query-agnostic
-    method's caches first get their question (together, `_question_fed`), folded into their kept entries
-    (`CompressedCache.fold_recent`), so that all hold the whole prompt. The full cache and a method that evicts
-    while decoding run alone."""
-    results = {e[0]: _decode_alone(loaded, e, ids, max_new_tokens) for e in prepared if not _stackable(e)}
-    parts: list[Part] = [([e], e[2], e[4]) for e in prepared if _stackable(e) and e[4] is not None]
-    for batch in _by_layout([([e], e[2], None) for e in prepared if _stackable(e) and e[4] is None]):
-        parts.append(_question_fed(loaded, [part[0][0] for part in batch], ids))
+    loaded: LoadedModel, prepared: list[list[Prepared]], ids: list[torch.Tensor], max_new_tokens: int
+) -> list[dict[int, RunResult]]:
+    """Every compressed cache of one layout, of every prompt, decoded as one batch from its own first token: a
+    query-agnostic method's caches first get their question (together, per prompt: `_question_fed`), folded into
+    their kept entries (`CompressedCache.fold_recent`), so that all hold their whole prompt; the full cache joins
+    them (`_full_rows`). A method that evicts while decoding runs alone."""
+    results: list[dict[int, RunResult]] = []
+    parts: list[Part] = []
+    for prompt, (ready, row_ids) in enumerate(zip(prepared, ids)):
+        rows = [e for e in ready if _stackable(e)]
+        rows += _full_rows(loaded, ready, rows)
+        joined = {e[0] for e in rows}
+        results.append({e[0]: _decode_alone(loaded, e, row_ids, max_new_tokens) for e in ready if e[0] not in joined})
+        parts += [Part(prompt, [e], e[2], e[4]) for e in rows if e[4] is not None]
+        for batch in _by_layout([Part(prompt, [e], e[2], None) for e in rows if e[4] is None]):
+            parts.append(_question_fed(loaded, prompt, [part.entries[0] for part in batch], row_ids))
     stop = _stop_ids(loaded)
     for batch in _by_layout(parts):
-        entries = [entry for part in batch for entry in part[0]]
-        firsts = torch.cat([part[2] for part in batch])
-        rows, decode_s = [firsts.new_empty(0)] * len(entries), 0.0
-        if max_new_tokens > 1 and any(int(token) not in stop for token in firsts):
-            stacked = CompressedCache.stack([part[1] for part in batch])
-            with entries[0][1]:
-                fed = torch.cat([ids.expand(len(entries), -1), firsts[:, None]], dim=1)
-                rows, _, decode_s = greedy(loaded, fed, stacked, max_new_tokens - 1)
-        for entry, first, row in zip(entries, firsts, rows):
-            new = _until_stop(loaded, torch.cat([first[None], row]))
-            results[entry[0]] = _batch_result(loaded, entry, ids, new, decode_s)
+        going = [
+            n for n, part in enumerate(batch) if max_new_tokens > 1 and any(int(t) not in stop for t in part.firsts)
+        ]
+        decoded, decode_s = (
+            _decode_batch(loaded, [batch[n] for n in going], ids, max_new_tokens) if going else ([], 0.0)
+        )
+        rows = iter(decoded)
+        for n, part in enumerate(batch):
+            for entry, first in zip(part.entries, part.firsts):
+                row = next(rows) if n in going else first.new_empty(0)
+                new = _until_stop(loaded, torch.cat([first[None], row]))
+                results[part.prompt][entry[0]] = _batch_result(loaded, entry, ids[part.prompt], new, decode_s)
     return results
 
 
-Part = tuple[list[Prepared], CompressedCache, torch.Tensor | None]  # rows of a batch: entries, their cache, firsts
+def _decode_batch(
+    loaded: LoadedModel, batch: list[Part], ids: list[torch.Tensor], max_new_tokens: int
+) -> tuple[list[torch.Tensor], float]:
+    """The tokens after each row's first, its rows decoded as one batch, left-padded as transformers pads prompts
+    of different lengths (`CompressedCache.stack_prompts`), and the seconds it took."""
+    width = max(ids[part.prompt].shape[1] for part in batch)
+    prompts = [ids[part.prompt][0] for part in batch for _ in part.entries]
+    firsts = torch.cat([part.firsts for part in batch])
+    fed = [
+        nn.functional.pad(torch.cat([row, first[None]]), (width - row.numel(), 0))
+        for row, first in zip(prompts, firsts)
+    ]
+    mask = [
+        nn.functional.pad(torch.ones_like(row[:1]).expand(row.numel() + 1), (width - row.numel(), 0)) for row in prompts
+    ]
+    stacked = CompressedCache.stack_prompts([part.cache for part in batch], width)
+    with batch[0].entries[0][1]:
+        rows, _, decode_s = greedy(loaded, torch.stack(fed), stacked, max_new_tokens - 1, torch.stack(mask))
+    return list(rows), decode_s
+
+
+class Part(NamedTuple):
+    """Rows of a decode batch from one prompt: their prepared entries, one cache holding them, their first
+    tokens (None: a query-agnostic cache whose question is still to be fed)."""
+
+    prompt: int
+    entries: list[Prepared]
+    cache: CompressedCache
+    firsts: torch.Tensor | None
 
 
 def _stackable(entry: Prepared) -> bool:
@@ -204,23 +278,38 @@ def _stackable(entry: Prepared) -> bool:
     return isinstance(entry[2], CompressedCache) and not entry[1].method.evicts
 
 
+def _full_rows(loaded: LoadedModel, prepared: list[Prepared], rows: list[Prepared]) -> list[Prepared]:
+    """The full cache as a row of the compressed caches' batch (`CompressedCache.holding`), in the layout of a
+    batch row that stores one row per KV head (as transformers' cache does: the same bytes); none where the batch
+    has no such row, or the model has sliding-window layers (the full cache keeps transformers' windows)."""
+    like = next((e[2] for e in rows if all(layer.n_stored == layer.n_kv for layer in e[2].budgeted)), None)
+    if like is None or loaded.info.window_layers:
+        return []
+    plans = [layer.plan for layer in like.layers]
+    return [
+        (i, press, CompressedCache.holding(plans, cache), stats, first)
+        for i, press, cache, stats, first in prepared
+        if not press.method.compresses and cache is not None
+    ]
+
+
 def _by_layout(parts: list[Part]) -> list[list[Part]]:
     """Parts grouped by their cache's layout (stored rows per layer), in first-seen order."""
     groups: dict[int, list[Part]] = {}
     for part in parts:
-        cache = part[1]
+        cache = part.cache
         groups.setdefault(cache.budgeted[0].n_stored if cache.budgeted else 0, []).append(part)
     return list(groups.values())
 
 
-def _question_fed(loaded: LoadedModel, batch: list[Prepared], ids: torch.Tensor) -> Part:
+def _question_fed(loaded: LoadedModel, prompt: int, batch: list[Prepared], ids: torch.Tensor) -> Part:
     """Compressed contexts of one layout with the question fed on top as one batch: their cache, the question
     folded into its kept entries, and each one's first answer token."""
     stacked = CompressedCache.stack([entry[2] for entry in batch])
     with batch[0][1]:
         first, stacked, _ = greedy(loaded, ids.expand(len(batch), -1), stacked, 1)
     stacked.fold_recent()
-    return batch, stacked, first[:, 0]
+    return Part(prompt, batch, stacked, first[:, 0])
 
 
 def _batch_result(
@@ -230,7 +319,8 @@ def _batch_result(
     it (all but the last), as in a single run."""
     _, _, cache, stats, _ = entry
     fed = ids.shape[1] - cache.get_seq_length() + new.numel() - 1
-    sizes = {"kv_bytes": cache.kv_bytes_after(fed), "padding_bytes": 0, "index_bytes": cache.kv_bytes()["index_bytes"]}
+    index = cache.kv_bytes()["index_bytes"] if entry[1].method.compresses else 0  # the full cache has no index
+    sizes = {"kv_bytes": cache.kv_bytes_after(fed), "padding_bytes": 0, "index_bytes": index}
     return run_result(loaded, stats, ids.shape[1], new, sizes, cache.get_seq_length() + fed, decode_s)
 
 

@@ -133,6 +133,20 @@ class Method:
         `keys` `[B, Hkv, N + n, d]` (the prompt's, then the pass's own)."""
         raise NotImplementedError(f"{self.name} has no extra pass")
 
+    def pass_attention(
+        self,
+        extra: ExtraPass,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scaling: float,
+        n_stored: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`score_pass`'s scores and, where the method computed the pass's attention output on the way
+        (`[B, n, Hq, d]`: the softmax it scores from is the model's own), that output, so that the layer does
+        not compute the attention a second time. Default: no output."""
+        return self.score_pass(extra, query, keys, scaling, n_stored), None
+
     def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:
         """Update a compressed layer (a `cache.CompressedLayer`; typed loosely so that the method interface does
         not import the cache built on it) in place after its attention, only called when `evicts` is True: the one

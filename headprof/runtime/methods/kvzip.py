@@ -175,16 +175,37 @@ class KVzip(Method):
     ) -> torch.Tensor:
         """Max attention of the pass's queries on each position of its chunk, the softmax over the prefix, the
         chunk and the pass's tokens only; cast to the model dtype (the authors' scores are in it)."""
+        return self.pass_attention(extra, query, keys, None, scaling, n_stored)[0]
+
+    def pass_attention(
+        self,
+        extra: ExtraPass,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor | None,
+        scaling: float,
+        n_stored: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`score_pass`'s scores, and the pass's attention output from the same softmax where that softmax is the
+        model's attention: float32 (the logits are then SDPA's up to rounding), the model's scale, and one chunk
+        holding the whole context (the softmax covers every key the queries see). Otherwise no output."""
         if not isinstance(extra, ReconstructionPass):
             raise HeadprofError(f"kvzip scores its own reconstruction passes, not a {type(extra).__name__}")
         n_queries, block = query.shape[2], self.options.block
+        model_scale = scaling
         scaling = logit_scale(self.options.scale, scaling, query.shape[-1])
         span = extra.end - extra.start
         sub = torch.cat(
             [keys[:, :, : extra.prefix], keys[:, :, extra.start : extra.end], keys[:, :, -n_queries:]], dim=2
         )
         context = extra.prefix + span
-        best = None
+        attending = (
+            values is not None
+            and query.dtype == torch.float32
+            and scaling == model_scale
+            and sub.shape[2] == keys.shape[2]
+        )
+        best, outputs = None, []
         for start in range(0, n_queries, block):
             stop = min(start + block, n_queries)
             logits = grouped_logits(
@@ -196,9 +217,15 @@ class KVzip(Method):
                 <= torch.arange(start, stop, device=query.device)[:, None]
             )
             logits[..., context:].masked_fill_(~causal, float("-inf"))
-            top = logits.softmax(dim=-1)[..., extra.prefix : context].amax(dim=2)
+            probs = logits.softmax(dim=-1)
+            top = probs[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
-        return reduce_groups(best.to(keys.dtype), n_stored, "max")
+            if attending:
+                batch, n_heads, rows, seen = probs.shape
+                grouped = probs.view(batch, values.shape[1], -1, seen)  # [B, Hkv, G * rows, seen]
+                outputs.append(torch.matmul(grouped, values[:, :, :seen]).view(batch, n_heads, rows, -1))
+        output = torch.cat(outputs, dim=2).transpose(1, 2) if attending else None
+        return reduce_groups(best.to(keys.dtype), n_stored, "max"), output
 
     def select_layers(self, scores: list[torch.Tensor], budgets: torch.Tensor, window: int) -> list[Selection]:
         """Keep the unscored prefix, optionally the last w positions, and the best context entries: of
