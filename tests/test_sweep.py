@@ -15,7 +15,7 @@ from headprof.runtime import BudgetSource, build_method, build_press
 from headprof.runtime.cache import CompressedCache
 from headprof.runtime.generation import generate_answer, greedy
 from headprof.runtime.press import cache_bytes
-from headprof.runtime.sweep import sweep_answers
+from headprof.runtime.sweep import SweepPrompt, sweep_answers, sweep_prompts
 
 from families import random_scores, tiny_model, token_ids
 from helpers import NEEDLES, REFERENCE
@@ -103,6 +103,14 @@ def test_sweep_on_sliding_window_soft_capped_and_sink_families(name, tokenizer):
     assert [r.kv_bytes for r in together] == [r.kv_bytes for r in alone]
     assert [r.kv_bytes_full for r in together] == [r.kv_bytes_full for r in alone]
     assert sum(a.answer == t.answer for a, t in zip(alone, together)) >= 0.8 * len(alone)
+    # with a shorter prompt in the same batch (its rows left-padded, the windows too): the same bytes and answers
+    shorter = token_ids(40, seed=2)[0].tolist()
+    both = sweep_prompts(loaded, [SweepPrompt(presses, ids, 36), SweepPrompt(presses, shorter, 30)], 5)
+    assert [r.kv_bytes for r in both[0]] == [r.kv_bytes for r in alone]
+    short_alone = [generate_answer(loaded, p, shorter, 30, 5) for p in presses]
+    assert [r.kv_bytes for r in both[1]] == [r.kv_bytes for r in short_alone]
+    pairs = list(zip(alone + short_alone, both[0] + both[1]))
+    assert sum(a.answer == t.answer for a, t in pairs) >= 0.8 * len(pairs)
 
 
 def test_methods_that_vote_alike_share_their_scores():
