@@ -73,6 +73,14 @@ def grouped_logits(
     return capped(logits.view(batch, n_heads, n_rows, total), softcap)
 
 
+def grouped_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention output `[B, Hq, n, dv]` of softmax rows `[B, Hq, n, T]` over values `[B, Hkv, T, dv]` (each KV
+    head's values read by the query heads of its group, not repeated)."""
+    batch, n_heads, n_rows, total = probs.shape
+    grouped = probs.reshape(batch, values.shape[1], -1, total)
+    return torch.matmul(grouped, values).view(batch, n_heads, n_rows, -1)
+
+
 def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """Gemma 2's soft-capping, applied after scaling and before the mask (as its eager attention does)."""
     return logits if softcap is None else torch.tanh(logits / softcap) * softcap
@@ -142,9 +150,7 @@ def exact_attention(
 
     For the calls SDPA can't compute (soft-capping, sinks); peak extra memory `[B, Hq, block, T]`.
     """
-    batch, n_heads, n_rows, _ = query.shape
-    n_kv, total = key.shape[1], key.shape[2]
-    group = n_heads // n_kv
+    n_rows, total = query.shape[2], key.shape[2]
     seen = visible(mask, n_rows, total, key.device)
     values = value.float()
     out = []
@@ -152,6 +158,5 @@ def exact_attention(
         stop = min(start + block, n_rows)
         logits = grouped_logits(query[:, :, start:stop], key, scaling, extras.softcap)
         probs = softmax_with_sinks(logits.masked_fill(~seen[..., start:stop, :], float("-inf")), extras.sinks)
-        grouped = probs.reshape(batch, n_kv, group * (stop - start), total)
-        out.append(torch.matmul(grouped, values).view(batch, n_heads, stop - start, -1))
+        out.append(grouped_values(probs, values))
     return torch.cat(out, dim=2).transpose(1, 2).to(query.dtype)

@@ -159,12 +159,12 @@ def evaluate(
             config.window,
             asdict(compressor.options),
             scores_id if compressor.needs_scores else "",
-            item.max_new_tokens or config.max_new_tokens,
+            _limit(item, config),
             item.key,
         )
 
     def answer(group: Group) -> None:
-        limit = group[0][0].max_new_tokens or config.max_new_tokens
+        limit = _limit(group[0][0], config)
         if config.sweep:
             prompts = [
                 SweepPrompt([press(c, it) for c in todo], it.prompt_ids, it.context_tokens) for it, todo in group
@@ -222,12 +222,13 @@ def _batches(
 def _joins(group: Group, item: EvalItem, config: EvalConfig) -> bool:
     """Whether `item` is decoded in one batch with `group`: items decoded together, with the same answer length,
     while their prompts add up to at most `config.decode_tokens`."""
-    limit = item.max_new_tokens or config.max_new_tokens
-    first = group[0][0]
     tokens = sum(len(it.prompt_ids) for it, _ in group) + len(item.prompt_ids)
-    return (
-        config.together and (first.max_new_tokens or config.max_new_tokens) == limit and tokens <= config.decode_tokens
-    )
+    return config.together and _limit(group[0][0], config) == _limit(item, config) and tokens <= config.decode_tokens
+
+
+def _limit(item: EvalItem, config: EvalConfig) -> int:
+    """The answer length of an item: its own (a task's), or the run's."""
+    return item.max_new_tokens or config.max_new_tokens
 
 
 def _record(method: str, budget: int | None, item: EvalItem, result: RunResult) -> EvalRecord:

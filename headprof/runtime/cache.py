@@ -83,14 +83,12 @@ class CompressedLayer(KeptEntries):
                 self.plan.method.evict(self, query, scaling)
             return output
         observed = None
-        if self.observer is not None:
-            observed = self.observer(self.index, query, self.keys, self.values, scaling)
-        elif not self.deferred:
-            output = model_attention(module, query, self.keys, self.values, None, scaling, extras)
-            self.compress(query, scaling)
-            return output
-        if observed is None or not extras.plain:  # soft-capping or sinks: the observer's softmax is not the model's
+        if self.observer is not None:  # values only where a softmax can be the model's attention (no cap, no sinks)
+            observed = self.observer(self.index, query, self.keys, self.values if extras.plain else None, scaling)
+        if observed is None:
             observed = model_attention(module, query, self.keys, self.values, None, scaling, extras)
+        if self.observer is None and not self.deferred:
+            self.compress(query, scaling)
         return observed
 
     def row_budgets(self, batch: int) -> torch.Tensor:

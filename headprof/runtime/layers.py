@@ -16,8 +16,9 @@ from headprof.errors import HeadprofError
 from headprof.runtime.methods.base import Method
 
 # Receives (layer index, query, dense keys, dense values, scaling) of an extra pass's attention, instead of
-# compressing; returns the attention output `[B, n, Hq, d]` where it computed it on the way, else None.
-Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor | None]
+# compressing; returns the attention output `[B, n, Hq, d]` where it computed it on the way, else None. The values
+# are None where the model's attention is no plain softmax (soft-capping, sinks): no output is wanted there.
+Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor | None]
 
 
 @dataclass

@@ -312,7 +312,7 @@ class Press:
         }  # positions no pass scores stay +inf: always kept; sliding-window layers are not budgeted
         current: list[ExtraPass] = []
 
-        def observe(index: int, query: Tensor, keys: Tensor, values: Tensor, scaling: float) -> Tensor | None:
+        def observe(index: int, query: Tensor, keys: Tensor, values: Tensor | None, scaling: float) -> Tensor | None:
             extra = current[0]
             scored, output = self.method.pass_attention(
                 extra, query, keys, values, scaling, cache.layers[index].n_stored

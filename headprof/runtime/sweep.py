@@ -94,11 +94,10 @@ def sweep_prompts(
     batch (rows of different prompts left-padded, as transformers batches prompts of different lengths:
     `CompressedCache.stack_prompts`), which costs little more than one prompt's batch where a step's cost is the
     weights' (a CPU's matrix products at a few rows, a GPU's decode)."""
-    prepared: list[list[Prepared]] = []
     for prompt in prompts:
         check_length(loaded, len(prompt.prompt_ids), max_new_tokens)
-        prepared.append(_prepare(loaded, prompt, decode_together))
     ids = [torch.tensor([prompt.prompt_ids], device=loaded.device) for prompt in prompts]
+    prepared = [_prepare(loaded, prompt, row, decode_together) for prompt, row in zip(prompts, ids)]
     if decode_together:
         results = _decode_together(loaded, prepared, ids, max_new_tokens)
     else:
@@ -108,10 +107,10 @@ def sweep_prompts(
     return [[found[i] for i in range(len(prompt.presses))] for found, prompt in zip(results, prompts)]
 
 
-def _prepare(loaded: LoadedModel, prompt: SweepPrompt, decode_together: bool) -> list[Prepared]:
-    """Every press's cache of one prompt, ready to decode (the full cache with no compressing press beside it
-    is left to run as a single run)."""
-    presses, ids = prompt.presses, torch.tensor([prompt.prompt_ids], device=loaded.device)
+def _prepare(loaded: LoadedModel, prompt: SweepPrompt, ids: torch.Tensor, decode_together: bool) -> list[Prepared]:
+    """Every press's cache of one prompt (`ids` `[1, T]`), ready to decode (the full cache with no compressing
+    press beside it is left to run as a single run)."""
+    presses = prompt.presses
     if not any(p.method.compresses for p in presses):  # only the full cache: nothing to share
         return [(i, p, None, None, None) for i, p in enumerate(presses)]
     aware = [(i, p) for i, p in enumerate(presses) if not p.method.query_agnostic]
@@ -147,7 +146,9 @@ def _query_aware(
     scorers = {group[0][1].scoring: group[0][1] for group in _groups(compressing)}
     scores: dict[object, dict[int, torch.Tensor]] = {key: {} for key in scorers}
 
-    def observe(index: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> None:
+    def observe(
+        index: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, scaling: float
+    ) -> None:
         for key, press in scorers.items():
             scores[key][index] = press.score_prompt(query, keys, scaling)
 

@@ -138,13 +138,13 @@ class Method:
         extra: ExtraPass,
         query: torch.Tensor,
         keys: torch.Tensor,
-        values: torch.Tensor,
+        values: torch.Tensor | None,
         scaling: float,
         n_stored: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`score_pass`'s scores and, where the method computed the pass's attention output on the way
         (`[B, n, Hq, d]`: the softmax it scores from is the model's own), that output, so that the layer does
-        not compute the attention a second time. Default: no output."""
+        not compute the attention a second time. `values` None: no output wanted. Default: no output."""
         return self.score_pass(extra, query, keys, scaling, n_stored), None
 
     def evict(self, layer: Any, query: torch.Tensor, scaling: float) -> None:

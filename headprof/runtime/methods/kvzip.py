@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headprof.attention import grouped_logits
+from headprof.attention import grouped_logits, grouped_values
 from headprof.errors import HeadprofError
 from headprof.runtime.methods.base import SCALES, ExtraPass, Method, logit_scale
 from headprof.runtime.selection import Selection, above_threshold, global_top_k, reduce_groups
@@ -221,9 +221,7 @@ class KVzip(Method):
             top = probs[..., extra.prefix : context].amax(dim=2)
             best = top if best is None else torch.maximum(best, top)
             if attending:
-                batch, n_heads, rows, seen = probs.shape
-                grouped = probs.view(batch, values.shape[1], -1, seen)  # [B, Hkv, G * rows, seen]
-                outputs.append(torch.matmul(grouped, values[:, :, :seen]).view(batch, n_heads, rows, -1))
+                outputs.append(grouped_values(probs, values[:, :, : probs.shape[-1]]))
         output = torch.cat(outputs, dim=2).transpose(1, 2) if attending else None
         return reduce_groups(best.to(keys.dtype), n_stored, "max"), output
 
